@@ -1,0 +1,53 @@
+"""VibeBox API: ``create_app()`` builds the Flask app (config -> extensions -> blueprints ->
+errors -> CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from app.config import Settings
+
+
+def create_app(overrides: dict[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """Application factory used by gunicorn (``app:create_app()``), the CLI and tests."""
+    from app import logging as app_logging
+    from app.api import register_blueprints
+    from app.api.errors import register_error_handlers
+    from app.cli import register_cli
+    from app.db import db_session, init_db
+    from app.extensions import api, jwt, limiter
+    from app.security import register_jwt_callbacks
+
+    settings = settings or Settings.from_env()
+    app_logging.configure(settings.log_level)
+
+    app = Flask(__name__)
+    app.config.update(settings.flask_config())
+    app.config["RATELIMIT_AUTH"] = settings.ratelimit_auth
+    if overrides:
+        app.config.update(overrides)
+
+    init_db(settings.database_url)
+
+    @app.teardown_appcontext
+    def _remove_session(exc: BaseException | None) -> None:
+        db_session.remove()
+
+    api.init_app(app)
+    jwt.init_app(app)
+    limiter.init_app(app)
+    register_jwt_callbacks(jwt)
+    register_blueprints(app, api)
+    register_error_handlers(app)
+    register_cli(app)
+    return app
+
+
+def get_settings() -> Settings:
+    """The settings of the current Flask app."""
+    from flask import current_app
+
+    settings: Settings = current_app.config["VIBEBOX_SETTINGS"]
+    return settings

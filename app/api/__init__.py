@@ -1,0 +1,31 @@
+"""HTTP layer: thin flask-smorest resources over app.services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import flask_swagger_ui
+from flask import Blueprint, Flask
+from flask_smorest import Api
+
+# Swagger UI assets served by this app (from the flask-swagger-ui wheel), so /docs works
+# without reaching a CDN.
+SWAGGER_UI_ASSETS = Path(flask_swagger_ui.__file__).parent / "dist"
+SWAGGER_UI_URL = "/docs/assets/"
+
+
+def register_blueprints(app: Flask, api: Api) -> None:
+    from app.api.admin.routes import blp as admin_blp
+    from app.api.auth.routes import blp as auth_blp
+    from app.api.health.routes import blp as health_blp
+
+    app.register_blueprint(
+        Blueprint(
+            "swagger_ui_assets",
+            __name__,
+            static_folder=str(SWAGGER_UI_ASSETS),
+            static_url_path=SWAGGER_UI_URL.rstrip("/"),
+        )
+    )
+    for blp in (health_blp, auth_blp, admin_blp):
+        api.register_blueprint(blp)

@@ -1,0 +1,109 @@
+"""Accounts: register, log in, log out, current session (seed 5.1)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import current_app, jsonify
+from flask.views import MethodView
+from flask_jwt_extended import (
+    create_access_token,
+    current_user,
+    get_jwt,
+    jwt_required,
+    set_access_cookies,
+    unset_jwt_cookies,
+)
+from flask_smorest import Blueprint
+
+from app import get_settings
+from app.api.auth.schemas import (
+    AuthResponseSchema,
+    LoginRequestSchema,
+    LogoutResponseSchema,
+    RegisterRequestSchema,
+    SessionResponseSchema,
+)
+from app.db import db_session
+from app.extensions import limiter
+from app.models import User
+from app.security import revoke_token
+from app.services import accounts
+
+blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="User accounts")
+
+
+def _auth_limit() -> str:
+    return str(current_app.config["RATELIMIT_AUTH"])
+
+
+def _session_response(user: User, status: int):
+    """Token in the body (mobile: ``Authorization: Bearer``) and in an HTTP-only cookie (web)."""
+    token = create_access_token(identity=user)
+    expires = datetime.now(UTC) + get_settings().jwt_access_expires
+    body = AuthResponseSchema().dump(
+        {"user": user, "session": {"token": token, "expiresAt": expires}}
+    )
+    response = jsonify(body)
+    response.status_code = status
+    set_access_cookies(response, token)
+    return response
+
+
+@blp.route("/register")
+class Register(MethodView):
+    decorators = [limiter.limit(_auth_limit)]
+
+    @blp.arguments(RegisterRequestSchema)
+    @blp.response(201, AuthResponseSchema)
+    @blp.alt_response(409, description="Email or username already taken")
+    def post(self, data: dict[str, Any]):
+        """Create an account and start a session"""
+        user = accounts.register_user(
+            db_session(),
+            email=data["email"],
+            username=data["username"],
+            password=data["password"],
+            bcrypt_rounds=get_settings().bcrypt_rounds,
+        )
+        db_session.commit()
+        return _session_response(user, 201)
+
+
+@blp.route("/login")
+class Login(MethodView):
+    decorators = [limiter.limit(_auth_limit)]
+
+    @blp.arguments(LoginRequestSchema)
+    @blp.response(200, AuthResponseSchema)
+    @blp.alt_response(401, description="Invalid credentials")
+    def post(self, data: dict[str, Any]):
+        """Log in with username or email and password"""
+        user = accounts.authenticate(
+            db_session(), login=data["username"], password=data["password"]
+        )
+        return _session_response(user, 200)
+
+
+@blp.route("/logout")
+class Logout(MethodView):
+    @jwt_required()
+    @blp.response(200, LogoutResponseSchema)
+    @blp.doc(security=[{"bearerAuth": []}])
+    def post(self):
+        """End the session: the token is revoked and the cookies cleared"""
+        revoke_token(get_jwt())
+        response = jsonify({"success": True})
+        unset_jwt_cookies(response)
+        return response
+
+
+@blp.route("/session")
+class CurrentSession(MethodView):
+    @jwt_required(optional=True)
+    @blp.response(200, SessionResponseSchema)
+    @blp.doc(security=[{"bearerAuth": []}])
+    def get(self):
+        """The logged-in user, or null"""
+        return {"user": current_user if get_jwt() else None}

@@ -1,0 +1,189 @@
+"""Settings from the environment.
+
+Every variable is documented in README.md and .env.example. In development and testing
+secrets fall back to fixed, clearly-marked defaults; in production a missing secret is a
+start-up error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - development only, refused in production
+# 32 zero-ish bytes, base64; development/testing only.
+DEV_ENCRYPTION_KEY = base64.b64encode(b"vibebox-dev-encryption-key-32by!").decode()
+
+
+PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY", "ENCRYPTION_KEY")
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable configuration."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    return value.strip()
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return default
+    return raw.lower() in {"1", "true", "yes", "on"}
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept plain ``postgres://``/``postgresql://`` URLs and pick the psycopg 3 driver."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str
+    database_url: str
+    redis_url: str
+    celery_broker_url: str
+    celery_result_backend: str
+    secret_key: str
+    jwt_secret_key: str
+    encryption_key: bytes
+    jwt_access_expires: timedelta
+    jwt_cookie_secure: bool
+    ratelimit_default: str
+    ratelimit_auth: str
+    ratelimit_enabled: bool
+    bcrypt_rounds: int
+    happy_server_url: str
+    happy_web_url: str
+    log_level: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = (_env("VIBEBOX_ENV", "development") or "development").lower()
+        if env not in {"development", "production", "testing"}:
+            raise ConfigError("VIBEBOX_ENV must be development, production or testing")
+        production = env == "production"
+        if production:
+            missing = [n for n in PRODUCTION_SECRETS if _env(n) is None]
+            if missing:
+                raise ConfigError(
+                    f"{', '.join(missing)} required when VIBEBOX_ENV=production"
+                )
+
+        def secret(name: str, dev_default: str) -> str:
+            value = _env(name)
+            if value is None:
+                if production:
+                    raise ConfigError(f"{name} is required when VIBEBOX_ENV=production")
+                return dev_default
+            return value
+
+        database_url = _env("DATABASE_URL")
+        redis_url = _env("REDIS_URL")
+        if database_url is None:
+            raise ConfigError(
+                "DATABASE_URL is not set; start the system with `make run` (embedded "
+                "PostgreSQL) or point DATABASE_URL at a PostgreSQL server"
+            )
+        if redis_url is None:
+            raise ConfigError(
+                "REDIS_URL is not set; start the system with `make run` (embedded Redis) "
+                "or point REDIS_URL at a Redis server"
+            )
+        key_b64 = secret("ENCRYPTION_KEY", DEV_ENCRYPTION_KEY)
+        try:
+            encryption_key = base64.b64decode(key_b64, validate=True)
+        except ValueError as exc:
+            raise ConfigError("ENCRYPTION_KEY must be standard base64 of 32 bytes") from exc
+        if len(encryption_key) != 32:
+            raise ConfigError("ENCRYPTION_KEY must decode to exactly 32 bytes (AES-256)")
+
+        broker = _env("CELERY_BROKER_URL", redis_url) or redis_url
+        return cls(
+            env=env,
+            database_url=normalize_database_url(database_url),
+            redis_url=redis_url,
+            celery_broker_url=broker,
+            celery_result_backend=_env("CELERY_RESULT_BACKEND", broker) or broker,
+            secret_key=secret("SECRET_KEY", DEV_SECRET),
+            jwt_secret_key=secret("JWT_SECRET_KEY", DEV_SECRET + "-jwt"),
+            encryption_key=encryption_key,
+            jwt_access_expires=timedelta(
+                seconds=_int("JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 7 * 24 * 3600)
+            ),
+            jwt_cookie_secure=_bool("JWT_COOKIE_SECURE", production),
+            ratelimit_default=_env("RATELIMIT_DEFAULT", "100 per minute") or "100 per minute",
+            ratelimit_auth=_env("RATELIMIT_AUTH", "10 per minute") or "10 per minute",
+            ratelimit_enabled=_bool("RATELIMIT_ENABLED", True),
+            bcrypt_rounds=_int("BCRYPT_ROUNDS", 12),
+            happy_server_url=_env("HAPPY_SERVER_URL", "https://api.cluster-fluster.com")
+            or "https://api.cluster-fluster.com",
+            happy_web_url=_env("HAPPY_WEB_URL", "https://app.happy.engineering")
+            or "https://app.happy.engineering",
+            log_level=(_env("LOG_LEVEL", "INFO") or "INFO").upper(),
+        )
+
+    def flask_config(self) -> dict[str, Any]:
+        """The subset Flask and its extensions read from ``app.config``."""
+        return {
+            "SECRET_KEY": self.secret_key,
+            "TESTING": self.env == "testing",
+            "VIBEBOX_SETTINGS": self,
+            # flask-smorest / OpenAPI
+            "API_TITLE": "VibeBox API",
+            "API_VERSION": "v1",
+            "OPENAPI_VERSION": "3.0.3",
+            "OPENAPI_URL_PREFIX": "/",
+            "OPENAPI_JSON_PATH": "openapi.json",
+            "OPENAPI_SWAGGER_UI_PATH": "/docs",
+            "OPENAPI_SWAGGER_UI_URL": "/docs/assets/",
+            "API_SPEC_OPTIONS": {
+                "info": {"description": "VibeBox backend: plans, checkout, boxes, admin."},
+                "components": {
+                    "securitySchemes": {
+                        "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+                    }
+                },
+            },
+            # flask-jwt-extended: bearer header for mobile, HTTP-only cookie + CSRF for web
+            "JWT_SECRET_KEY": self.jwt_secret_key,
+            "JWT_TOKEN_LOCATION": ["headers", "cookies"],
+            "JWT_ACCESS_TOKEN_EXPIRES": self.jwt_access_expires,
+            "JWT_COOKIE_SECURE": self.jwt_cookie_secure,
+            "JWT_COOKIE_SAMESITE": "Lax",
+            "JWT_COOKIE_CSRF_PROTECT": True,
+            "JWT_CSRF_IN_COOKIES": True,
+            "JWT_SESSION_COOKIE": False,
+            # flask-limiter on Redis
+            "RATELIMIT_STORAGE_URI": self.redis_url,
+            "RATELIMIT_DEFAULT": self.ratelimit_default,
+            "RATELIMIT_ENABLED": self.ratelimit_enabled,
+            "RATELIMIT_HEADERS_ENABLED": True,
+            "RATELIMIT_KEY_PREFIX": "vibebox-rl",
+        }

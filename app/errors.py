@@ -1,0 +1,107 @@
+"""Domain errors and their single HTTP mapping.
+
+Services raise these; ``app.api.errors`` turns them into the JSON error shape
+``{"code": ..., "message": ..., "errors": {...}?}``. Integrations raise
+``TransientError`` / ``PermanentError`` so callers (Celery tasks) can decide to retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VibeBoxError(Exception):
+    """Base class of errors that map to an HTTP answer."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        errors: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.code)
+        self.message = message or (self.__class__.__doc__ or self.code).strip()
+        if code is not None:
+            self.code = code
+        self.errors = errors
+        self.extra = extra or {}
+
+
+class ValidationError(VibeBoxError):
+    """The request is not valid."""
+
+    status_code = 422
+    code = "validation_error"
+
+
+class AuthenticationError(VibeBoxError):
+    """Authentication failed."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class PermissionDeniedError(VibeBoxError):
+    """You are not allowed to do this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFoundError(VibeBoxError):
+    """Not found."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(VibeBoxError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class InvalidStateError(ConflictError):
+    """The resource is not in a state that allows this."""
+
+    code = "invalid_state"
+
+
+# --- integration faults (never shown to HTTP clients directly) -------------------------
+
+
+class IntegrationError(Exception):
+    """A remote system (Happy, SSH host, payment provider, cloud) failed.
+
+    ``safe_message`` is fit to show a user (no secrets, no hostnames of other users).
+    """
+
+    def __init__(self, message: str, *, safe_message: str | None = None) -> None:
+        super().__init__(message)
+        self.safe_message = safe_message or message
+
+
+class TransientError(IntegrationError):
+    """A fault that may go away: retry with backoff."""
+
+
+class PermanentError(IntegrationError):
+    """A fault that will not go away by retrying: fail the step now."""
+
+
+class HostUnreachableError(TransientError):
+    """The SSH host did not answer (connection refused, timeout, socket error)."""
+
+
+class HostKeyMismatchError(PermanentError):
+    """The SSH host presented a key other than the pinned one."""
+
+
+class SSHAuthError(PermanentError):
+    """The SSH host refused our credentials."""

@@ -1,0 +1,39 @@
+"""Unbound extension objects; ``create_app`` binds them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import request
+from flask_jwt_extended import JWTManager
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_smorest import Api
+
+api = Api()
+jwt = JWTManager()
+
+
+def _rate_limit_key() -> str:
+    # Behind a proxy configure ProxyFix (TRUSTED_PROXIES) so remote_addr is the client.
+    return get_remote_address() or request.remote_addr or "unknown"
+
+
+limiter = Limiter(key_func=_rate_limit_key)
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def get_redis(url: str | None = None) -> redis.Redis:
+    """A shared Redis client (connection pool) for the given URL, per process."""
+    if url is None:
+        from app import get_settings
+
+        url = get_settings().redis_url
+    client = _redis_clients.get(url)
+    if client is None:
+        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        _redis_clients[url] = client
+    return client

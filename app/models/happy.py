@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import ForeignKey, LargeBinary, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Timestamps, UUIDPk
+
+
+class HappyAccount(UUIDPk, Timestamps, Base):
+    """A user's Happy account: an ed25519 key pair; the server knows only the public key.
+
+    The 32-byte secret (the key seed) and the token are AES-256-GCM encrypted at rest.
+    """
+
+    __tablename__ = "happy_accounts"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), unique=True)
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)  # standard base64
+    secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Boolean, CheckConstraint, Integer, String, Text, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Timestamps
+
+BILLING_CYCLES = ("monthly", "yearly")
+
+
+class Plan(Timestamps, Base):
+    __tablename__ = "plans"
+    __table_args__ = (
+        CheckConstraint("price_monthly >= 0 AND price_yearly >= 0", name="prices_non_negative"),
+        CheckConstraint("cpu_cores > 0 AND ram_gb > 0 AND disk_gb > 0", name="resources_positive"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # "basic" | "pro" | ...
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    price_monthly: Mapped[int] = mapped_column(Integer)  # minor units (cents)
+    price_yearly: Mapped[int] = mapped_column(Integer)
+    currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
+    cpu_cores: Mapped[int] = mapped_column(Integer)
+    ram_gb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    claude_api_quota: Mapped[int] = mapped_column(Integer)  # dollars per month
+    features: Mapped[list[Any]] = mapped_column(JSONB, default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+
+    def price_for(self, billing_cycle: str) -> int:
+        return self.price_yearly if billing_cycle == "yearly" else self.price_monthly

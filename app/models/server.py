@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Timestamps, UUIDPk, in_values
+
+SERVER_STATES = ("available", "allocated", "cleaning", "unhealthy", "draining", "retired")
+SERVER_AUTH_METHODS = ("key", "password")
+
+
+class Server(UUIDPk, Timestamps, Base):
+    """A machine in the pool that can host one VibeBox at a time."""
+
+    __tablename__ = "servers"
+    __table_args__ = (
+        CheckConstraint(in_values("state", SERVER_STATES), name="state"),
+        CheckConstraint(in_values("auth_method", SERVER_AUTH_METHODS), name="auth_method"),
+        CheckConstraint("ssh_port BETWEEN 1 AND 65535", name="ssh_port_range"),
+        UniqueConstraint("host", "ssh_port", "ssh_user"),
+        # Allocation picks the smallest fitting available server.
+        Index("ix_servers_state_resources", "state", "cpu_cores", "ram_gb", "disk_gb"),
+    )
+
+    host: Mapped[str] = mapped_column(String(255))
+    ssh_port: Mapped[int] = mapped_column(Integer, default=22, server_default="22")
+    ssh_user: Mapped[str] = mapped_column(String(64))
+    auth_method: Mapped[str] = mapped_column(String(16))
+    credential_encrypted: Mapped[bytes] = mapped_column(LargeBinary)  # password or private key
+    host_key_fingerprint: Mapped[str] = mapped_column(String(128))  # "SHA256:..."
+    cpu_cores: Mapped[int] = mapped_column(Integer)
+    ram_gb: Mapped[int] = mapped_column(Integer)
+    disk_gb: Mapped[int] = mapped_column(Integer)
+    region: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="available", server_default="available")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_latency_ms: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    cloud_provider: Mapped[str | None] = mapped_column(String(32))
+    cloud_node_id: Mapped[str | None] = mapped_column(String(128))

@@ -1,0 +1,97 @@
+"""VibeBoxes and the per-step timeline of their provisioning."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.models.base import Base, Timestamps, UUIDPk, in_values
+
+VIBEBOX_STATUSES = (
+    "pending",
+    "waiting_for_capacity",
+    "provisioning",
+    "running",
+    "starting",
+    "stopping",
+    "restarting",
+    "stopped",
+    "error",
+    "terminating",
+    "terminated",
+)
+STEP_STATES = ("pending", "running", "succeeded", "failed", "skipped")
+
+
+class VibeBox(UUIDPk, Timestamps, Base):
+    __tablename__ = "vibeboxes"
+    __table_args__ = (
+        CheckConstraint(in_values("status", VIBEBOX_STATUSES), name="status"),
+        # A server hosts at most one live box; terminated boxes keep the id for history.
+        Index(
+            "uq_vibeboxes_live_server_id",
+            "server_id",
+            unique=True,
+            postgresql_where=text("server_id IS NOT NULL AND status <> 'terminated'"),
+        ),
+        # The reconciler looks for boxes whose step stopped moving.
+        Index("ix_vibeboxes_status_updated_at", "status", "updated_at"),
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.id"))
+    subscription_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("subscriptions.id"), index=True
+    )
+    # One box per paid order: the database settles duplicate webhook deliveries.
+    order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("orders.id"), unique=True)
+    server_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("servers.id"))
+    status: Mapped[str] = mapped_column(String(24), default="pending")
+    step: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)  # safe to show the owner
+    next_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    happy_machine_id: Mapped[str | None] = mapped_column(String(64))
+
+    steps: Mapped[list[ProvisioningStep]] = relationship(
+        back_populates="vibebox",
+        order_by="ProvisioningStep.position",
+        cascade="all, delete-orphan",
+    )
+
+
+class ProvisioningStep(UUIDPk, Base):
+    __tablename__ = "provisioning_steps"
+    __table_args__ = (
+        CheckConstraint(in_values("state", STEP_STATES), name="state"),
+        UniqueConstraint("vibebox_id", "name"),
+    )
+
+    vibebox_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("vibeboxes.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()"), onupdate=text("now()")
+    )
+
+    vibebox: Mapped[VibeBox] = relationship(back_populates="steps")

@@ -1,0 +1,90 @@
+"""JWT callbacks (identity, blocklist, error shapes) and the admin guard."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import jsonify
+from flask_jwt_extended import JWTManager, current_user, verify_jwt_in_request
+
+from app.db import db_session
+from app.errors import PermissionDeniedError
+from app.extensions import get_redis
+from app.models import User
+
+BLOCKLIST_PREFIX = "vibebox:jwt:revoked:"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def revoke_token(jwt_payload: dict[str, Any]) -> None:
+    """Put a token's jti on the Redis blocklist until the token would expire anyway."""
+    ttl = int(jwt_payload["exp"] - datetime.now(UTC).timestamp()) + 1
+    if ttl > 0:
+        get_redis().set(BLOCKLIST_PREFIX + jwt_payload["jti"], b"1", ex=ttl)
+
+
+def _error(status: int, code: str, message: str):
+    response = jsonify({"code": code, "message": message})
+    response.status_code = status
+    return response
+
+
+def register_jwt_callbacks(jwt: JWTManager) -> None:
+    @jwt.user_identity_loader
+    def _identity(user: User | str) -> str:
+        return str(user.id) if isinstance(user, User) else str(user)
+
+    @jwt.user_lookup_loader
+    def _lookup(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
+        try:
+            user_id = uuid.UUID(payload["sub"])
+        except (KeyError, ValueError):
+            return None
+        return db_session.get(User, user_id)
+
+    @jwt.token_in_blocklist_loader
+    def _revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+        return bool(get_redis().exists(BLOCKLIST_PREFIX + payload["jti"]))
+
+    @jwt.unauthorized_loader
+    def _missing(reason: str):
+        if "CSRF" in reason:
+            return _error(401, "csrf_failed", reason)
+        return _error(401, "unauthorized", "Authentication required")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason: str):
+        return _error(401, "invalid_token", "The session token is invalid")
+
+    @jwt.expired_token_loader
+    def _expired(_h: dict[str, Any], _p: dict[str, Any]):
+        return _error(401, "token_expired", "The session has expired; log in again")
+
+    @jwt.revoked_token_loader
+    def _revoked_answer(_h: dict[str, Any], _p: dict[str, Any]):
+        return _error(401, "token_revoked", "The session was logged out; log in again")
+
+    @jwt.user_lookup_error_loader
+    def _gone(_h: dict[str, Any], _p: dict[str, Any]):
+        return _error(401, "invalid_token", "The session's user no longer exists")
+
+
+def require_admin() -> None:
+    """``before_request`` guard for admin blueprints: a valid token of an admin user."""
+    verify_jwt_in_request()
+    if not current_user.is_admin:
+        raise PermissionDeniedError("Administrator access required", code="admin_required")
+
+
+def admin_required(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        require_admin()
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Business logic: plain functions that take a Session; the caller commits."""

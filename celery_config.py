@@ -1,0 +1,60 @@
+"""Celery settings (read by ``workers`` via ``config_from_object``).
+
+Crash safety: a task is acknowledged only after it finished (``task_acks_late``) and is
+redelivered when its worker dies (``task_reject_on_worker_lost``); each worker process
+reserves one message at a time. Redis redelivers an unacknowledged message after
+``visibility_timeout``, which must stay above the longest task run time and any countdown.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Queue
+
+_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+broker_url = os.environ.get("CELERY_BROKER_URL") or _redis
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or broker_url
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+# Never let a hung remote call hold a worker forever; tasks get SoftTimeLimitExceeded first.
+task_soft_time_limit = int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", "300"))
+task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT", "360"))
+result_expires = 24 * 3600
+
+# Longer than task_time_limit and the longest retry countdown: an unacknowledged message
+# comes back only when its worker is really gone.
+_visibility = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
+broker_transport_options = {"visibility_timeout": _visibility}
+result_backend_transport_options = {"visibility_timeout": _visibility}
+broker_connection_retry_on_startup = True
+
+task_default_queue = "celery"
+task_queues = (
+    Queue("provisioning"),
+    Queue("control"),
+    Queue("maintenance"),
+    Queue("celery"),
+)
+# Route by the dotted task name's area so operators can scale each queue separately.
+task_routes = {
+    "provisioning.*": {"queue": "provisioning"},
+    "control.*": {"queue": "control"},
+    "maintenance.*": {"queue": "maintenance"},
+}
+
+worker_send_task_events = True  # Flower's live view
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+beat_schedule: dict[str, dict[str, object]] = {}

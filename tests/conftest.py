@@ -1,0 +1,166 @@
+"""Shared fixtures: real PostgreSQL and Redis, the Flask app, a real Celery worker.
+
+`make test` starts (or reuses) PostgreSQL and Redis and exports DATABASE_URL / REDIS_URL.
+Each xdist worker gets its own database (``<name>_<worker>``) built once with
+``alembic upgrade head`` and its own Redis logical database, so parallel tests never
+share state. Within a test, the database work is rolled back (savepoints).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import count
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from app.config import Settings, normalize_database_url
+
+_REQUIRED = ("DATABASE_URL", "REDIS_URL")
+
+
+def _worker_index(config: pytest.Config) -> int:
+    worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
+    return int(worker[2:]) if worker.startswith("gw") else 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [name for name in _REQUIRED if not os.environ.get(name)]
+    if missing:
+        pytest.exit(
+            f"{', '.join(missing)} not set: run the suite with `make test`, which starts "
+            "PostgreSQL and Redis (embedded ones when none are configured)",
+            returncode=2,
+        )
+    _isolate_environment(_worker_index(config))
+
+
+def _isolate_environment(index: int) -> None:
+    """Point DATABASE_URL and REDIS_URL at this test process's own database and Redis db."""
+    # Derive from the URLs `make test` gave, even in processes that inherit ours.
+    base_db = os.environ.setdefault("VIBEBOX_TEST_BASE_DATABASE_URL", os.environ["DATABASE_URL"])
+    base_redis = os.environ.setdefault("VIBEBOX_TEST_BASE_REDIS_URL", os.environ["REDIS_URL"])
+    base = make_url(normalize_database_url(base_db))
+    name = f"{base.database or 'vibebox'}_t{index}"
+    admin = create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if not exists:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = base.set(database=name).render_as_string(hide_password=False)
+    head, _, tail = base_redis.rpartition("/")
+    root = head if tail.isdigit() and head.count("/") >= 2 else base_redis.rstrip("/")
+    redis_url = f"{root}/{1 + index % 15}"
+    os.environ.update(
+        {
+            "DATABASE_URL": url,
+            "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+            "VIBEBOX_ENV": "testing",
+            "BCRYPT_ROUNDS": "4",
+        }
+    )
+    import celery_config  # re-read broker settings from the isolated environment
+
+    celery_config.broker_url = redis_url
+    celery_config.result_backend = redis_url
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(settings: Settings) -> Iterator[Engine]:
+    """The test database, rebuilt from scratch with `alembic upgrade head` once per session."""
+    from alembic import command
+
+    from app.services.health import alembic_config
+
+    engine = create_engine(settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    cfg = alembic_config()
+    cfg.set_main_option("sqlalchemy.url", settings.database_url.replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, "head")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings):  # type: ignore[no-untyped-def]
+    from app.extensions import get_redis
+
+    client = get_redis(settings.redis_url)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, migrated_engine: Engine, redis_client: Any):  # type: ignore[no-untyped-def]
+    from app import create_app
+
+    return create_app(settings=settings)
+
+
+@pytest.fixture
+def db(app: Any, migrated_engine: Engine) -> Iterator[Connection]:
+    """Per-test transaction: everything a test (and the app under test) writes is rolled
+    back, while the code's own commits become savepoint releases."""
+    from app.db import SessionFactory, db_session
+
+    connection = migrated_engine.connect()
+    outer = connection.begin()
+    db_session.remove()
+    SessionFactory.configure(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield connection
+    finally:
+        db_session.remove()
+        SessionFactory.configure(
+            bind=migrated_engine, join_transaction_mode="conservative_savepoint"
+        )
+        outer.rollback()
+        connection.close()
+
+
+_addresses = count(1)
+
+
+@pytest.fixture
+def client_ip() -> str:
+    """A distinct client address per test, so per-IP rate limits never leak between tests."""
+    n = next(_addresses) + os.getpid() * 1000
+    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+@pytest.fixture
+def client(app: Any, db: Connection, client_ip: str):  # type: ignore[no-untyped-def]
+    test_client = app.test_client()
+    test_client.environ_base["REMOTE_ADDR"] = client_ip
+    return test_client
+
+
+@pytest.fixture
+def session(db: Connection):  # type: ignore[no-untyped-def]
+    from app.db import db_session
+
+    return db_session()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(migrated_engine: Engine, redis_client: Any, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real `celery worker` process on this test process's database and Redis."""
+    from tests.support.worker import CeleryWorkerProcess
+
+    worker = CeleryWorkerProcess(tmp_path_factory.mktemp("celery"))
+    worker.start()
+    yield worker
+    worker.stop()

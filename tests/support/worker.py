@@ -1,0 +1,72 @@
+"""A real ``celery worker`` process for end-to-end tests (never task_always_eager)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+QUEUES = "provisioning,control,maintenance,celery"
+
+
+class CeleryWorkerProcess:
+    """Starts ``celery -A workers worker`` with the test environment; ends it by PID."""
+
+    def __init__(self, log_dir: Path, *, concurrency: int = 2, extra_env: dict[str, str] | None = None):
+        self.log_path = log_dir / f"celery-worker-{uuid.uuid4().hex[:6]}.log"
+        self.concurrency = concurrency
+        self.extra_env = extra_env or {}
+        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        from workers import celery_app
+
+        env = {**os.environ, **self.extra_env}
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "workers", "worker",
+                "--loglevel=INFO", "-Q", QUEUES, "-c", str(self.concurrency),
+                "--pool=prefork", "-n", self.name,
+                "--without-mingle", "--without-gossip",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # our own process group: signals reach only this worker
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited early:\n{self.tail()}")
+            replies = celery_app.control.ping(destination=[self.name], timeout=1.0)
+            if replies:
+                return
+        self.stop()
+        raise RuntimeError(f"celery worker did not answer ping within {timeout}s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and its pool children) at once."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
