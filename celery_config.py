@@ -57,4 +57,11 @@ worker_send_task_events = True  # Flower's live view
 task_send_sent_event = True
 worker_hijack_root_logger = False
 
-beat_schedule: dict[str, dict[str, object]] = {}
+# Each sweeper's period comes from the environment (seconds).
+beat_schedule: dict[str, dict[str, object]] = {
+    "reconcile-stuck-boxes": {
+        "task": "maintenance.reconcile",
+        "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "60")),
+        "options": {"expires": 60},
+    },
+}

@@ -8,6 +8,8 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, FlaskGroup
 
+from app.cli_pool import pool_cli
+
 db_cli = AppGroup("db", help="Database schema (Alembic).")
 user_cli = AppGroup("user", help="User accounts.")
 
@@ -102,6 +104,7 @@ def create_admin(email: str, username: str, password_env: str | None) -> None:
 def register_cli(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(user_cli)
+    app.cli.add_command(pool_cli)
 
 
 def _create_app() -> Flask:
@@ -114,6 +117,7 @@ cli = FlaskGroup(create_app=_create_app, add_version_option=False, help="VibeBox
 # Registered on the group itself so they run without building the app (no Redis needed).
 cli.add_command(db_cli)
 cli.add_command(user_cli)
+cli.add_command(pool_cli)
 
 
 def main() -> None:

@@ -42,6 +42,16 @@ def _int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _float(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = _env(name)
     if raw is None:
@@ -56,6 +66,49 @@ def normalize_database_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     return url
+
+
+@dataclass(frozen=True)
+class ProvisioningSettings:
+    """Retry budgets and timeouts of the provisioning chain and its reconciler."""
+
+    max_attempts: int = 8  # per step, for transient faults
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+    capacity_retry_max_seconds: float = 60.0
+    max_server_moves: int = 3  # servers tried before the box fails
+    stuck_after_seconds: float = 600.0  # a step with no progress this long is re-enqueued
+    mark_running_timeout_seconds: float = 90.0
+    mark_running_poll_seconds: float = 1.0
+    happy_timeout_seconds: float = 10.0
+    ssh_connect_timeout_seconds: float = 10.0
+    ssh_command_timeout_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> ProvisioningSettings:
+        return cls(
+            max_attempts=_int("PROVISION_MAX_ATTEMPTS", cls.max_attempts),
+            retry_base_seconds=_float("PROVISION_RETRY_BASE_SECONDS", cls.retry_base_seconds),
+            retry_max_seconds=_float("PROVISION_RETRY_MAX_SECONDS", cls.retry_max_seconds),
+            capacity_retry_max_seconds=_float(
+                "CAPACITY_RETRY_MAX_SECONDS", cls.capacity_retry_max_seconds
+            ),
+            max_server_moves=_int("PROVISION_MAX_SERVER_MOVES", cls.max_server_moves),
+            stuck_after_seconds=_float("STUCK_STEP_SECONDS", cls.stuck_after_seconds),
+            mark_running_timeout_seconds=_float(
+                "MARK_RUNNING_TIMEOUT_SECONDS", cls.mark_running_timeout_seconds
+            ),
+            mark_running_poll_seconds=_float(
+                "MARK_RUNNING_POLL_SECONDS", cls.mark_running_poll_seconds
+            ),
+            happy_timeout_seconds=_float("HAPPY_TIMEOUT_SECONDS", cls.happy_timeout_seconds),
+            ssh_connect_timeout_seconds=_float(
+                "SSH_CONNECT_TIMEOUT_SECONDS", cls.ssh_connect_timeout_seconds
+            ),
+            ssh_command_timeout_seconds=_float(
+                "SSH_COMMAND_TIMEOUT_SECONDS", cls.ssh_command_timeout_seconds
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -77,7 +130,7 @@ class Settings:
     happy_server_url: str
     happy_web_url: str
     log_level: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    provisioning: ProvisioningSettings = field(default_factory=lambda: ProvisioningSettings())
 
     @property
     def is_production(self) -> bool:
@@ -92,9 +145,7 @@ class Settings:
         if production:
             missing = [n for n in PRODUCTION_SECRETS if _env(n) is None]
             if missing:
-                raise ConfigError(
-                    f"{', '.join(missing)} required when VIBEBOX_ENV=production"
-                )
+                raise ConfigError(f"{', '.join(missing)} required when VIBEBOX_ENV=production")
 
         def secret(name: str, dev_default: str) -> str:
             value = _env(name)
@@ -147,6 +198,7 @@ class Settings:
             happy_web_url=_env("HAPPY_WEB_URL", "https://app.happy.engineering")
             or "https://app.happy.engineering",
             log_level=(_env("LOG_LEVEL", "INFO") or "INFO").upper(),
+            provisioning=ProvisioningSettings.from_env(),
         )
 
     def flask_config(self) -> dict[str, Any]:

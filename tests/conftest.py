@@ -156,11 +156,66 @@ def session(db: Connection):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def celery_worker(migrated_engine: Engine, redis_client: Any, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """A real `celery worker` process on this test process's database and Redis."""
+def happy_double():  # type: ignore[no-untyped-def]
+    """The local Happy server double (real ed25519 checks), one per test process."""
+    from tests.support.happy_double import HappyDouble
+
+    with HappyDouble() as double:
+        yield double
+
+
+@pytest.fixture(scope="session")
+def box_fleet(happy_double: Any):  # type: ignore[no-untyped-def]
+    """Real OpenSSH boxes on 127.0.0.1 (own user, port, host key, `happy` stand-in)."""
+    from tests.support.sshd import BoxFleet
+
+    with BoxFleet(happy_double.url) as fleet:
+        yield fleet
+
+
+@pytest.fixture
+def box(box_fleet: Any):  # type: ignore[no-untyped-def]
+    """A fresh box, destroyed after the test."""
+    new_box = box_fleet.new_box()
+    yield new_box
+    box_fleet.remove(new_box)
+
+
+# Short budgets so fault tests finish in seconds; the code paths are the production ones.
+WORKER_TEST_ENV = {
+    "PROVISION_MAX_ATTEMPTS": "4",
+    "PROVISION_RETRY_BASE_SECONDS": "1",
+    "PROVISION_RETRY_MAX_SECONDS": "2",
+    "CAPACITY_RETRY_MAX_SECONDS": "1",
+    "STUCK_STEP_SECONDS": "6",
+    "MARK_RUNNING_TIMEOUT_SECONDS": "10",
+    "MARK_RUNNING_POLL_SECONDS": "0.2",
+    "HAPPY_TIMEOUT_SECONDS": "2",
+    "SSH_CONNECT_TIMEOUT_SECONDS": "3",
+    "SSH_COMMAND_TIMEOUT_SECONDS": "20",
+}
+
+
+@pytest.fixture(scope="session")
+def worker_env(happy_double: Any) -> dict[str, str]:
+    env = {**WORKER_TEST_ENV, "HAPPY_SERVER_URL": happy_double.url}
+    os.environ.update(env)  # the API in this process must agree with the worker
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker(  # type: ignore[no-untyped-def]
+    migrated_engine: Engine,
+    redis_client: Any,
+    worker_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+):
+    """A real `celery worker` process on this test process's database, Redis and Happy."""
     from tests.support.worker import CeleryWorkerProcess
 
-    worker = CeleryWorkerProcess(tmp_path_factory.mktemp("celery"))
+    worker = CeleryWorkerProcess(
+        tmp_path_factory.mktemp("celery"), concurrency=4, extra_env=worker_env
+    )
     worker.start()
     yield worker
     worker.stop()

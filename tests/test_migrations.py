@@ -80,4 +80,6 @@ def test_plans_are_seeded_with_prices_and_resources(migrated_engine):
         assert 0 < plan.price_monthly < plan.price_yearly < plan.price_monthly * 12
         assert plan.cpu_cores > 0 and plan.ram_gb > 0 and plan.disk_gb > 0
         assert plan.features
-    assert rows["basic"].price_monthly < rows["pro"].price_monthly < rows["enterprise"].price_monthly
+    assert (
+        rows["basic"].price_monthly < rows["pro"].price_monthly < rows["enterprise"].price_monthly
+    )

@@ -18,6 +18,8 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from app.api.admin.routes import blp as admin_blp
     from app.api.auth.routes import blp as auth_blp
     from app.api.health.routes import blp as health_blp
+    from app.api.servers.routes import blp as servers_blp
+    from app.api.vibeboxes.routes import blp as vibeboxes_blp
 
     app.register_blueprint(
         Blueprint(
@@ -27,5 +29,5 @@ def register_blueprints(app: Flask, api: Api) -> None:
             static_url_path=SWAGGER_UI_URL.rstrip("/"),
         )
     )
-    for blp in (health_blp, auth_blp, admin_blp):
+    for blp in (health_blp, auth_blp, vibeboxes_blp, admin_blp, servers_blp):
         api.register_blueprint(blp)

@@ -30,12 +30,15 @@ HTTP_CODES = {
 
 
 def error_response(
-    status: int, code: str, message: str, errors: dict[str, Any] | None = None, **extra: Any
+    status: int,
+    code: str,
+    message: str,
+    errors: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {"code": code, "message": message}
+    body: dict[str, Any] = {**(extra or {}), "code": code, "message": message}
     if errors:
         body["errors"] = errors
-    body.update(extra)
     response = jsonify(body)
     response.status_code = status
     return response
@@ -58,7 +61,7 @@ def _field_errors(exc: HTTPException) -> dict[str, Any] | None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(VibeBoxError)
     def _domain(exc: VibeBoxError) -> Response:
-        return error_response(exc.status_code, exc.code, exc.message, exc.errors, **exc.extra)
+        return error_response(exc.status_code, exc.code, exc.message, exc.errors, exc.extra)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

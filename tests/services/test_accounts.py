@@ -44,8 +44,16 @@ def test_create_admin_command_creates_then_promotes(app, db, session, monkeypatc
     runner = app.test_cli_runner()
     monkeypatch.setenv("ADMIN_PW", "admin-password-1")
     result = runner.invoke(
-        args=["user", "create-admin", "--email", "root@example.com", "--username", "root",
-              "--password-env", "ADMIN_PW"]
+        args=[
+            "user",
+            "create-admin",
+            "--email",
+            "root@example.com",
+            "--username",
+            "root",
+            "--password-env",
+            "ADMIN_PW",
+        ]
     )
     assert result.exit_code == 0, result.output
     assert "created" in result.output
@@ -57,8 +65,16 @@ def test_create_admin_command_creates_then_promotes(app, db, session, monkeypatc
         session, email="p@example.com", username="plain", password="pw-12345678", bcrypt_rounds=4
     )
     result = runner.invoke(
-        args=["user", "create-admin", "--email", "p@example.com", "--username", "plain",
-              "--password-env", "ADMIN_PW"]
+        args=[
+            "user",
+            "create-admin",
+            "--email",
+            "p@example.com",
+            "--username",
+            "plain",
+            "--password-env",
+            "ADMIN_PW",
+        ]
     )
     assert result.exit_code == 0, result.output
     assert "promoted" in result.output
@@ -69,8 +85,16 @@ def test_create_admin_command_creates_then_promotes(app, db, session, monkeypatc
 def test_create_admin_rejects_weak_password(app, db, monkeypatch):
     monkeypatch.setenv("ADMIN_PW", "short")
     result = app.test_cli_runner().invoke(
-        args=["user", "create-admin", "--email", "r@example.com", "--username", "root2",
-              "--password-env", "ADMIN_PW"]
+        args=[
+            "user",
+            "create-admin",
+            "--email",
+            "r@example.com",
+            "--username",
+            "root2",
+            "--password-env",
+            "ADMIN_PW",
+        ]
     )
     assert result.exit_code != 0
     assert "password" in result.output

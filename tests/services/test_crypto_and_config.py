@@ -77,8 +77,12 @@ def test_database_url_gets_the_psycopg3_driver():
 
 def test_redaction_filter_scrubs_secrets_from_log_records():
     record = logging.LogRecord(
-        "x", logging.INFO, __file__, 1,
-        'body {"password": "pw1", "token": "t0k3nval"} auth=Bearer abc.def url?secret=s3&x=1', None,
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        'body {"password": "pw1", "token": "t0k3nval"} auth=Bearer abc.def url?secret=s3&x=1',
+        None,
         None,
     )
     RedactingFilter().filter(record)

@@ -16,7 +16,9 @@ QUEUES = "provisioning,control,maintenance,celery"
 class CeleryWorkerProcess:
     """Starts ``celery -A workers worker`` with the test environment; ends it by PID."""
 
-    def __init__(self, log_dir: Path, *, concurrency: int = 2, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, log_dir: Path, *, concurrency: int = 2, extra_env: dict[str, str] | None = None
+    ):
         self.log_path = log_dir / f"celery-worker-{uuid.uuid4().hex[:6]}.log"
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
@@ -30,10 +32,22 @@ class CeleryWorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "workers", "worker",
-                "--loglevel=INFO", "-Q", QUEUES, "-c", str(self.concurrency),
-                "--pool=prefork", "-n", self.name,
-                "--without-mingle", "--without-gossip",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "--loglevel=INFO",
+                "-Q",
+                QUEUES,
+                "-c",
+                str(self.concurrency),
+                "--pool=prefork",
+                "-n",
+                self.name,
+                "--without-mingle",
+                "--without-gossip",
             ],
             env=env,
             stdout=log,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from app import get_settings
 from app.api.admin.schemas import PageArgsSchema, UserPageSchema
+from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts
+from app.services import accounts, provisioning
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)
@@ -25,3 +28,37 @@ class Users(MethodView):
         """List users (paged)"""
         users, total = accounts.list_users(db_session(), limit=args["limit"], offset=args["offset"])
         return {"items": users, "total": total}
+
+
+@blp.route("/provision")
+class Provision(MethodView):
+    @blp.arguments(ProvisionRequestSchema)
+    @blp.response(202, VibeBoxEnvelopeSchema)
+    @blp.alt_response(404, description="Unknown user or plan")
+    @blp.doc(security=[{"bearerAuth": []}])
+    def post(self, data: dict[str, Any]):
+        """Provision a VibeBox for a user without a payment (support, manual fixes)"""
+        from workers.provisioning import enqueue_provisioning
+
+        session = db_session()
+        box = provisioning.create_vibebox(session, user_id=data["userId"], plan_id=data["planId"])
+        db_session.commit()
+        enqueue_provisioning(box.id)
+        return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
+
+
+@blp.route("/vibeboxes/<uuid:box_id>/retry")
+class RetryBox(MethodView):
+    @blp.response(202, VibeBoxEnvelopeSchema)
+    @blp.alt_response(409, description="The box is not in error")
+    @blp.doc(security=[{"bearerAuth": []}])
+    def post(self, box_id: uuid.UUID):
+        """Resume a failed VibeBox from its failed step"""
+        from workers.provisioning import enqueue_provisioning
+
+        session = db_session()
+        box, start_at = provisioning.retry_failed_box(session, box_id)
+        db_session.commit()
+        enqueue_provisioning(box.id, start_at)
+        box = provisioning.get_box(session, box_id)
+        return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}

@@ -1,0 +1,25 @@
+# Image for docker-compose.yml: one image, one Procfile process per container.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# Dependencies first, so that code changes do not reinstall them.
+COPY pyproject.toml README.md ./
+RUN mkdir -p app workers && touch app/__init__.py workers/__init__.py celery_config.py \
+    && pip install . \
+    && pip uninstall -y vibebox
+
+COPY . .
+RUN pip install --no-deps . \
+    && useradd --system --user-group --home-dir /app --shell /usr/sbin/nologin vibebox \
+    && mkdir -p /app/var \
+    && chown vibebox:vibebox /app/var
+
+USER vibebox
+EXPOSE 5000 5555
+CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--access-logfile", "-", "app:create_app()"]

@@ -1,0 +1,70 @@
+# VibeBox developer commands. A fresh machine needs only Python >= 3.11: `make run` and
+# `make test` create .venv, install the project, and start PostgreSQL and Redis themselves
+# (embedded under ./var/ unless DATABASE_URL / REDIS_URL point at running servers).
+#
+#   make run     API + worker + beat + Flower on http://127.0.0.1:5000/ (Ctrl-C stops all)
+#   make test    the test suite (pytest -n auto; extra arguments via PYTEST_ARGS="...")
+#   make lint    ruff + mypy
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.vibebox-installed
+
+.PHONY: help install run test lint services-start services-stop services-status
+
+help:
+	@echo "make run              start the whole stack (API, worker, beat, Flower)"
+	@echo "make test             run the tests against real PostgreSQL/Redis (PYTEST_ARGS=...)"
+	@echo "make lint             ruff + mypy"
+	@echo "make install          create .venv and install the project with its dev extras"
+	@echo "make services-start   start embedded PostgreSQL/Redis and leave them running"
+	@echo "make services-stop    stop the embedded PostgreSQL/Redis under var/"
+	@echo "make services-status  show the embedded servers under var/"
+
+$(VPY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: '$(PYTHON)' is missing or older than Python 3.11; use PYTHON=/path/to/python3.11" >&2; \
+	  exit 1; }
+	@if ! $(PYTHON) -m venv $(VENV); then \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "[vibebox] installing python3-venv (ensurepip is missing)" >&2; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q python3-venv </dev/null \
+	      || { apt-get update -q </dev/null && apt-get install -y -q python3-venv </dev/null; } \
+	      || exit 1; \
+	    $(PYTHON) -m venv $(VENV) || exit 1; \
+	  else \
+	    echo "error: '$(PYTHON) -m venv' failed; install python3-venv" >&2; exit 1; \
+	  fi; \
+	fi
+
+# Reinstall whenever pyproject.toml changes.
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	@exec $(VPY) scripts/run.py serve
+
+test: $(STAMP)
+	@exec $(VPY) scripts/run.py test
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+services-start: $(STAMP)
+	@$(VPY) scripts/services.py start
+
+services-stop: $(STAMP)
+	@$(VPY) scripts/services.py stop
+
+services-status: $(STAMP)
+	@$(VPY) scripts/services.py status

@@ -1,0 +1,1 @@
+"""Admin API for the server pool: ``/api/admin/servers``."""

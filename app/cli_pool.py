@@ -1,0 +1,208 @@
+"""``vibebox pool``: add, list, drain and remove pool servers (same rules as the admin API)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from flask.cli import AppGroup
+
+pool_cli = AppGroup("pool", help="The server pool: SSH hosts that run VibeBoxes.")
+
+
+@contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Domain errors become a one-line message and exit status 1 (the session rolls back)."""
+    from app.db import db_session
+    from app.errors import VibeBoxError
+
+    try:
+        yield
+    except VibeBoxError as exc:
+        db_session().rollback()
+        details = ""
+        if exc.errors:
+            parts = (f"{k}: {' '.join(map(str, v))}" for k, v in exc.errors.items())
+            details = "; " + "; ".join(parts)
+        raise click.ClickException(f"{exc.message} [{exc.code}]{details}") from None
+
+
+def _server_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a server id (UUID)") from None
+
+
+def _read_secret(key_file: Path | None, password_env: str | None) -> dict[str, str]:
+    if (key_file is None) == (password_env is None):
+        raise click.UsageError("Give exactly one of --key-file and --password-env.")
+    if key_file is not None:
+        try:
+            return {"privateKey": key_file.read_text()}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read {key_file}: {exc}") from None
+    assert password_env is not None
+    password = os.environ.get(password_env)
+    if not password:
+        raise click.ClickException(f"{password_env} is not set or empty")
+    return {"password": password}
+
+
+@pool_cli.command("add")
+@click.option("--host", required=True, help="Hostname or IP address.")
+@click.option("--port", type=int, default=22, show_default=True)
+@click.option("--user", required=True, help="SSH login user on the server.")
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Unencrypted private key (PEM/OpenSSH) to log in with.",
+)
+@click.option("--password-env", metavar="VAR", help="Read the SSH password from this variable.")
+@click.option("--cpu", "cpu_cores", type=int, help="CPU cores (default: read from the server).")
+@click.option("--ram-gb", type=int, help="Memory in GB (default: read from the server).")
+@click.option("--disk-gb", type=int, help="Disk in GB (default: read from the server).")
+@click.option("--region")
+@click.option("--label")
+@click.option(
+    "--host-key-fingerprint",
+    metavar="SHA256:...",
+    help="Expected host key (ssh-keygen -lf); refused if the server shows another.",
+)
+def pool_add(
+    host: str,
+    port: int,
+    user: str,
+    key_file: Path | None,
+    password_env: str | None,
+    cpu_cores: int | None,
+    ram_gb: int | None,
+    disk_gb: int | None,
+    region: str | None,
+    label: str | None,
+    host_key_fingerprint: str | None,
+) -> None:
+    """Add a server: one SSH login proves the credentials; the host key is pinned."""
+    from marshmallow import ValidationError
+
+    from app import get_settings
+    from app.api.servers.schemas import ServerCreateSchema
+    from app.db import db_session
+    from app.services import pool
+
+    raw: dict[str, Any] = {"host": host, "port": port, "user": user}
+    raw.update(_read_secret(key_file, password_env))
+    optional = {
+        "cpuCores": cpu_cores,
+        "ramGb": ram_gb,
+        "diskGb": disk_gb,
+        "region": region,
+        "label": label,
+        "hostKeyFingerprint": host_key_fingerprint,
+    }
+    raw.update({k: v for k, v in optional.items() if v is not None})
+    try:
+        # Same validation as the API; resources may be left out (read from the server).
+        data = ServerCreateSchema(partial=("cpu_cores", "ram_gb", "disk_gb")).load(raw)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid input: {exc.messages}") from None
+    session = db_session()
+    with _domain_errors():
+        server = pool.add_server(
+            session, pool.ServerSpec(**data), encryption_key=get_settings().encryption_key
+        )
+        session.commit()
+    click.echo(f"added server {server.id} ({server.ssh_user}@{server.host}:{server.ssh_port})")
+    click.echo(f"host key pinned: {server.host_key_fingerprint}")
+    click.echo(
+        f"resources: {server.cpu_cores} cpu, {server.ram_gb} GB ram, {server.disk_gb} GB disk; "
+        f"login {server.last_latency_ms} ms"
+    )
+
+
+def _ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    if seconds < 172800:
+        return f"{seconds // 3600}h ago"
+    return f"{seconds // 86400}d ago"
+
+
+def _table(rows: list[list[str]], out: Callable[[str], None]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@pool_cli.command("list")
+@click.option("--state", help="Only servers in this state.")
+def pool_list(state: str | None) -> None:
+    """Show the pool: state, health (failures / last check / latency) and allocated box."""
+    from app.db import db_session
+    from app.models.server import SERVER_STATES
+    from app.services import pool
+
+    if state is not None and state not in SERVER_STATES:
+        raise click.BadParameter(f"one of {', '.join(SERVER_STATES)}", param_hint="--state")
+    session = db_session()
+    views = pool.view_servers(session, pool.list_servers(session, state))
+    if not views:
+        click.echo("no servers" + (f" in state {state}" if state else ""))
+        return
+    now = datetime.now(UTC)
+    rows = [["ID", "HOST", "USER", "STATE", "HEALTH", "ALLOCATED BOX", "LABEL"]]
+    for view in views:
+        s = view.server
+        latency = f"{s.last_latency_ms} ms" if s.last_latency_ms is not None else "-"
+        health = f"{s.consecutive_failures} fail, {_ago(s.last_checked_at, now)}, {latency}"
+        rows.append(
+            [
+                str(s.id),
+                f"{s.host}:{s.ssh_port}",
+                s.ssh_user,
+                s.state,
+                health,
+                str(view.allocated_box_id or "-"),
+                s.label or "",
+            ]
+        )
+    _table(rows, click.echo)
+
+
+@pool_cli.command("drain")
+@click.argument("server_id")
+def pool_drain(server_id: str) -> None:
+    """Stop allocating SERVER_ID; a box already on it keeps running."""
+    from app.db import db_session
+    from app.services import pool
+
+    session = db_session()
+    with _domain_errors():
+        server = pool.drain_server(session, _server_id(server_id))
+        session.commit()
+    click.echo(f"server {server.id} is {server.state}")
+
+
+@pool_cli.command("remove")
+@click.argument("server_id")
+def pool_remove(server_id: str) -> None:
+    """Remove SERVER_ID (refused while a box is on it; retired if boxes used it before)."""
+    from app.db import db_session
+    from app.services import pool
+
+    session = db_session()
+    with _domain_errors():
+        outcome = pool.remove_server(session, _server_id(server_id))
+        session.commit()
+    click.echo(f"server {server_id} {outcome}")

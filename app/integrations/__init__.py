@@ -1,0 +1,1 @@
+"""Adapters to remote systems (Happy server, SSH hosts, payment providers, clouds)."""

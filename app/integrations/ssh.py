@@ -1,0 +1,407 @@
+"""A VibeBox host over SSH: pinned host keys, Happy credentials and the Happy daemon.
+
+Plain paramiko rather than ``fabric.Connection``: Fabric reads ``~/.ssh/config`` and
+auto-adds unknown host keys (both must not happen here), and its ``run(in_stream=...)``
+costs ~300 ms per call against a few ms for a raw ``exec_command`` fed through stdin on a
+connection with TCP_NODELAY (the ~95 ms measured without it were Nagle's algorithm).
+
+Every failure leaves this module as a domain error: ``HostUnreachableError`` (transient:
+refused, timed out, dropped), ``SSHAuthError`` / ``HostKeyMismatchError`` (permanent), or
+``TransientError`` / ``PermanentError`` for what a command reported.
+
+Commands run in the login user's shell and environment (the box's sshd provides ``PATH``
+and ``HAPPY_SERVER_URL``), so ``happy`` is looked up on ``PATH``, never at a fixed path.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+import paramiko
+
+from app.errors import (
+    HostKeyMismatchError,
+    HostUnreachableError,
+    PermanentError,
+    SSHAuthError,
+    TransientError,
+)
+from app.integrations.happy import HappyCredentials
+
+log = logging.getLogger(__name__)
+
+# Expanded by the remote shell: the Happy CLI honours HAPPY_HOME_DIR, and so do we.
+_HAPPY_DIR = 'd="${HAPPY_HOME_DIR:-$HOME/.happy}"'
+_UNREACHABLE = "The server could not be reached."
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """Where and how to log in to a box. Secrets are kept out of ``repr``."""
+
+    host: str
+    port: int = 22
+    user: str = "root"
+    password: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)  # PEM / OpenSSH text
+    host_key_fingerprint: str | None = None  # "SHA256:<base64 without padding>"
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """The outcome of one remote command (stdout and stderr interleaved)."""
+
+    command: str
+    exit_status: int
+    output: str
+    seconds: float
+
+
+def host_key_fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style fingerprint, as ``ssh-keygen -lf`` prints it."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def fetch_host_key_fingerprint(host: str, port: int = 22, timeout: float = 10.0) -> str:
+    """Fingerprint of the host key ``host`` presents (no login), to pin when it joins the pool.
+
+    It is the key of the type paramiko negotiates, the same one :class:`BoxSession` checks.
+    """
+    where = f"{host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise HostUnreachableError(f"ssh {where}: {exc}", safe_message=_UNREACHABLE) from exc
+    transport = paramiko.Transport(sock)
+    try:
+        transport.banner_timeout = timeout
+        transport.start_client(timeout=timeout)
+        return host_key_fingerprint(transport.get_remote_server_key())
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise HostUnreachableError(
+            f"ssh {where}: handshake failed: {exc}", safe_message=_UNREACHABLE
+        ) from exc
+    finally:
+        transport.close()
+
+
+class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Accept exactly the pinned key. paramiko asks this before authenticating, so a
+    mismatch means we never offer credentials and never run anything."""
+
+    def __init__(self, expected: str | None) -> None:
+        self.expected = expected
+
+    def missing_host_key(
+        self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey
+    ) -> None:
+        actual = host_key_fingerprint(key)
+        if self.expected is None:
+            log.warning("ssh %s: no pinned host key, accepting %s", hostname, actual)
+            return
+        if not hmac.compare_digest(actual, self.expected):
+            raise HostKeyMismatchError(
+                f"ssh {hostname}: host key {actual} does not match pinned {self.expected}",
+                safe_message="The server's identity changed; it was not used.",
+            )
+
+
+def _load_private_key(text: str) -> paramiko.PKey:
+    for key_class in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return key_class.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise SSHAuthError(
+        "SSH private key could not be read",
+        safe_message="The server's login credentials are invalid.",
+    )
+
+
+class BoxSession:
+    """One SSH connection to one box, reused for consecutive operations on it.
+
+    Use as a context manager. ``commands`` records every command line sent; by design it
+    never holds a secret (secrets travel over stdin), which tests assert.
+    """
+
+    def __init__(
+        self,
+        target: SSHTarget,
+        *,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 30.0,
+        daemon_timeout: float = 30.0,
+        allow_unpinned: bool = False,
+    ) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.daemon_timeout = daemon_timeout
+        self.allow_unpinned = allow_unpinned
+        self.commands: list[str] = []
+        self._client: paramiko.SSHClient | None = None
+
+    @property
+    def _where(self) -> str:
+        return f"{self.target.user}@{self.target.host}:{self.target.port}"
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        """Open the connection (idempotent): verify the pinned host key, then log in."""
+        if self._client is not None:
+            return
+        target = self.target
+        if target.host_key_fingerprint is None and not self.allow_unpinned:
+            raise PermanentError(
+                f"ssh {self._where}: no pinned host key",
+                safe_message="The server is not set up correctly.",
+            )
+        if not target.password and not target.private_key:
+            raise SSHAuthError(
+                f"ssh {self._where}: no password or key configured",
+                safe_message="The server's login credentials are invalid.",
+            )
+        pkey = _load_private_key(target.private_key) if target.private_key else None
+        client = paramiko.SSHClient()  # no known_hosts: the pin is the only trust
+        client.set_missing_host_key_policy(_PinnedHostKeyPolicy(target.host_key_fingerprint))
+        try:
+            client.connect(
+                target.host,
+                port=target.port,
+                username=target.user,
+                password=target.password,
+                pkey=pkey,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                channel_timeout=self.connect_timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except HostKeyMismatchError:
+            client.close()
+            raise
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise SSHAuthError(
+                f"ssh {self._where}: authentication failed: {exc}",
+                safe_message="The server refused our login.",
+            ) from exc
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            client.close()
+            raise HostUnreachableError(
+                f"ssh {self._where}: {type(exc).__name__}: {exc}", safe_message=_UNREACHABLE
+            ) from exc
+        transport = client.get_transport()
+        if transport is not None and isinstance(transport.sock, socket.socket):
+            # Without it, Nagle + delayed ACKs hold a command's stdin packets ~40 ms each:
+            # write_credentials on an open connection takes ~90 ms instead of ~8 ms.
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def run(
+        self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
+    ) -> CommandResult:
+        """Run ``command`` in the login shell; ``stdin`` is streamed to it, never put in argv.
+
+        ``timeout`` bounds the whole command (open, run, read). A non-zero exit status is
+        returned, not raised: the operations below decide what it means.
+        """
+        self.connect()
+        assert self._client is not None
+        limit = self.command_timeout if timeout is None else timeout
+        self.commands.append(command)
+        started = time.monotonic()
+        deadline = started + limit
+        try:
+            transport = self._client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("connection is closed")
+            channel = transport.open_session(timeout=limit)
+            try:
+                channel.set_combine_stderr(True)
+                channel.settimeout(limit)
+                channel.exec_command(command)
+                if stdin:
+                    channel.sendall(stdin)
+                channel.shutdown_write()  # EOF for `cat`
+                chunks = []
+                while True:
+                    channel.settimeout(max(deadline - time.monotonic(), 0.001))
+                    chunk = channel.recv(65536)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                if not channel.status_event.wait(max(deadline - time.monotonic(), 0.0)):
+                    raise TimeoutError
+                exit_status = channel.recv_exit_status()
+            finally:
+                channel.close()
+        except TimeoutError:  # socket.timeout is TimeoutError
+            self.close()  # the channel's state is unknown; start clean next time
+            raise TransientError(
+                f"ssh {self._where}: `{command[:60]}` timed out after {limit}s",
+                safe_message="The server did not answer in time.",
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.close()
+            raise HostUnreachableError(
+                f"ssh {self._where}: connection lost: {exc}", safe_message=_UNREACHABLE
+            ) from exc
+        seconds = time.monotonic() - started
+        output = b"".join(chunks).decode("utf-8", errors="replace")
+        log.debug(
+            "ssh %s `%s` -> %s in %.0f ms", self._where, command[:60], exit_status, seconds * 1000
+        )
+        return CommandResult(command, exit_status, output, seconds)
+
+    # --- operations ---------------------------------------------------------------------
+
+    def write_credentials(self, creds: HappyCredentials) -> None:
+        """Write ``~/.happy/access.key`` (0600, dir 0700) atomically; the content goes over
+        stdin so ``ps`` on the box never shows it. Idempotent.
+
+        A temp file in the same directory + ``mv`` means the CLI sees the old file or the
+        new one, never half of one; the size check refuses a stream cut short.
+        """
+        payload = creds.access_key_json().encode()
+        script = (
+            f'umask 077 && {_HAPPY_DIR} && mkdir -p "$d" && chmod 700 "$d"'
+            ' && t="$d/access.key.tmp.$$" && trap \'rm -f "$t"\' EXIT'
+            f' && cat > "$t" && test "$(wc -c < "$t")" -eq {len(payload)}'
+            ' && mv -f "$t" "$d/access.key"'
+        )
+        result = self.run(script, stdin=payload)
+        if result.exit_status != 0:
+            raise TransientError(
+                f"ssh {self._where}: writing access.key failed "
+                f"(exit {result.exit_status}): {_last_line(result.output)}",
+                safe_message="Could not configure the server.",
+            )
+
+    def daemon_status(self) -> bool:
+        """True when ``happy daemon status`` says the daemon runs."""
+        result = self.run("happy daemon status")
+        self._require_happy(result)
+        if "not running" in result.output:
+            return False
+        if "Daemon is running" in result.output:
+            return True
+        raise TransientError(
+            f"ssh {self._where}: unexpected `happy daemon status` output "
+            f"(exit {result.exit_status}): {_last_line(result.output)}",
+            safe_message="Could not read the Happy daemon's status.",
+        )
+
+    def start_daemon(self) -> bool:
+        """Start the Happy daemon unless it already runs; True when this call started it.
+
+        Exit 0 does not prove the daemon registered with Happy: confirm with
+        ``HappyClient.list_machines`` (daemon status "running").
+        """
+        if self.daemon_status():
+            return False
+        result = self.run("happy daemon start", timeout=self.daemon_timeout)
+        if result.exit_status == 0:
+            return True
+        self._require_happy(result)
+        message = (
+            f"ssh {self._where}: `happy daemon start` exited {result.exit_status}: "
+            f"{_last_line(result.output)}"
+        )
+        if "Failed to start daemon" in result.output:
+            # The CLI found no usable credentials: retrying the same file will not help.
+            raise PermanentError(message, safe_message="The Happy daemon rejected its credentials.")
+        raise TransientError(message, safe_message="The Happy daemon did not start.")
+
+    def stop_daemon(self) -> None:
+        """Stop the Happy daemon (a no-op when none runs)."""
+        result = self.run("happy daemon stop", timeout=self.daemon_timeout)
+        self._require_happy(result)
+        if result.exit_status != 0:
+            raise TransientError(
+                f"ssh {self._where}: `happy daemon stop` exited {result.exit_status}: "
+                f"{_last_line(result.output)}",
+                safe_message="The Happy daemon did not stop.",
+            )
+
+    def wipe_credentials(self, *, forget_machine: bool = True) -> None:
+        """Remove the credentials and daemon state (stop the daemon first). Idempotent.
+
+        ``forget_machine`` also drops settings.json (the machine id) and the CLI's logs, so
+        the next owner of this server starts as a new machine and sees nothing of the last.
+        """
+        names = [
+            '"$d/access.key"',
+            '"$d"/access.key.tmp.*',
+            '"$d/daemon.state.json"',
+            '"$d/daemon.state.json.lock"',
+        ]
+        if forget_machine:
+            names += ['"$d/settings.json"', '"$d/settings.json.lock"', '"$d/logs"']
+        result = self.run(f"{_HAPPY_DIR} && rm -rf {' '.join(names)}")
+        if result.exit_status != 0:
+            raise TransientError(
+                f"ssh {self._where}: wiping credentials failed (exit {result.exit_status}): "
+                f"{_last_line(result.output)}",
+                safe_message="Could not clean the server.",
+            )
+
+    def probe(self) -> float:
+        """Round-trip latency (seconds) of a trivial command: the pool health check."""
+        result = self.run("true", timeout=min(self.command_timeout, 10.0))
+        if result.exit_status != 0:
+            raise TransientError(
+                f"ssh {self._where}: `true` exited {result.exit_status}", safe_message=_UNREACHABLE
+            )
+        return result.seconds
+
+    def read_machine_id(self) -> str | None:
+        """The Happy machine id from settings.json, or None before the daemon first ran."""
+        result = self.run(f'{_HAPPY_DIR} && cat "$d/settings.json" 2>/dev/null || true')
+        try:
+            settings = json.loads(result.output)
+        except ValueError:
+            return None
+        machine_id = settings.get("machineId") if isinstance(settings, dict) else None
+        return machine_id if isinstance(machine_id, str) and machine_id else None
+
+    def _require_happy(self, result: CommandResult) -> None:
+        if result.exit_status == 127:
+            raise PermanentError(
+                f"ssh {self._where}: `happy` is not on PATH",
+                safe_message="The server is missing the Happy CLI.",
+            )
+
+
+def _last_line(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    return lines[-1][:160] if lines else ""

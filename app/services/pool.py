@@ -1,0 +1,622 @@
+"""The server pool: admitting SSH hosts, operator state changes, allocation and health.
+
+Admission (:func:`add_server`) pins the host key and proves the credentials with one real
+login before anything is stored; the credential is sealed with AES-256-GCM and bound to its
+row (the AAD names the server id), so a sealed value copied onto another row does not open.
+
+State model (``servers.state``)::
+
+    available --allocate--> allocated --release--> available | cleaning
+    cleaning  --release--> available
+    any       --quarantine / K failed probes--> unhealthy --probe ok / operator--> available
+    operator: available | allocated | unhealthy | cleaning --> draining --> available
+              anything without a live box --> retired
+
+Rules an operator cannot break:
+
+- ``allocated`` is set only by :func:`allocate_server`. Asking for ``available`` on a
+  server that still hosts a live box (status <> 'terminated') restores ``allocated``.
+- ``draining`` is allowed while a box is on the server and means "do not reallocate after
+  release": :func:`release_server` leaves a draining server draining (so do ``retired`` and
+  ``unhealthy``: an operator's or the health check's decision outlives the box).
+- ``retired`` and ``unhealthy`` are refused while a live box holds the server
+  (``server_allocated``), and ``cleaning`` cannot be turned into ``available`` by hand
+  (the previous box's credentials may still be on it).
+- :func:`remove_server` deletes a server no box ever used; one that boxes reference
+  historically is marked ``retired`` instead, so the boxes keep their server id.
+
+HTTP mapping of the errors raised here: ``validation_error`` / ``server_unreachable`` /
+``ssh_auth_failed`` / ``server_check_failed`` -> 422 (the request describes no usable
+server), ``host_key_mismatch`` / ``server_exists`` / ``server_allocated`` /
+``invalid_state_transition`` -> 409, ``server_not_found`` -> 404.
+
+No Flask here and no commits: the caller (request, task or CLI command) owns the
+transaction; functions flush when they need ids or constraint checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app.crypto import decrypt_str, encrypt_str
+from app.errors import (
+    ConflictError,
+    HostKeyMismatchError,
+    HostUnreachableError,
+    IntegrationError,
+    InvalidStateError,
+    NotFoundError,
+    SSHAuthError,
+    TransientError,
+    ValidationError,
+)
+from app.integrations import ssh
+from app.integrations.ssh import SSHTarget
+from app.models import Plan, Server, VibeBox
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+PRIVATE_KEY_RE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+UNIQUE_CONSTRAINT = "uq_servers_host_ssh_port_ssh_user"
+LIVE_BOX = VibeBox.status != "terminated"
+
+# States an operator may ask for, by current state (see the module docstring).
+OPERATOR_STATES = ("available", "draining", "unhealthy", "retired")
+_TRANSITIONS: dict[str, frozenset[str]] = {
+    "available": frozenset({"draining", "unhealthy", "retired"}),
+    "allocated": frozenset({"available", "draining", "unhealthy", "retired"}),
+    "cleaning": frozenset({"draining", "unhealthy", "retired"}),
+    "unhealthy": frozenset({"available", "draining", "retired"}),
+    "draining": frozenset({"available", "unhealthy", "retired"}),
+    "retired": frozenset({"available", "draining"}),
+}
+# release_server leaves these alone: someone decided the server should not take a new box.
+_STICKY_ON_RELEASE = frozenset({"draining", "unhealthy", "retired"})
+_UPDATABLE = frozenset({"label", "region", "cpu_cores", "ram_gb", "disk_gb", "state"})
+
+
+class ServerUnreachableError(ValidationError):
+    """The server could not be reached over SSH."""
+
+    code = "server_unreachable"
+
+
+class SSHLoginFailedError(ValidationError):
+    """The server refused the SSH credentials."""
+
+    code = "ssh_auth_failed"
+
+
+# --- inputs and outputs ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSpec:
+    """What an operator tells us about a new pool server. Resources left as ``None`` are
+    read from the server itself during the admission login (``nproc``, MemTotal, ``df``)."""
+
+    host: str
+    port: int = 22
+    user: str
+    password: str | None = None
+    private_key: str | None = None  # PEM / OpenSSH private key text
+    host_key_fingerprint: str | None = None  # "SHA256:..."; None = pin what the host shows
+    cpu_cores: int | None = None
+    ram_gb: int | None = None
+    disk_gb: int | None = None
+    region: str | None = None
+    label: str | None = None
+
+    def __repr__(self) -> str:  # never show the credential
+        return f"ServerSpec({self.user}@{self.host}:{self.port})"
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_cores: int
+    ram_gb: int
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class ConnectionReport:
+    """What the admission check learned: the host key it saw and, on request, resources."""
+
+    host_key_fingerprint: str
+    latency_ms: int
+    resources: Resources | None = None
+
+
+# ``connect_check(target, detect_resources=...)``: log in to ``target`` once and report.
+# ``target.host_key_fingerprint`` is the expected key or None ("tell me"); an implementation
+# must refuse (HostKeyMismatchError) before offering credentials to a host whose key differs.
+ConnectCheck = Callable[..., ConnectionReport]
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """A server with the live box it hosts (what the API and CLI show)."""
+
+    server: Server
+    allocated_box_id: uuid.UUID | None
+
+
+# --- admission ---------------------------------------------------------------------------
+
+
+def check_connection(
+    target: SSHTarget, *, detect_resources: bool = False, timeout: float = 10.0
+) -> ConnectionReport:
+    """The real admission check: read the host key, compare it with the expected one (if
+    any), then log in with the key pinned and run a trivial command."""
+    actual = ssh.fetch_host_key_fingerprint(target.host, target.port, timeout=timeout)
+    expected = target.host_key_fingerprint
+    if expected is not None and actual != expected:
+        raise HostKeyMismatchError(
+            f"{target.host}:{target.port} presented host key {actual}, expected {expected}",
+            safe_message="The server's host key does not match.",
+        )
+    pinned = replace(target, host_key_fingerprint=actual)
+    with ssh.BoxSession(pinned, connect_timeout=timeout, command_timeout=timeout) as box:
+        latency = box.probe()
+        resources = _detect_resources(box) if detect_resources else None
+    return ConnectionReport(actual, round(latency * 1000), resources)
+
+
+def _detect_resources(box: ssh.BoxSession) -> Resources:
+    result = box.run(
+        "nproc && awk '/^MemTotal:/ {print $2}' /proc/meminfo"
+        " && df -Pk \"$HOME\" | awk 'NR==2 {print $2}'"
+    )
+    try:
+        cpu, mem_kb, disk_kb = (int(line) for line in result.output.split())
+    except ValueError:
+        raise TransientError(
+            f"could not read resources: {result.output[:200]!r}",
+            safe_message="Could not read the server's CPU, memory and disk.",
+        ) from None
+    gib = 1024 * 1024
+    # MemTotal excludes memory the kernel reserves: round, so a 4 GB machine reads 4, not 3.
+    return Resources(cpu, max(1, round(mem_kb / gib)), max(1, disk_kb // gib))
+
+
+def normalize_fingerprint(value: str) -> str:
+    """``SHA256:<base64>`` without padding, as ``ssh-keygen -lf`` prints it."""
+    value = value.strip()
+    if not FINGERPRINT_RE.match(value):
+        raise ValidationError(
+            "Host key fingerprints look like SHA256:<43 base64 characters>",
+            errors={"host_key_fingerprint": ["Not a SHA256 host key fingerprint."]},
+        )
+    return value.rstrip("=")
+
+
+def _credential_aad(server_id: uuid.UUID) -> str:
+    return f"server-credential:{server_id}"
+
+
+def _validate_spec(spec: ServerSpec) -> None:
+    errors: dict[str, list[str]] = {}
+    if (spec.password is None) == (spec.private_key is None):
+        message = "Give exactly one of password and private key."
+        errors["password"] = errors["private_key"] = [message]
+    elif spec.password is not None and not spec.password:
+        errors["password"] = ["Must not be empty."]
+    elif spec.private_key is not None and not PRIVATE_KEY_RE.search(spec.private_key):
+        errors["private_key"] = ["Not a PEM or OpenSSH private key."]
+    if not spec.host.strip():
+        errors["host"] = ["Must not be empty."]
+    if not spec.user.strip():
+        errors["user"] = ["Must not be empty."]
+    if not 1 <= spec.port <= 65535:
+        errors["port"] = ["Must be between 1 and 65535."]
+    for name in ("cpu_cores", "ram_gb", "disk_gb"):
+        value = getattr(spec, name)
+        if value is not None and value < 1:
+            errors[name] = ["Must be at least 1."]
+    if errors:
+        raise ValidationError("The server description is not valid", errors=errors)
+
+
+def add_server(
+    session: Session,
+    spec: ServerSpec,
+    *,
+    encryption_key: bytes,
+    connect_check: ConnectCheck = check_connection,
+) -> Server:
+    """Admit a server to the pool (state ``available``) after one successful SSH login.
+
+    The host key is pinned as presented, or compared with ``spec.host_key_fingerprint``
+    (mismatch -> 409 ``host_key_mismatch``, nothing stored, credentials never offered).
+    Unreachable -> 422 ``server_unreachable``; refused login -> 422 ``ssh_auth_failed``;
+    a server with the same (host, port, user) -> 409 ``server_exists``.
+    """
+    _validate_spec(spec)
+    host, user = spec.host.strip().lower(), spec.user.strip()
+    expected = (
+        normalize_fingerprint(spec.host_key_fingerprint) if spec.host_key_fingerprint else None
+    )
+    where = f"{user}@{host}:{spec.port}"
+    if _find(session, host, spec.port, user) is not None:
+        raise ConflictError(f"{where} is already in the pool", code="server_exists")
+
+    target = SSHTarget(
+        host=host,
+        port=spec.port,
+        user=user,
+        password=spec.password,
+        private_key=spec.private_key,
+        host_key_fingerprint=expected,
+    )
+    detect = None in (spec.cpu_cores, spec.ram_gb, spec.disk_gb)
+    report = _run_check(connect_check, target, where, detect_resources=detect)
+    if expected is not None and report.host_key_fingerprint != expected:
+        raise _mismatch(where, expected, report.host_key_fingerprint)
+    resources = report.resources
+    if detect and resources is None:
+        raise ValidationError(
+            "Could not read the server's resources; give cpu, ram and disk explicitly",
+            errors={n: ["Required."] for n in ("cpu_cores", "ram_gb", "disk_gb")},
+        )
+
+    server_id = uuid.uuid4()
+    secret = spec.password if spec.password is not None else spec.private_key
+    assert secret is not None  # _validate_spec
+    server = Server(
+        id=server_id,
+        host=host,
+        ssh_port=spec.port,
+        ssh_user=user,
+        auth_method="password" if spec.password is not None else "key",
+        credential_encrypted=encrypt_str(encryption_key, secret, aad=_credential_aad(server_id)),
+        host_key_fingerprint=report.host_key_fingerprint,
+        cpu_cores=spec.cpu_cores or (resources.cpu_cores if resources else 0),
+        ram_gb=spec.ram_gb or (resources.ram_gb if resources else 0),
+        disk_gb=spec.disk_gb or (resources.disk_gb if resources else 0),
+        region=spec.region,
+        label=spec.label,
+        state="available",
+        consecutive_failures=0,
+        last_checked_at=_now(),
+        last_latency_ms=report.latency_ms,
+    )
+    try:
+        with session.begin_nested():
+            session.add(server)
+            session.flush()
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", "") or ""
+        if constraint == UNIQUE_CONSTRAINT:
+            raise ConflictError(f"{where} is already in the pool", code="server_exists") from None
+        raise
+    log.info(
+        "pool: server %s added (%s, %s auth, host key %s)",
+        server.id,
+        where,
+        server.auth_method,
+        server.host_key_fingerprint,
+    )
+    return server
+
+
+def _run_check(
+    connect_check: ConnectCheck, target: SSHTarget, where: str, *, detect_resources: bool
+) -> ConnectionReport:
+    try:
+        return connect_check(target, detect_resources=detect_resources)
+    except HostKeyMismatchError as exc:
+        log.warning("pool: refused %s: %s", where, exc)
+        raise ConflictError(
+            f"{where}: the host key does not match ({exc})", code="host_key_mismatch"
+        ) from None
+    except SSHAuthError as exc:
+        log.info("pool: login refused by %s: %s", where, exc)
+        raise SSHLoginFailedError(
+            f"SSH login to {where} failed: {exc.safe_message} Check the user and credential."
+        ) from None
+    except (HostUnreachableError, TransientError) as exc:
+        log.info("pool: %s unreachable: %s", where, exc)
+        raise ServerUnreachableError(f"Could not reach {where} over SSH: {exc}") from None
+    except IntegrationError as exc:
+        raise ValidationError(
+            f"{where} cannot be used: {exc.safe_message}", code="server_check_failed"
+        ) from None
+
+
+def _mismatch(where: str, expected: str, actual: str) -> ConflictError:
+    return ConflictError(
+        f"{where} presented host key {actual}, not the expected {expected}",
+        code="host_key_mismatch",
+    )
+
+
+def ssh_target_for(server: Server, encryption_key: bytes) -> SSHTarget:
+    """How to log in to ``server`` (decrypts its credential; the host key stays pinned)."""
+    secret = decrypt_str(
+        encryption_key, server.credential_encrypted, aad=_credential_aad(server.id)
+    )
+    is_password = server.auth_method == "password"
+    return SSHTarget(
+        host=server.host,
+        port=server.ssh_port,
+        user=server.ssh_user,
+        password=secret if is_password else None,
+        private_key=None if is_password else secret,
+        host_key_fingerprint=server.host_key_fingerprint,
+    )
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _find(session: Session, host: str, port: int, user: str) -> Server | None:
+    return session.scalars(
+        select(Server).where(Server.host == host, Server.ssh_port == port, Server.ssh_user == user)
+    ).first()
+
+
+def get_server(session: Session, server_id: uuid.UUID, *, for_update: bool = False) -> Server:
+    """The server, or 404 ``server_not_found``. ``for_update`` locks its row."""
+    stmt = select(Server).where(Server.id == server_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    server = session.scalars(stmt).first()
+    if server is None:
+        raise NotFoundError(f"No server {server_id}", code="server_not_found")
+    return server
+
+
+def list_servers(session: Session, state: str | None = None) -> list[Server]:
+    """Pool servers, oldest first, optionally only those in ``state``."""
+    stmt = select(Server).order_by(Server.created_at, Server.id)
+    if state is not None:
+        stmt = stmt.where(Server.state == state)
+    return list(session.scalars(stmt))
+
+
+def live_box_ids(session: Session, server_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+    """Server id -> id of the live (not terminated) box on it."""
+    ids = list(server_ids)
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(VibeBox.server_id, VibeBox.id).where(VibeBox.server_id.in_(ids), LIVE_BOX)
+    )
+    return {server_id: box_id for server_id, box_id in rows if server_id is not None}
+
+
+def view_servers(session: Session, servers: Iterable[Server]) -> list[ServerView]:
+    servers = list(servers)
+    boxes = live_box_ids(session, (s.id for s in servers))
+    return [ServerView(s, boxes.get(s.id)) for s in servers]
+
+
+def view_server(session: Session, server: Server) -> ServerView:
+    return view_servers(session, [server])[0]
+
+
+def _live_box_id(session: Session, server_id: uuid.UUID) -> uuid.UUID | None:
+    return live_box_ids(session, [server_id]).get(server_id)
+
+
+# --- operator changes --------------------------------------------------------------------
+
+
+def update_server(session: Session, server_id: uuid.UUID, **changes: Any) -> Server:
+    """Change label, region, resources and/or state (operator rules in the module doc)."""
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        raise ValidationError(
+            "These fields cannot be changed", errors={n: ["Unknown field."] for n in unknown}
+        )
+    for name in ("cpu_cores", "ram_gb", "disk_gb"):
+        if name in changes and (not isinstance(changes[name], int) or changes[name] < 1):
+            raise ValidationError(
+                "Resources must be positive", errors={name: ["Must be at least 1."]}
+            )
+    server = get_server(session, server_id, for_update=True)
+    for name in ("label", "region", "cpu_cores", "ram_gb", "disk_gb"):
+        if name in changes:
+            setattr(server, name, changes[name])
+    if "state" in changes and changes["state"] is not None:
+        _change_state(session, server, changes["state"])
+    session.flush()
+    return server
+
+
+def _change_state(session: Session, server: Server, wanted: str) -> None:
+    if wanted not in OPERATOR_STATES:
+        raise ValidationError(
+            f"State {wanted!r} cannot be set by hand",
+            errors={"state": [f"Must be one of: {', '.join(OPERATOR_STATES)}."]},
+        )
+    current = server.state
+    if wanted == current:
+        return
+    if wanted not in _TRANSITIONS.get(current, frozenset()):
+        raise InvalidStateError(
+            f"A server in state {current!r} cannot become {wanted!r}",
+            code="invalid_state_transition",
+        )
+    box_id = _live_box_id(session, server.id)
+    if box_id is not None:
+        if wanted in ("retired", "unhealthy"):
+            raise ConflictError(
+                f"Server {server.id} hosts box {box_id}; drain it instead, or wait for the "
+                "box to end",
+                code="server_allocated",
+            )
+        if wanted == "available":
+            wanted = "allocated"  # un-draining a server that still hosts its box
+    server.state = wanted
+    log.info("pool: server %s state %s -> %s (operator)", server.id, current, wanted)
+
+
+def drain_server(session: Session, server_id: uuid.UUID) -> Server:
+    """Take a server out of allocation; a box already on it keeps running. Idempotent."""
+    return update_server(session, server_id, state="draining")
+
+
+def remove_server(session: Session, server_id: uuid.UUID) -> Literal["deleted", "retired"]:
+    """Delete a server no box ever used, else mark it ``retired`` (boxes keep their history).
+
+    Refused (409 ``server_allocated``) while a live box holds it.
+    """
+    server = get_server(session, server_id, for_update=True)
+    box_id = _live_box_id(session, server.id)
+    if box_id is not None:
+        raise ConflictError(
+            f"Server {server.id} hosts box {box_id}; it can be removed once the box ends "
+            "(drain it to stop new allocations)",
+            code="server_allocated",
+        )
+    referenced = session.scalar(select(exists().where(VibeBox.server_id == server.id)))
+    if referenced:
+        server.state = "retired"
+        session.flush()
+        log.info("pool: server %s retired (boxes reference it)", server.id)
+        return "retired"
+    session.delete(server)
+    session.flush()
+    log.info("pool: server %s deleted", server_id)
+    return "deleted"
+
+
+# --- allocation (provisioning chain) -----------------------------------------------------
+
+
+def allocate_server(session: Session, box: VibeBox) -> Server | None:
+    """Give ``box`` the smallest available server that fits its plan; None when none fits.
+
+    Idempotent: a box that already holds a server gets that server back. The box row is
+    locked first (two deliveries of the same step allocate once) and the server is taken
+    with ``FOR UPDATE SKIP LOCKED`` (concurrent allocations never pick the same server and
+    never wait on each other).
+    """
+    held = session.scalar(select(VibeBox.server_id).where(VibeBox.id == box.id).with_for_update())
+    if held is not None:
+        set_committed_value(box, "server_id", held)
+        return session.get(Server, held)
+    plan = session.get(Plan, box.plan_id)
+    if plan is None:
+        raise NotFoundError(f"No plan {box.plan_id!r}", code="plan_not_found")
+    occupied = exists().where(VibeBox.server_id == Server.id, LIVE_BOX)
+    server = session.scalars(
+        select(Server)
+        .where(
+            Server.state == "available",
+            Server.cpu_cores >= plan.cpu_cores,
+            Server.ram_gb >= plan.ram_gb,
+            Server.disk_gb >= plan.disk_gb,
+            ~occupied,
+        )
+        .order_by(Server.cpu_cores, Server.ram_gb, Server.disk_gb, Server.created_at, Server.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=Server)
+    ).first()
+    if server is None:
+        log.info("pool: no available server fits box %s (plan %s)", box.id, plan.id)
+        return None
+    server.state = "allocated"
+    box.server_id = server.id
+    session.flush()
+    log.info("pool: server %s allocated to box %s", server.id, box.id)
+    return server
+
+
+def release_server(
+    session: Session,
+    server_id: uuid.UUID,
+    *,
+    to_state: Literal["available", "cleaning"] = "available",
+) -> Server:
+    """The server no longer hosts a box: back to ``to_state``.
+
+    A live box still pointing at the server is detached (``server_id = None``), since a
+    released server must be free for the next allocation. ``draining``, ``unhealthy`` and
+    ``retired`` stay as they are: draining means "do not reallocate after release".
+    """
+    if to_state not in ("available", "cleaning"):
+        raise ValueError(f"cannot release to {to_state!r}")
+    server = get_server(session, server_id, for_update=True)
+    for box in session.scalars(
+        select(VibeBox).where(VibeBox.server_id == server.id, LIVE_BOX).with_for_update()
+    ):
+        log.warning("pool: releasing server %s detaches live box %s", server.id, box.id)
+        box.server_id = None
+    if server.state not in _STICKY_ON_RELEASE:
+        server.state = to_state
+    session.flush()
+    log.info("pool: server %s released (%s)", server.id, server.state)
+    return server
+
+
+def quarantine_server(session: Session, server_id: uuid.UUID, reason: str) -> Server:
+    """Mark a server ``unhealthy`` with ``reason`` (it is not allocated again until a probe
+    or an operator restores it). Boxes are the caller's business: move them first."""
+    server = get_server(session, server_id, for_update=True)
+    previous = server.state
+    if previous != "retired":
+        server.state = "unhealthy"
+    server.last_error = reason[:2000]
+    server.consecutive_failures += 1
+    session.flush()
+    log.warning("pool: server %s quarantined (was %s): %s", server.id, previous, reason)
+    return server
+
+
+def record_probe(
+    session: Session,
+    server_id: uuid.UUID,
+    ok: bool,
+    latency_ms: int | None,
+    error: str | None,
+    *,
+    unhealthy_after: int = 3,
+) -> Server:
+    """Record one health-check probe.
+
+    ``unhealthy_after`` consecutive failures turn an ``available`` server ``unhealthy``; a
+    successful probe resets the counter and brings an ``unhealthy`` server without a live
+    box back to ``available``. Other states (allocated, cleaning, draining, retired) only get
+    their counters updated.
+    """
+    server = get_server(session, server_id, for_update=True)
+    server.last_checked_at = _now()
+    if ok:
+        server.consecutive_failures = 0
+        server.last_latency_ms = latency_ms
+        server.last_error = None
+        if server.state == "unhealthy" and _live_box_id(session, server.id) is None:
+            server.state = "available"
+            log.info("pool: server %s recovered", server.id)
+    else:
+        server.consecutive_failures += 1
+        server.last_error = (error or "probe failed")[:2000]
+        if server.state == "available" and server.consecutive_failures >= unhealthy_after:
+            server.state = "unhealthy"
+            log.warning(
+                "pool: server %s unhealthy after %d failed probes: %s",
+                server.id,
+                server.consecutive_failures,
+                server.last_error,
+            )
+    session.flush()
+    return server

@@ -1,0 +1,592 @@
+"""The provisioning chain's business logic: boxes, their step timeline, and the steps.
+
+A step is three phases so no database transaction stays open across a remote call:
+``prepare`` (DB: read state; return None when the work is already done), ``execute``
+(remote only: Happy, SSH; no session), ``record`` (DB: write the outcome). The task runner
+in ``workers.provisioning`` commits between phases and owns retries.
+
+Idempotency: every ``prepare`` reads what is already true (account exists, box holds a
+server, machine id known) and skips done work, so a redelivered or duplicated task is safe.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from app.config import Settings
+from app.crypto import DecryptionError
+from app.errors import (
+    HostKeyMismatchError,
+    HostUnreachableError,
+    InvalidStateError,
+    NotFoundError,
+    PermanentError,
+    SSHAuthError,
+    TransientError,
+)
+from app.integrations.happy import HappyAPI, HappyCredentials
+from app.integrations.ssh import BoxSession, SSHTarget
+from app.models import Plan, ProvisioningStep, Server, User, VibeBox
+from app.services import happy_accounts, pool
+
+log = logging.getLogger(__name__)
+
+STEPS: tuple[str, ...] = (
+    "create_happy_account",
+    "allocate_server",
+    "configure_server",
+    "start_daemon",
+    "mark_running",
+)
+# Boxes the chain (and the reconciler) still has to move forward.
+IN_PROGRESS = ("pending", "waiting_for_capacity", "provisioning")
+# Steps that talk to the box's server: an SSH-level failure there moves the box.
+SERVER_STEPS = ("configure_server", "start_daemon")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class NoCapacityError(TransientError):
+    """No available server fits the box's plan (yet)."""
+
+    def __init__(self) -> None:
+        super().__init__("no available server fits", safe_message="Waiting for a free server.")
+
+
+class ServerUnusableError(Exception):
+    """The box's server failed at the SSH level: quarantine it and move the box."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.safe_message = getattr(cause, "safe_message", "The server could not be used.")
+
+
+# --- boxes ---------------------------------------------------------------------------
+
+
+def create_vibebox(
+    session: Session,
+    *,
+    user_id: uuid.UUID,
+    plan_id: str,
+    subscription_id: uuid.UUID | None = None,
+    order_id: uuid.UUID | None = None,
+) -> VibeBox:
+    """A pending box with its five pending steps. The caller commits, then enqueues."""
+    if session.get(User, user_id) is None:
+        raise NotFoundError("No such user", code="user_not_found")
+    plan = session.get(Plan, plan_id)
+    if plan is None or not plan.active:
+        raise NotFoundError("No such plan", code="plan_not_found")
+    box = VibeBox(
+        user_id=user_id,
+        plan_id=plan_id,
+        subscription_id=subscription_id,
+        order_id=order_id,
+        status="pending",
+        step=STEPS[0],
+        steps=[ProvisioningStep(name=n, position=i, state="pending") for i, n in enumerate(STEPS)],
+    )
+    session.add(box)
+    session.flush()
+    return box
+
+
+def get_box(session: Session, box_id: uuid.UUID, *, owner_id: uuid.UUID | None = None) -> VibeBox:
+    """A box with its steps; with ``owner_id``, other users' boxes are 'not found'."""
+    box = session.scalar(
+        select(VibeBox).options(selectinload(VibeBox.steps)).where(VibeBox.id == box_id)
+    )
+    if box is None or (owner_id is not None and box.user_id != owner_id):
+        raise NotFoundError("No such VibeBox", code="vibebox_not_found")
+    return box
+
+
+def list_boxes(session: Session, owner_id: uuid.UUID) -> list[VibeBox]:
+    return list(
+        session.scalars(
+            select(VibeBox)
+            .options(selectinload(VibeBox.steps))
+            .where(VibeBox.user_id == owner_id)
+            .order_by(VibeBox.created_at.desc(), VibeBox.id)
+        )
+    )
+
+
+def progress(box: VibeBox) -> tuple[int, int]:
+    done = sum(1 for s in box.steps if s.state in ("succeeded", "skipped"))
+    return done, len(box.steps)
+
+
+def first_unfinished_step(box: VibeBox) -> str | None:
+    for step in box.steps:
+        if step.state != "succeeded":
+            return step.name
+    return None
+
+
+def web_url(settings: Settings, creds: HappyCredentials) -> str:
+    """The Happy web URL (seed 6.1.3). It carries credentials: owner-only, never logged."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"token": creds.token, "secret": creds.secret_b64, "embedded": "true"})
+    return f"{settings.happy_web_url}?{query}"
+
+
+def ssh_command(server: Server) -> str:
+    port = f"-p {server.ssh_port} " if server.ssh_port != 22 else ""
+    return f"ssh {port}{server.ssh_user}@{server.host}"
+
+
+def connection_info(session: Session, settings: Settings, box: VibeBox) -> dict[str, str] | None:
+    """``{happyWebUrl, sshCommand}`` for a running box, else None."""
+    if box.status != "running" or box.server_id is None:
+        return None
+    creds = happy_accounts.get_credentials(session, box.user_id, settings.encryption_key)
+    server = session.get(Server, box.server_id)
+    if creds is None or server is None:
+        return None
+    return {"happyWebUrl": web_url(settings, creds), "sshCommand": ssh_command(server)}
+
+
+def connect_url(session: Session, settings: Settings, box: VibeBox) -> str:
+    info = connection_info(session, settings, box)
+    if info is None:
+        raise InvalidStateError(
+            f"The VibeBox is {box.status}; it can be opened once it is running",
+            code="vibebox_not_running",
+            extra={"status": box.status},
+        )
+    return info["happyWebUrl"]
+
+
+# --- step bookkeeping ------------------------------------------------------------------
+
+
+class Begin(enum.Enum):
+    RUN = "run"  # do the work
+    DONE = "done"  # already done: let the chain continue
+    STOP = "stop"  # not this task's business (box finished/failed, or another worker has it)
+
+
+def _locked_box(session: Session, box_id: uuid.UUID) -> VibeBox | None:
+    box = session.get(VibeBox, box_id, with_for_update=True, populate_existing=True)
+    if box is not None:
+        session.refresh(box, attribute_names=["steps"])
+    return box
+
+
+def _step(box: VibeBox, name: str) -> ProvisioningStep:
+    for step in box.steps:
+        if step.name == name:
+            return step
+    raise KeyError(name)
+
+
+def begin_step(session: Session, box_id: uuid.UUID, name: str, *, lease_seconds: float) -> Begin:
+    """Claim ``name`` for this worker under the box's row lock.
+
+    A step marked running whose last update is younger than the lease belongs to another
+    live worker: STOP. Older than the lease, its worker is presumed dead and we take over.
+    """
+    box = _locked_box(session, box_id)
+    if box is None or box.status not in IN_PROGRESS:
+        return Begin.STOP
+    step = _step(box, name)
+    if step.state == "succeeded":
+        return Begin.DONE
+    earlier = [s for s in box.steps if s.position < step.position]
+    if any(s.state != "succeeded" for s in earlier):
+        return Begin.STOP  # out of order (e.g. reset by a retry): the reconciler resumes it
+    now = utcnow()
+    if step.state == "running" and step.updated_at > now - timedelta(seconds=lease_seconds):
+        return Begin.STOP
+    step.state = "running"
+    step.attempts += 1
+    step.started_at = step.started_at or now
+    step.updated_at = now
+    box.step = name
+    box.next_retry_at = None
+    if box.status != "waiting_for_capacity":
+        box.status = "provisioning"
+    box.attempts = step.attempts
+    return Begin.RUN
+
+
+def heartbeat(session: Session, box_id: uuid.UUID, name: str) -> None:
+    """Extend the lease of a long-running step."""
+    box = session.get(VibeBox, box_id)
+    if box is not None:
+        _step(box, name).updated_at = utcnow()
+
+
+def finish_step(session: Session, box_id: uuid.UUID, name: str) -> None:
+    box = _locked_box(session, box_id)
+    if box is None:
+        return
+    step = _step(box, name)
+    now = utcnow()
+    step.state = "succeeded"
+    step.finished_at = now
+    step.last_error = None
+    box.last_error = None
+    box.next_retry_at = None
+    box.attempts = 0
+    following = [s for s in box.steps if s.position > step.position]
+    box.step = following[0].name if following else None
+    if name == STEPS[-1]:
+        box.status = "running"
+    elif box.status == "waiting_for_capacity":
+        box.status = "provisioning"
+    log.info("box %s: step %s succeeded", box_id, name)
+
+
+def schedule_retry(
+    session: Session,
+    box_id: uuid.UUID,
+    name: str,
+    *,
+    safe_error: str,
+    delay: float,
+    waiting_for_capacity: bool = False,
+) -> None:
+    box = _locked_box(session, box_id)
+    if box is None:
+        return
+    step = _step(box, name)
+    step.state = "pending"
+    step.last_error = safe_error
+    if waiting_for_capacity:
+        # Waiting is not a failed attempt: it must not eat the retry budget.
+        step.attempts = max(step.attempts - 1, 0)
+        box.status = "waiting_for_capacity"
+    box.last_error = safe_error
+    box.attempts = step.attempts
+    box.next_retry_at = utcnow() + timedelta(seconds=delay)
+
+
+def attempts_of(session: Session, box_id: uuid.UUID, name: str) -> int:
+    step = session.scalar(
+        select(ProvisioningStep).where(
+            ProvisioningStep.vibebox_id == box_id, ProvisioningStep.name == name
+        )
+    )
+    return step.attempts if step is not None else 0
+
+
+def fail_box(session: Session, box_id: uuid.UUID, name: str, *, safe_error: str) -> None:
+    """Final failure: box ``error`` with a readable reason; its server is released for
+    cleaning or quarantined, never left allocated to a dead box."""
+    box = _locked_box(session, box_id)
+    if box is None:
+        return
+    step = _step(box, name)
+    step.state = "failed"
+    step.finished_at = utcnow()
+    step.last_error = safe_error
+    box.status = "error"
+    box.last_error = safe_error
+    box.next_retry_at = None
+    if box.server_id is not None:
+        # Credentials may be on it: it goes back only after a wipe (quarantine until then).
+        pool.quarantine_server(
+            session, box.server_id, f"box {box.id} failed at {name}: {safe_error}"
+        )
+        box.server_id = None
+        _reset_from(box, "allocate_server", keep_failed=name)
+    log.warning("box %s: failed at %s: %s", box_id, name, safe_error)
+
+
+def move_to_another_server(
+    session: Session, box_id: uuid.UUID, name: str, *, reason: str, max_moves: int
+) -> bool:
+    """Quarantine the box's server and send the box back to allocation.
+
+    Returns False (and fails the box) once ``max_moves`` servers were tried.
+    """
+    box = _locked_box(session, box_id)
+    if box is None:
+        return False
+    if box.server_id is not None:
+        pool.quarantine_server(session, box.server_id, reason)
+        box.server_id = None
+    allocation = _step(box, "allocate_server")
+    if allocation.attempts >= max_moves:
+        session.flush()
+        fail_box(
+            session, box_id, name, safe_error="No healthy server could be reached; we are on it."
+        )
+        return False
+    _reset_from(box, "allocate_server")
+    box.status = "provisioning"
+    box.last_error = "The first server did not answer; moving your box to another one."
+    log.warning("box %s: moving off its server after %s failed: %s", box_id, name, reason)
+    return True
+
+
+def _reset_from(box: VibeBox, name: str, *, keep_failed: str | None = None) -> None:
+    start = _step(box, name).position
+    for step in box.steps:
+        if step.position >= start and step.name != keep_failed:
+            step.state = "pending"
+            step.finished_at = None
+    box.step = name if keep_failed is None else keep_failed
+
+
+def retry_failed_box(session: Session, box_id: uuid.UUID) -> tuple[VibeBox, str]:
+    """Admin retry: resume an ``error`` box from its failed step (steps already done, such
+    as the Happy account, are not redone). Returns the box and the step to start at."""
+    box = _locked_box(session, box_id)
+    if box is None:
+        raise NotFoundError("No such VibeBox", code="vibebox_not_found")
+    if box.status != "error":
+        raise InvalidStateError(
+            f"Only a box in error can be retried; this one is {box.status}",
+            code="vibebox_not_failed",
+            extra={"status": box.status},
+        )
+    for step in box.steps:
+        if step.state in ("failed", "running"):
+            step.state = "pending"
+            step.finished_at = None
+        if step.state == "pending":
+            step.attempts = 0
+            step.last_error = None
+    start = first_unfinished_step(box) or STEPS[-1]
+    box.status = "provisioning"
+    box.step = start
+    box.last_error = None
+    box.attempts = 0
+    box.next_retry_at = None
+    return box, start
+
+
+def stuck_boxes(
+    session: Session, *, older_than: float, limit: int = 100
+) -> list[tuple[uuid.UUID, str]]:
+    """Boxes whose current step made no progress for ``older_than`` seconds (a lost
+    message, a killed worker, a wiped broker): ``(box id, step to resume at)``."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    boxes = session.scalars(
+        select(VibeBox)
+        .options(selectinload(VibeBox.steps))
+        .where(VibeBox.status.in_(IN_PROGRESS), VibeBox.updated_at < cutoff)
+        .order_by(VibeBox.updated_at)
+        .limit(limit)
+    ).all()
+    due: list[tuple[uuid.UUID, str]] = []
+    for box in boxes:
+        step_name = first_unfinished_step(box)
+        if step_name is None:
+            continue
+        step = _step(box, step_name)
+        last_move = max(step.updated_at, box.next_retry_at or step.updated_at)
+        if last_move < cutoff:
+            due.append((box.id, step_name))
+    return due
+
+
+def note_reenqueued(session: Session, box_id: uuid.UUID) -> None:
+    """Remember that the reconciler re-sent this box, so the next sweep waits a full
+    period before sending it again (the step's own lease is left alone)."""
+    box = session.get(VibeBox, box_id)
+    if box is not None:
+        box.next_retry_at = utcnow()
+
+
+# --- the steps -------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    """What steps need from outside the database; tests pass fakes of the integrations."""
+
+    settings: Settings
+    happy: HappyAPI
+    connect: Callable[[SSHTarget], BoxSession]
+    heartbeat: Callable[[], None] = field(default=lambda: None)
+
+
+class Step:
+    name: ClassVar[str]
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        """DB only. Return what ``execute`` needs, or None when nothing is left to do."""
+        raise NotImplementedError
+
+    def execute(self, plan: Any, ctx: StepContext) -> Any:
+        """Remote work only (no session)."""
+        return None
+
+    def record(self, session: Session, box: VibeBox, result: Any, ctx: StepContext) -> None:
+        """DB only: store the outcome."""
+
+
+class CreateHappyAccount(Step):
+    name = "create_happy_account"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        pending = happy_accounts.reserve_account(session, box.user_id, ctx.settings.encryption_key)
+        return None if pending.token else pending
+
+    def execute(self, plan: happy_accounts.PendingAccount, ctx: StepContext) -> str:
+        # Upsert by public key: repeating this after a crash yields the same account.
+        return ctx.happy.create_account(plan.secret)
+
+    def record(self, session: Session, box: VibeBox, result: str, ctx: StepContext) -> None:
+        happy_accounts.store_token(session, box.user_id, result, ctx.settings.encryption_key)
+
+
+class AllocateServer(Step):
+    name = "allocate_server"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        if pool.allocate_server(session, box) is None:
+            raise NoCapacityError()
+        return None
+
+
+def _server_plan(
+    session: Session, box: VibeBox, ctx: StepContext
+) -> tuple[SSHTarget, HappyCredentials]:
+    if box.server_id is None:
+        raise PermanentError("box has no server", safe_message="Internal error: no server.")
+    server = session.get(Server, box.server_id)
+    creds = happy_accounts.get_credentials(session, box.user_id, ctx.settings.encryption_key)
+    if server is None or creds is None:
+        raise PermanentError("box lost its server or account", safe_message="Internal error.")
+    try:
+        return pool.ssh_target_for(server, ctx.settings.encryption_key), creds
+    except DecryptionError as exc:  # ENCRYPTION_KEY changed: retrying cannot help
+        raise PermanentError(
+            f"server {server.id} credential does not decrypt", safe_message="Internal error."
+        ) from exc
+
+
+def _over_ssh(ctx: StepContext, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
+    try:
+        with ctx.connect(target) as box_session:
+            return work(box_session)
+    except (HostUnreachableError, SSHAuthError, HostKeyMismatchError) as exc:
+        raise ServerUnusableError(exc) from exc
+
+
+class ConfigureServer(Step):
+    name = "configure_server"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        return _server_plan(session, box, ctx)
+
+    def execute(self, plan: tuple[SSHTarget, HappyCredentials], ctx: StepContext) -> None:
+        target, creds = plan
+        # Atomic and idempotent: writing the same file again is harmless.
+        _over_ssh(ctx, target, lambda s: s.write_credentials(creds))
+
+
+class StartDaemon(Step):
+    name = "start_daemon"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        return _server_plan(session, box, ctx)[0]
+
+    def execute(self, plan: SSHTarget, ctx: StepContext) -> str:
+        def start(s: BoxSession) -> str | None:
+            s.start_daemon()  # checks `daemon status` first
+            return s.read_machine_id()
+
+        machine_id = _over_ssh(ctx, plan, start)
+        if not machine_id:
+            raise TransientError(
+                "daemon started but settings.json has no machineId yet",
+                safe_message="Waiting for the Happy daemon to register.",
+            )
+        return str(machine_id)
+
+    def record(self, session: Session, box: VibeBox, result: str, ctx: StepContext) -> None:
+        box.happy_machine_id = result
+
+
+class MarkRunning(Step):
+    """Honest 'running': the Happy server lists this machine with daemonState running."""
+
+    name = "mark_running"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        creds = happy_accounts.get_credentials(session, box.user_id, ctx.settings.encryption_key)
+        if creds is None or not box.happy_machine_id:
+            raise PermanentError(
+                "mark_running before account/daemon", safe_message="Internal error."
+            )
+        return creds, box.happy_machine_id
+
+    def execute(self, plan: tuple[HappyCredentials, str], ctx: StepContext) -> None:
+        creds, machine_id = plan
+        settings = ctx.settings.provisioning
+        deadline = time.monotonic() + settings.mark_running_timeout_seconds
+        while True:
+            machines = ctx.happy.list_machines(creds.token, creds.secret)
+            if any(m.id == machine_id and m.daemon_status == "running" for m in machines):
+                return
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"machine {machine_id} not listed as running after "
+                    f"{settings.mark_running_timeout_seconds}s",
+                    safe_message="The Happy daemon has not checked in yet.",
+                )
+            ctx.heartbeat()
+            time.sleep(settings.mark_running_poll_seconds)
+
+
+STEP_IMPLEMENTATIONS: dict[str, Step] = {
+    step.name: step
+    for step in (
+        CreateHappyAccount(),
+        AllocateServer(),
+        ConfigureServer(),
+        StartDaemon(),
+        MarkRunning(),
+    )
+}
+assert tuple(STEP_IMPLEMENTATIONS) == STEPS
+
+
+def describe_box(session: Session, settings: Settings, box: VibeBox) -> dict[str, Any]:
+    """The status document the owner polls (and the admin API returns)."""
+    done, total = progress(box)
+    return {
+        "id": box.id,
+        "status": box.status,
+        "step": box.step,
+        "progress": {"done": done, "total": total},
+        "attempts": box.attempts,
+        "lastError": box.last_error,
+        "nextRetryAt": box.next_retry_at,
+        "planId": box.plan_id,
+        "createdAt": box.created_at,
+        "updatedAt": box.updated_at,
+        "timeline": [
+            {
+                "name": s.name,
+                "state": s.state,
+                "attempts": s.attempts,
+                "startedAt": s.started_at,
+                "finishedAt": s.finished_at,
+                "lastError": s.last_error,
+            }
+            for s in box.steps
+        ],
+        "connectionInfo": connection_info(session, settings, box),
+    }

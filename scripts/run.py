@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Developer entry points behind ``make run``, ``make test`` and the Procfile's flower line.
+
+    python scripts/run.py serve    # services, migrations, then web+worker+beat+flower (honcho)
+    python scripts/run.py test     # system packages, test services, pytest -n auto $PYTEST_ARGS
+    python scripts/run.py flower   # Flower with the auth policy of VIBEBOX_ENV (Procfile)
+
+``serve`` and ``test`` use the servers of ``DATABASE_URL``/``REDIS_URL`` when set, else
+embedded ones under ``var/`` (see scripts/services.py), and stop on exit what they started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent  # the venv's bin when run as .venv/bin/python
+PROCFILE_PROCESSES = ("web", "worker", "beat", "flower")  # `release` runs before, not beside
+PYTEST_NO_TESTS = 5
+
+
+def say(message: str) -> None:
+    print(f"[vibebox] {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> int:
+    say(f"error: {message}")
+    return code
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (``export``, comments and quotes allowed)."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def app_environment(*, dotenv: bool = True) -> dict[str, str]:
+    """The process environment plus ``.env`` (variables already set win, as with dotenv)."""
+    env = dict(os.environ)
+    if dotenv:
+        for key, value in read_dotenv(REPO_ROOT / ".env").items():
+            env.setdefault(key, value)
+    path = env.get("PATH", "")
+    if str(BIN_DIR) not in path.split(os.pathsep):
+        env["PATH"] = os.pathsep.join(p for p in (str(BIN_DIR), path) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _env(env: Mapping[str, str], name: str, default: str) -> str:
+    return (env.get(name) or "").strip() or default
+
+
+def tool(name: str) -> str:
+    candidate = BIN_DIR / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def _services() -> Any:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import services
+
+    return services
+
+
+# --------------------------------------------------------------------------- flower
+
+
+def flower_auth_problem(env: Mapping[str, str]) -> str | None:
+    """Why Flower must not start with this environment (None: fine)."""
+    mode = _env(env, "VIBEBOX_ENV", "development")
+    auth = (env.get("FLOWER_BASIC_AUTH") or "").strip()
+    if not auth:
+        if mode == "development":
+            return None
+        return (
+            f"FLOWER_BASIC_AUTH (user:password) is required when VIBEBOX_ENV={mode}; "
+            "Flower exposes task arguments and control of the workers"
+        )
+    for credential in auth.split(","):
+        user, sep, password = credential.partition(":")
+        if not sep or not user.strip() or not password:
+            return "FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)"
+    return None
+
+
+def flower_command(env: MutableMapping[str, str]) -> list[str]:
+    """The flower command line; credentials stay in the environment (Flower reads
+    FLOWER_BASIC_AUTH itself), so they never show up in ``ps``."""
+    if not (env.get("FLOWER_BASIC_AUTH") or "").strip():
+        env.pop("FLOWER_BASIC_AUTH", None)  # an empty value would enable auth with no user
+    return [
+        tool("celery"),
+        "-A",
+        "workers",
+        "flower",
+        f"--address={_env(env, 'HOST', '127.0.0.1')}",
+        f"--port={_env(env, 'FLOWER_PORT', '5555')}",
+    ]
+
+
+def cmd_flower(_args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    problem = flower_auth_problem(env)
+    if problem:
+        return fail(problem)
+    command = flower_command(env)
+    if "FLOWER_BASIC_AUTH" not in env:
+        say("Flower runs WITHOUT authentication (development, no FLOWER_BASIC_AUTH)")
+    os.execvpe(command[0], command, env)  # noqa: S606 - replace this process, keep its PID
+    return 0  # not reached
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def _display_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - display only
+
+
+def banner(env: Mapping[str, str], descriptions: Mapping[str, str]) -> str:
+    host = _display_host(_env(env, "HOST", "127.0.0.1"))
+    port = _env(env, "PORT", "5000")
+    flower_port = _env(env, "FLOWER_PORT", "5555")
+    flower_auth = "basic auth" if (env.get("FLOWER_BASIC_AUTH") or "").strip() else "no auth"
+    lines = [
+        f"VibeBox ({_env(env, 'VIBEBOX_ENV', 'development')}) is starting:",
+        f"  API         http://{host}:{port}/",
+        f"  API docs    http://{host}:{port}/docs",
+        f"  Flower      http://{host}:{flower_port}/  ({flower_auth})",
+        f"  PostgreSQL  {descriptions.get('postgres', '?')}",
+        f"  Redis       {descriptions.get('redis', '?')}",
+        "  Ctrl-C stops everything started here.",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_serve(_args: argparse.Namespace) -> int:
+    services = _services()
+    env = app_environment()
+    problem = flower_auth_problem(env)
+    if problem:
+        return fail(problem)
+    os.chdir(REPO_ROOT)
+    (REPO_ROOT / "var").mkdir(exist_ok=True)  # beat keeps var/celerybeat-schedule
+    session = services.ServiceSession("run", environ=env)
+    try:
+        with services.running_services(session=session) as urls:
+            env.update(urls)
+            say("applying migrations: vibebox db upgrade")
+            status = services.supervise([tool("vibebox"), "db", "upgrade"], env)
+            if status != 0:
+                return fail(f"vibebox db upgrade failed (exit {status})", status)
+            print(banner(env, session.descriptions), flush=True)
+            honcho = [
+                tool("honcho"),
+                "start",
+                "-f",
+                str(REPO_ROOT / "Procfile"),
+                "--app-root",
+                str(REPO_ROOT),
+                "--env",
+                os.devnull,  # .env is already merged, with the environment winning
+                "--port",
+                _env(env, "PORT", "5000"),  # honcho hands the first process PORT
+                *PROCFILE_PROCESSES,
+            ]
+            # honcho stops its processes within 5 s of a signal; past 20 s it is stuck.
+            return services.supervise(honcho, env, kill_after=20.0)
+    except services.Interrupted as exc:
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        return 130
+    except services.ServiceError as exc:
+        return fail(str(exc))
+
+
+# --------------------------------------------------------------------------- test
+
+
+def _apt_install(packages: Sequence[str]) -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    say(f"installing system packages: {' '.join(packages)}")
+    if subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False).returncode == 0:
+        return
+    say("apt-get install failed; refreshing package lists with apt-get update")
+    subprocess.run(["apt-get", "update", "-q"], env=env, stdin=subprocess.DEVNULL, check=True)
+    subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=True)
+
+
+def missing_system_packages() -> dict[str, str]:
+    """Debian packages the test suite needs, by what is missing (path -> package)."""
+    needs = {
+        "/usr/sbin/sshd": "openssh-server",  # the pool servers of the end-to-end tests
+        "/usr/bin/python3": "python3",  # what box users run (the venv's Python may be unreadable)
+    }
+    return {path: pkg for path, pkg in needs.items() if not Path(path).exists()}
+
+
+def ensure_system_packages() -> str | None:
+    """Install what is missing when root; otherwise say what to install (None: all there)."""
+    missing = missing_system_packages()
+    if not missing:
+        return None
+    packages = sorted(set(missing.values()))
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return (
+            f"the tests need {', '.join(sorted(missing))}; install the Debian package(s) "
+            f"{' '.join(packages)} (e.g. sudo apt-get install {' '.join(packages)})"
+        )
+    try:
+        _apt_install(packages)
+    except subprocess.CalledProcessError as exc:
+        return f"could not install {' '.join(packages)}: {exc}"
+    still = missing_system_packages()
+    return f"still missing after install: {', '.join(sorted(still))}" if still else None
+
+
+def pytest_status(returncode: int) -> int:
+    """pytest's exit code, except that 'no tests collected' (5) is a failure too."""
+    return 1 if returncode == PYTEST_NO_TESTS else returncode
+
+
+def cmd_test(_args: argparse.Namespace) -> int:
+    problem = ensure_system_packages()
+    if problem:
+        return fail(problem)
+    services = _services()
+    # Not .env: it describes the development stack, and tests must never get its database.
+    env = app_environment(dotenv=False)
+    env.setdefault("VIBEBOX_ENV", "testing")
+    os.chdir(REPO_ROOT)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-n",
+        "auto",
+        *shlex.split(env.get("PYTEST_ARGS", "")),
+    ]
+    try:
+        with services.running_services("test", environ=env) as urls:
+            env.update(urls)
+            say(f"running {shlex.join(command[1:])}")
+            status = services.supervise(command, env)
+    except services.Interrupted as exc:
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        return 130
+    except services.ServiceError as exc:
+        return fail(str(exc))
+    if status == PYTEST_NO_TESTS:
+        say("pytest collected no tests: counted as a failure")
+    return pytest_status(status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("serve", help="run the whole stack (make run)")
+    sub.add_parser("test", help="run the test suite against real services (make test)")
+    sub.add_parser("flower", help="start Flower (Procfile)")
+    args = parser.parse_args(argv)
+    handlers = {"serve": cmd_serve, "test": cmd_test, "flower": cmd_flower}
+    return handlers[args.action](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""End-to-end fixtures: committed data, a real worker, real sshd boxes, the Happy double.
+
+These tests drive the system through the HTTP API exactly as clients do; the Celery
+worker is a separate process, so everything the test sets up is committed, and all rows
+are truncated afterwards (plans and the migration version stay).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import pytest
+from flask_jwt_extended import create_access_token
+from sqlalchemy import text
+
+from app.models import Base
+
+TRUNCATE = ", ".join(t.name for t in Base.metadata.sorted_tables if t.name not in {"plans"})
+
+
+@pytest.fixture
+def live(app, migrated_engine, celery_worker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    from app.db import SessionFactory, db_session
+    from workers import celery_app
+
+    db_session.remove()
+    SessionFactory.configure(bind=migrated_engine)
+    yield
+    db_session.remove()
+    celery_app.control.purge()
+    with migrated_engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {TRUNCATE} CASCADE"))
+
+
+_ips = count(1)
+
+
+@dataclass
+class Api:
+    """A logged-in HTTP client of the real app."""
+
+    client: Any
+    headers: dict[str, str]
+    user_id: uuid.UUID
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self.client.get(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def post(self, url: str, **kw: Any) -> Any:
+        return self.client.post(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+
+    def box(self, box_id: str) -> dict[str, Any]:
+        response = self.get(f"/api/vibeboxes/{box_id}")
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return response.get_json()["vibeBox"]
+
+    def wait_for(self, box_id: str, statuses: set[str], timeout: float = 60.0) -> dict[str, Any]:
+        """Poll like a client until the box reaches one of ``statuses``."""
+        deadline = time.monotonic() + timeout
+        doc = self.box(box_id)
+        while doc["status"] not in statuses:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"box {box_id} still {doc['status']}: {doc}")
+            time.sleep(0.2)
+            doc = self.box(box_id)
+        return doc
+
+
+@pytest.fixture
+def make_user(app, live) -> Callable[..., Api]:  # type: ignore[no-untyped-def]
+    from tests.factories import UserFactory
+
+    def make(*, admin: bool = False) -> Api:
+        user = UserFactory(is_admin=admin)
+        with app.app_context():
+            token = create_access_token(identity=user)
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.200.{next(_ips) % 250}.{next(_ips) % 250}"
+        return Api(client, {"Authorization": f"Bearer {token}"}, user.id)
+
+    return make
+
+
+@pytest.fixture
+def admin(make_user) -> Api:  # type: ignore[no-untyped-def]
+    return make_user(admin=True)
+
+
+@pytest.fixture
+def add_to_pool(app, live, settings):  # type: ignore[no-untyped-def]
+    """Admit real sshd boxes to the pool through the pool service (real SSH check)."""
+    from app.db import db_session
+    from app.services import pool
+
+    def add(*boxes: Any, cpu: int = 2, ram_gb: int = 4, disk_gb: int = 40) -> list[uuid.UUID]:
+        ids = []
+        session = db_session()
+        for b in boxes:
+            target = b.target()
+            server = pool.add_server(
+                session,
+                pool.ServerSpec(
+                    host=target.host,
+                    port=target.port,
+                    user=target.user,
+                    private_key=target.private_key,
+                    cpu_cores=cpu,
+                    ram_gb=ram_gb,
+                    disk_gb=disk_gb,
+                    label=f"test-{b.user}",
+                ),
+                encryption_key=settings.encryption_key,
+            )
+            ids.append(server.id)
+        session.commit()
+        db_session.remove()
+        return ids
+
+    return add
+
+
+def provision(admin: Api, user: Api, plan: str = "basic") -> str:
+    response = admin.post(
+        "/api/admin/provision", json={"userId": str(user.user_id), "planId": plan}
+    )
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return response.get_json()["vibeBox"]["id"]

@@ -1,0 +1,1 @@
+"""Integration tests: app.integrations against the Happy double and real sshd boxes."""

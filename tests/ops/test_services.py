@@ -1,0 +1,579 @@
+"""Tests of the developer/CI tooling: scripts/services.py, scripts/run.py, Procfile, compose.
+
+The embedded-server tests start real PostgreSQL and Redis processes in their own temporary
+directories on free ports, so they run in parallel under xdist and never touch ./var/.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import psycopg
+import pytest
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVICES_PY = REPO_ROOT / "scripts" / "services.py"
+RUN_PY = REPO_ROOT / "scripts" / "run.py"
+NO_PG = {"DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/unused"}
+NO_REDIS = {"REDIS_URL": "redis://127.0.0.1:1/0"}
+NO_SERVICES = {**NO_PG, **NO_REDIS}
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+services = _load("vibebox_scripts_services", SERVICES_PY)
+run = _load("vibebox_scripts_run", RUN_PY)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """Our environment without the URLs `make test` exported (those would be used as given)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("VIBEBOX_")
+    }
+    env.update(extra)
+    return env
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout}s"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def var_dir() -> Iterator[Path]:
+    """A private var directory; whatever still runs from it at the end is stopped."""
+    path = Path(tempfile.mkdtemp(prefix="vibebox-ops-"))
+    try:
+        yield path
+    finally:
+        layout = services.Layout(path)
+        for name in ("redis", "postgres"):
+            state = layout.read_state(name)
+            if state is not None and state.alive():
+                services.stop_pid(
+                    state.pid, state.start_time, [(signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)]
+                )
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _services_cli(
+    var_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SERVICES_PY), "--var-dir", str(var_dir), *args],
+        env=env or _clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+# --------------------------------------------------------------------------- embedded servers
+
+
+def test_embedded_postgres_starts_from_scratch_and_restarts_with_its_data(var_dir: Path) -> None:
+    layout = services.Layout(var_dir)
+    with services.running_services("test", var_dir=var_dir, environ=NO_REDIS) as env:
+        url = env["DATABASE_URL"]
+        assert url.startswith("postgresql+psycopg://")
+        assert url.endswith("/vibebox_test")
+        first = layout.read_state("postgres")
+        assert first is not None and first.alive()
+        with psycopg.connect(_plain(url)) as conn:
+            conn.execute("CREATE TABLE kept (value text)")
+            conn.execute("INSERT INTO kept VALUES ('survives a restart')")
+        assert (layout.pgdata / "PG_VERSION").exists()
+    assert not services.pid_alive(first.pid, first.start_time), "stopped on exit"
+    assert layout.read_state("postgres") is None
+
+    with services.running_services("test", var_dir=var_dir, environ=NO_REDIS) as env:
+        second = layout.read_state("postgres")
+        assert second is not None and second.pid != first.pid
+        with psycopg.connect(_plain(env["DATABASE_URL"])) as conn:
+            assert conn.execute("SELECT value FROM kept").fetchall() == [("survives a restart",)]
+            assert conn.execute("SELECT current_user").fetchone() == ("vibebox",)
+    assert not services.pid_alive(second.pid, second.start_time)
+
+
+def test_run_and_test_purposes_get_separate_databases_and_redis_dbs(var_dir: Path) -> None:
+    with (
+        services.running_services("run", var_dir=var_dir, environ={}) as run_env,
+        services.running_services("test", var_dir=var_dir, environ={}) as test_env,
+    ):
+        assert run_env["DATABASE_URL"].endswith("/vibebox")
+        assert test_env["DATABASE_URL"].endswith("/vibebox_test")
+        assert run_env["REDIS_URL"].endswith("/0")
+        assert test_env["REDIS_URL"].endswith("/1")
+        server = run_env["DATABASE_URL"].rsplit("/", 1)[0]
+        assert test_env["DATABASE_URL"].rsplit("/", 1)[0] == server, "one cluster, two databases"
+        layout = services.Layout(var_dir)
+        state = layout.read_state("postgres")
+    assert state is not None and not state.alive()
+
+
+def test_embedded_redis_keeps_its_data_across_a_restart(var_dir: Path) -> None:
+    layout = services.Layout(var_dir)
+    with services.running_services("run", var_dir=var_dir, environ=NO_PG) as env:
+        assert env["REDIS_URL"].startswith("redis://127.0.0.1:")
+        first = layout.read_state("redis")
+        assert first is not None
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        client.set("vibebox:kept", "yes")
+        client.close()
+    assert not services.pid_alive(first.pid, first.start_time)
+
+    with services.running_services("run", var_dir=var_dir, environ=NO_PG) as env:
+        client = redis.Redis.from_url(env["REDIS_URL"])
+        assert client.get("vibebox:kept") == b"yes"
+        client.close()
+
+
+def test_urls_from_the_environment_are_used_as_given_and_nothing_starts(var_dir: Path) -> None:
+    environ = {
+        "DATABASE_URL": " postgresql://u:p@db.example:5432/x ",
+        "REDIS_URL": "redis://cache:6379/3",
+    }
+    with services.running_services("test", var_dir=var_dir, environ=environ) as env:
+        assert env == {
+            "DATABASE_URL": "postgresql://u:p@db.example:5432/x",
+            "REDIS_URL": "redis://cache:6379/3",
+        }
+    assert list(var_dir.iterdir()) == []
+
+
+def test_a_shared_server_is_stopped_by_the_last_session_only(var_dir: Path) -> None:
+    layout = services.Layout(var_dir)
+    first = services.ServiceSession("test", var_dir=var_dir, environ=NO_PG)
+    first.start()
+    state = layout.read_state("redis")
+    assert state is not None
+
+    ready, release = var_dir / "ready", var_dir / "release"
+    child = (
+        f"import pathlib, time; pathlib.Path({str(ready)!r}).touch()\n"
+        f"while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.05)"
+    )
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVICES_PY),
+            "--var-dir",
+            str(var_dir),
+            "exec",
+            "--purpose",
+            "test",
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ],
+        env=_clean_env(**NO_PG),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(ready)
+        first.stop()
+        assert state.alive(), "the other session still uses it"
+        release.touch()
+        _, stderr = other.communicate(timeout=60)
+        assert other.returncode == 0, stderr
+        assert "reusing embedded Redis" in stderr
+        assert not state.alive(), "the last session out stops it"
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_ensure_services_leaves_servers_running_until_stop(var_dir: Path) -> None:
+    env = services.ensure_services("run", var_dir=var_dir, environ=NO_PG)
+    layout = services.Layout(var_dir)
+    state = layout.read_state("redis")
+    assert state is not None and not state.managed
+
+    result = _services_cli(
+        var_dir, "exec", "--", sys.executable, "-c", "pass", env=_clean_env(**NO_PG)
+    )
+    assert result.returncode == 0, result.stderr
+    assert state.alive(), "a session does not stop a server it did not start"
+    assert redis.Redis.from_url(env["REDIS_URL"]).ping()
+
+    status = json.loads(_services_cli(var_dir, "status").stdout)
+    assert status["redis"]["running"] is True
+    assert status["redis"]["pid"] == state.pid
+    result = _services_cli(var_dir, "stop")
+    assert result.returncode == 0, result.stderr
+    assert not state.alive()
+
+
+# --------------------------------------------------------------------------- exec
+
+
+def test_exec_exports_urls_propagates_exit_code_and_stops_what_it_started(var_dir: Path) -> None:
+    child = (
+        "import os, sys, psycopg, redis\n"
+        "url = os.environ['DATABASE_URL'].replace('+psycopg', '')\n"
+        "with psycopg.connect(url) as conn:\n"
+        "    assert conn.execute('SELECT current_database()').fetchone() == ('vibebox_test',)\n"
+        "assert redis.Redis.from_url(os.environ['REDIS_URL']).ping()\n"
+        "sys.exit(7)\n"
+    )
+    result = _services_cli(var_dir, "exec", "--purpose", "test", "--", sys.executable, "-c", child)
+    assert result.returncode == 7, result.stderr
+    assert "started embedded PostgreSQL" in result.stderr
+    assert "started embedded Redis" in result.stderr
+    status = json.loads(_services_cli(var_dir, "status").stdout)
+    assert status == {"redis": {"running": False}, "postgres": {"running": False}}
+
+
+def test_exec_without_a_command_is_a_usage_error(var_dir: Path) -> None:
+    assert _services_cli(var_dir, "exec", env=_clean_env(**NO_SERVICES)).returncode == 2
+
+
+_SIGNAL_CHILD = """
+import pathlib, signal, sys, time
+received = []
+signal.signal(signal.SIGINT, lambda *_: received.append("INT"))
+signal.signal(signal.SIGTERM, lambda *_: received.append("TERM"))
+pathlib.Path(sys.argv[1]).touch()
+deadline = time.monotonic() + 30
+while not received and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)  # a second, duplicated signal would arrive now
+pathlib.Path(sys.argv[2]).write_text(",".join(received))
+sys.exit(40 + len(received))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_exec_forwards_a_signal_sent_to_it_once(var_dir: Path, signum: int) -> None:
+    ready, report = var_dir / "ready", var_dir / "report"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVICES_PY),
+            "--var-dir",
+            str(var_dir),
+            "exec",
+            "--",
+            sys.executable,
+            "-c",
+            _SIGNAL_CHILD,
+            str(ready),
+            str(report),
+        ],
+        env=_clean_env(**NO_SERVICES),
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(ready)
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == 41
+        assert report.read_text() == ("TERM" if signum == signal.SIGTERM else "INT")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_exec_does_not_repeat_a_ctrl_c_the_terminal_already_delivered(var_dir: Path) -> None:
+    import fcntl
+    import pty
+    import termios
+
+    ready, report = var_dir / "ready", var_dir / "report"
+    master, slave = pty.openpty()
+
+    def become_terminal_session() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVICES_PY),
+            "--var-dir",
+            str(var_dir),
+            "exec",
+            "--",
+            sys.executable,
+            "-c",
+            _SIGNAL_CHILD,
+            str(ready),
+            str(report),
+        ],
+        env=_clean_env(**NO_SERVICES),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        preexec_fn=become_terminal_session,
+    )
+    os.close(slave)
+    try:
+        _wait_for(ready)
+        os.write(master, b"\x03")  # Ctrl-C: the tty signals the whole foreground group
+        assert proc.wait(timeout=30) == 41
+        assert report.read_text() == "INT"
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+_STUCK_CHILD = """
+import os, pathlib, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+grandchild = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
+pathlib.Path(sys.argv[1] + ".tmp").write_text(str(grandchild.pid))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(120)
+"""
+
+
+def test_exec_terminates_a_command_tree_that_ignores_the_stop_signal(var_dir: Path) -> None:
+    ready = var_dir / "grandchild.pid"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(SERVICES_PY),
+            "--var-dir",
+            str(var_dir),
+            "exec",
+            "--kill-after",
+            "0.5",
+            "--",
+            sys.executable,
+            "-c",
+            _STUCK_CHILD,
+            str(ready),
+        ],
+        env=_clean_env(**NO_SERVICES),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(ready)
+        grandchild = int(ready.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGKILL
+        assert "terminating it and its processes" in stderr
+        assert not services.pid_alive(grandchild), "the grandchild in its own session is gone"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# --------------------------------------------------------------------------- run.py
+
+
+def test_pytest_collecting_no_tests_counts_as_failure() -> None:
+    assert run.pytest_status(5) == 1
+    assert run.pytest_status(0) == 0
+    assert run.pytest_status(1) == 1
+
+
+def test_make_test_fails_on_failing_and_on_missing_tests(tmp_path: Path) -> None:
+    # The same supervision `make test` uses, on a tiny suite of its own.
+    (tmp_path / "test_fails.py").write_text("def test_fails():\n    assert False\n")
+    (tmp_path / "empty").mkdir()
+    for target, expected in ((tmp_path / "test_fails.py", 1), (tmp_path / "empty", 1)):
+        status = services.supervise(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:xdist",
+                "--rootdir",
+                str(tmp_path),
+                str(target),
+            ],
+            _clean_env(),
+            cwd=tmp_path,
+        )
+        assert run.pytest_status(status) == expected
+
+
+def test_flower_requires_basic_auth_outside_development() -> None:
+    problem = run.flower_auth_problem({"VIBEBOX_ENV": "production"})
+    assert problem is not None and "FLOWER_BASIC_AUTH" in problem
+    assert (
+        run.flower_auth_problem({"VIBEBOX_ENV": "production", "FLOWER_BASIC_AUTH": "ops:s3cret"})
+        is None
+    )
+    assert (
+        run.flower_auth_problem({"VIBEBOX_ENV": "production", "FLOWER_BASIC_AUTH": "ops"})
+        is not None
+    )
+    result = subprocess.run(
+        [sys.executable, str(RUN_PY), "flower"],
+        env=_clean_env(VIBEBOX_ENV="production"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "FLOWER_BASIC_AUTH" in result.stderr
+
+
+def test_flower_in_development_runs_without_auth_and_keeps_secrets_off_the_command_line() -> None:
+    assert run.flower_auth_problem({}) is None
+    env = {"FLOWER_BASIC_AUTH": " ", "HOST": "0.0.0.0", "FLOWER_PORT": "5600"}
+    command = run.flower_command(env)
+    assert command[1:4] == ["-A", "workers", "flower"]
+    assert "--address=0.0.0.0" in command and "--port=5600" in command
+    assert "FLOWER_BASIC_AUTH" not in env, "an empty value would turn auth on with no user"
+    env = {"FLOWER_BASIC_AUTH": "ops:s3cret"}
+    assert not any("s3cret" in part for part in run.flower_command(env))
+    assert env["FLOWER_BASIC_AUTH"] == "ops:s3cret"
+
+
+def test_dotenv_values_fill_in_but_never_override_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text(
+        "# comment\nexport PORT=6000\nSECRET_KEY='a b # c'\nHOST=0.0.0.0 # inline\nBROKEN\n"
+    )
+    assert run.read_dotenv(tmp_path / ".env") == {
+        "PORT": "6000",
+        "SECRET_KEY": "a b # c",
+        "HOST": "0.0.0.0",
+    }
+    monkeypatch.setattr(run, "REPO_ROOT", tmp_path)
+    monkeypatch.setenv("PORT", "7000")
+    env = run.app_environment()
+    assert env["PORT"] == "7000"
+    assert env["SECRET_KEY"] == "a b # c"
+    assert env["PATH"].split(os.pathsep)[0] == str(run.BIN_DIR)
+    assert "SECRET_KEY" not in run.app_environment(dotenv=False)
+
+
+def test_procfile_runs_every_process_the_design_names() -> None:
+    from honcho.environ import parse_procfile
+
+    processes = parse_procfile((REPO_ROOT / "Procfile").read_text()).processes
+    assert set(processes) == {"release", *run.PROCFILE_PROCESSES}
+    assert processes["release"] == "vibebox db upgrade"
+    assert "gunicorn" in processes["web"] and "'app:create_app()'" in processes["web"]
+    assert "${HOST:-127.0.0.1}:${PORT:-5000}" in processes["web"]
+    assert "-Q provisioning,control,maintenance,celery" in processes["worker"]
+    assert "celery -A workers beat" in processes["beat"]
+    assert processes["flower"] == "python scripts/run.py flower"
+
+
+def test_ci_entry_point_runs_make_test() -> None:
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in script
+    assert script.rstrip().endswith("make test </dev/null")
+    subprocess.run(["bash", "-n", str(REPO_ROOT / ".ci" / "run")], check=True)
+
+
+# --------------------------------------------------------------------------- compose
+
+COMPOSE_SERVICES = {"postgres", "redis", "migrate", "web", "worker", "beat", "flower"}
+
+
+def _compose_client() -> list[str] | None:
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run(
+            [docker, "compose", "version"], capture_output=True, check=False, timeout=30
+        ).returncode
+        == 0
+    ):
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+@pytest.fixture
+def compose_project(tmp_path: Path) -> Path:
+    """The compose file in a directory of its own, with the .env it requires."""
+    shutil.copy(REPO_ROOT / "docker-compose.yml", tmp_path)
+    shutil.copy(REPO_ROOT / "Dockerfile", tmp_path)
+    (tmp_path / ".env").write_text("SECRET_KEY=x\nFLOWER_BASIC_AUTH=ops:pw\n")
+    return tmp_path
+
+
+def test_compose_file_is_valid_for_the_compose_client(compose_project: Path) -> None:
+    client = _compose_client()
+    if client is None:
+        pytest.skip("no docker compose / docker-compose client")
+    env = {k: v for k, v in _clean_env().items() if not k.startswith("COMPOSE_")}
+    checked = subprocess.run(
+        [*client, "config", "-q"],
+        cwd=compose_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    listed = subprocess.run(
+        [*client, "config", "--services"],
+        cwd=compose_project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert set(listed.stdout.split()) == COMPOSE_SERVICES
+
+
+def test_compose_file_wires_health_and_start_order() -> None:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
+    spec = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    services_ = spec["services"]
+    assert set(services_) == COMPOSE_SERVICES
+    assert services_["postgres"]["image"].startswith("postgres:16")
+    assert "pg_isready" in " ".join(services_["postgres"]["healthcheck"]["test"])
+    assert services_["redis"]["image"].startswith("redis:7")
+    assert "ping" in services_["redis"]["healthcheck"]["test"]
+    assert services_["migrate"]["command"] == ["vibebox", "db", "upgrade"]
+    assert services_["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("web", "worker", "beat", "flower"):
+        service = services_[name]
+        assert service["env_file"] == ".env"
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert service["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://")
+        assert service["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
+    assert "/healthz" in " ".join(services_["web"]["healthcheck"]["test"])

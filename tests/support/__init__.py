@@ -1,0 +1,1 @@
+"""Test support: real service doubles (Happy server, OpenSSH boxes)."""

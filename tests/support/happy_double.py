@@ -1,0 +1,468 @@
+"""A local Happy server double that speaks the real protocol (happy-contract.md).
+
+Real HTTP on 127.0.0.1, so the code under test, a Celery worker process and the `happy`
+stand-in on the SSH test boxes all talk to it exactly as they would to happy-server:
+
+- ``POST /v1/auth`` verifies the ed25519 detached signature with PyNaCl, upserts the account
+  by public key and issues a NEW ~280-char token each call (all stay valid). Wrong signature
+  -> 401 ``Invalid signature``; missing fields / not JSON -> 400; malformed base64, base64url
+  or wrong key/signature length -> 500, as the real server does.
+- ``GET /v1/machines``, ``POST /v1/machines`` (get-or-create by id, returned unchanged when
+  it exists), ``GET /v1/machines/<id>``, ``GET /v1/account/profile``; Bearer errors as the
+  real server words them.
+- Double only: ``POST /v1/machines/<id>/daemon-state`` ``{"daemonState": sealed}`` stands
+  in for the websocket ``machine-update-state`` event the real daemon uses; it bumps
+  ``daemonStateVersion`` and marks the machine active.
+- Double only: ``POST /__double__/faults`` (same keys as :meth:`HappyDouble.set_faults`) and
+  ``GET /__double__/stats``, to drive a double running as a separate process.
+
+In-process: ``with HappyDouble() as double: double.url``. Standalone (benches, e2e):
+``python -m tests.support.happy_double --port 8765``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+import signal
+import string
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Self
+
+from nacl.exceptions import BadSignatureError
+from nacl.secret import SecretBox
+from nacl.signing import VerifyKey
+
+Response = tuple[int, Any]
+
+
+class _ServerBug(Exception):
+    """What makes the real server answer 500 (it does not validate base64 input)."""
+
+
+def _b64decode_strict(value: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _ServerBug(f"invalid base64: {exc}") from exc
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def make_secret() -> bytes:
+    """A fresh 32-byte account secret whose STANDARD base64 starts with "+/+/" (base64url:
+    "-_-_"), so an encoder that slips into base64url cannot pass a test unnoticed."""
+    return bytes.fromhex("fbffbf") + secrets.token_bytes(29)
+
+
+def seal(secret: bytes, value: dict[str, Any]) -> str:
+    """Seal like the Happy CLI: base64(24-byte nonce + secretbox). For building fixtures."""
+    return base64.b64encode(bytes(SecretBox(secret).encrypt(json.dumps(value).encode()))).decode()
+
+
+@dataclass
+class _Faults:
+    fail_count: int = 0
+    fail_status: int = 503
+    fail_path: str = "/v1/auth"
+    hang: float = 0.0
+    reject_auth: bool = False
+
+
+@dataclass
+class _State:
+    accounts: dict[str, str] = field(default_factory=dict)  # public key hex -> account id
+    tokens: dict[str, str] = field(default_factory=dict)  # token -> account id
+    machines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)  # "POST /v1/auth" -> n
+
+
+class HappyDouble:
+    """The Happy server double; thread-safe fault switches and assertion helpers."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._address = (host, port)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._faults = _Faults()
+        self._state = _State()
+        self._token_key = secrets.token_bytes(32)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> Self:
+        server = ThreadingHTTPServer(self._address, _handler_for(self))
+        server.daemon_threads = True
+        server.block_on_close = False  # a hanging handler must not block stop()
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            name="happy-double",
+            kwargs={"poll_interval": 0.1},
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # wakes hanging handlers
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the double first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    # --- fault switches ----------------------------------------------------------------
+
+    def fail_next(self, n: int = 1, status: int = 503, path: str = "/v1/auth") -> None:
+        """Answer the next ``n`` requests whose path starts with ``path`` with ``status``."""
+        self.set_faults(fail_next=n, status=status, path=path)
+
+    @property
+    def hang(self) -> float:
+        return self._faults.hang
+
+    @hang.setter
+    def hang(self, seconds: float) -> None:
+        """Sleep this long before answering any request (0 = off)."""
+        self.set_faults(hang=seconds)
+
+    @property
+    def reject_auth(self) -> bool:
+        return self._faults.reject_auth
+
+    @reject_auth.setter
+    def reject_auth(self, value: bool) -> None:
+        """Answer every ``/v1/auth`` with 401 Invalid signature."""
+        self.set_faults(reject_auth=value)
+
+    def set_faults(
+        self,
+        *,
+        fail_next: int | None = None,
+        status: int | None = None,
+        path: str | None = None,
+        hang: float | None = None,
+        reject_auth: bool | None = None,
+    ) -> None:
+        with self._lock:
+            f = self._faults
+            if fail_next is not None:
+                f.fail_count = fail_next
+            if status is not None:
+                f.fail_status = status
+            if path is not None:
+                f.fail_path = path
+            if hang is not None:
+                f.hang = hang
+            if reject_auth is not None:
+                f.reject_auth = reject_auth
+
+    def reset_faults(self) -> None:
+        with self._lock:
+            self._faults = _Faults()
+
+    # --- counters and assertion helpers ----------------------------------------------
+
+    @property
+    def auth_calls(self) -> int:
+        """Every ``POST /v1/auth`` received, including the ones a fault answered."""
+        with self._lock:
+            return self._state.calls["POST /v1/auth"]
+
+    def calls(self, method_and_path: str) -> int:
+        """Requests received for e.g. ``"POST /v1/machines"``."""
+        with self._lock:
+            return self._state.calls[method_and_path]
+
+    @property
+    def accounts(self) -> int:
+        with self._lock:
+            return len(self._state.accounts)
+
+    @property
+    def tokens(self) -> int:
+        with self._lock:
+            return len(self._state.tokens)
+
+    def account_for_token(self, token: str) -> str | None:
+        with self._lock:
+            return self._state.tokens.get(token)
+
+    def account_for_public_key(self, public_key: bytes) -> str | None:
+        with self._lock:
+            return self._state.accounts.get(public_key.hex())
+
+    def machines_for_public_key(self, public_key: bytes) -> list[dict[str, Any]]:
+        """Stored machines (sealed fields as sent) of the account of ``public_key``."""
+        with self._lock:
+            account = self._state.accounts.get(public_key.hex())
+            return [dict(m) for (owner, _), m in self._state.machines.items() if owner == account]
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "accounts": len(self._state.accounts),
+                "tokens": len(self._state.tokens),
+                "machines": len(self._state.machines),
+                "calls": dict(self._state.calls),
+            }
+
+    # --- request handling (called from server threads) --------------------------------
+
+    def handle(self, method: str, path: str, authorization: str | None, body: bytes) -> Response:
+        route = f"{method} {path}"
+        with self._lock:
+            self._state.calls[route] += 1
+            faults = self._faults
+            hang = faults.hang
+            injected = None
+            if faults.fail_count > 0 and path.startswith(faults.fail_path):
+                faults.fail_count -= 1
+                injected = faults.fail_status
+            reject = faults.reject_auth and route == "POST /v1/auth"
+        if hang and not path.startswith("/__double__"):
+            self._stopping.wait(hang)
+        if injected is not None:
+            return injected, {"error": "Injected fault"}
+        if reject:
+            return 401, {"error": "Invalid signature"}
+        try:
+            return self._route(method, path, authorization, body)
+        except _ServerBug as exc:
+            return 500, {"statusCode": 500, "error": "Internal Server Error", "message": str(exc)}
+
+    def _route(self, method: str, path: str, authorization: str | None, body: bytes) -> Response:
+        if path == "/__double__/faults" and method == "POST":
+            payload = _json_object(body) or {}
+            self.set_faults(
+                **{
+                    k: v
+                    for k, v in payload.items()
+                    if k in ("fail_next", "status", "path", "hang", "reject_auth")
+                }
+            )
+            return 200, {"ok": True}
+        if path == "/__double__/stats" and method == "GET":
+            return 200, self.stats()
+        if path == "/v1/auth" and method == "POST":
+            return self._auth(body)
+
+        parts = path.strip("/").split("/")
+        known = path in ("/v1/machines", "/v1/account/profile") or (
+            parts[:2] == ["v1", "machines"] and len(parts) in (3, 4)
+        )
+        if not known:
+            return 404, {"error": "Not found", "path": path, "method": method}
+        if not authorization or not authorization.startswith("Bearer "):
+            return 401, {"error": "Missing authorization header"}
+        with self._lock:
+            account = self._state.tokens.get(authorization[len("Bearer ") :])
+        if account is None:
+            return 401, {"error": "Invalid token"}
+
+        if path == "/v1/account/profile" and method == "GET":
+            return 200, {
+                "id": account,
+                "timestamp": _now_ms(),
+                "firstName": None,
+                "lastName": None,
+                "avatar": None,
+                "github": None,
+            }
+        if path == "/v1/machines" and method == "GET":
+            with self._lock:
+                mine = [m for (owner, _), m in self._state.machines.items() if owner == account]
+            return 200, sorted((dict(m) for m in mine), key=lambda m: -m["activeAt"])
+        if path == "/v1/machines" and method == "POST":
+            return self._create_machine(account, body)
+        if len(parts) == 3 and method == "GET":
+            with self._lock:
+                machine = self._state.machines.get((account, parts[2]))
+            if machine is None:
+                return 404, {"error": "Machine not found"}
+            return 200, {"machine": dict(machine)}
+        if len(parts) == 4 and parts[3] == "daemon-state" and method == "POST":
+            return self._update_daemon_state(account, parts[2], body)
+        return 404, {"error": "Not found", "path": path, "method": method}
+
+    def _auth(self, body: bytes) -> Response:
+        payload = _json_object(body)
+        fields = ("publicKey", "challenge", "signature")
+        if payload is None or not all(isinstance(payload.get(k), str) for k in fields):
+            return 400, {
+                "statusCode": 400,
+                "code": "FST_ERR_VALIDATION",
+                "error": "Bad Request",
+                "message": "body must have required properties publicKey, challenge, signature",
+            }
+        public_key = _b64decode_strict(payload["publicKey"])
+        challenge = _b64decode_strict(payload["challenge"])
+        signature = _b64decode_strict(payload["signature"])
+        if len(public_key) != 32 or len(signature) != 64:
+            raise _ServerBug("bad public key or signature size")
+        try:
+            VerifyKey(public_key).verify(challenge, signature)
+        except BadSignatureError:
+            return 401, {"error": "Invalid signature"}
+        with self._lock:
+            account = self._state.accounts.setdefault(public_key.hex(), _new_account_id())
+            token = self._new_token(account)
+            self._state.tokens[token] = account
+        return 200, {"success": True, "token": token}
+
+    def _create_machine(self, account: str, body: bytes) -> Response:
+        payload = _json_object(body)
+        if (
+            payload is None
+            or not isinstance(payload.get("id"), str)
+            or not isinstance(payload.get("metadata"), str)
+            or not isinstance(payload.get("daemonState"), str | None)
+        ):
+            return 400, {
+                "statusCode": 400,
+                "error": "Bad Request",
+                "message": "body must have id and metadata strings",
+            }
+        now = _now_ms()
+        with self._lock:
+            key = (account, payload["id"])
+            machine = self._state.machines.get(key)
+            if machine is None:
+                state = payload.get("daemonState")
+                machine = {
+                    "id": payload["id"],
+                    "metadata": payload["metadata"],
+                    "metadataVersion": 1,
+                    "daemonState": state,
+                    "daemonStateVersion": 1 if state else 0,
+                    "seq": 0,
+                    "active": False,
+                    "activeAt": now,
+                    "createdAt": now,
+                    "updatedAt": now,
+                }
+                self._state.machines[key] = machine
+            return 200, {"machine": dict(machine)}
+
+    def _update_daemon_state(self, account: str, machine_id: str, body: bytes) -> Response:
+        payload = _json_object(body)
+        if payload is None or not isinstance(payload.get("daemonState"), str):
+            return 400, {
+                "statusCode": 400,
+                "error": "Bad Request",
+                "message": "body must have a daemonState string",
+            }
+        now = _now_ms()
+        with self._lock:
+            machine = self._state.machines.get((account, machine_id))
+            if machine is None:
+                return 404, {"error": "Machine not found"}
+            machine.update(
+                daemonState=payload["daemonState"],
+                active=True,
+                activeAt=now,
+                updatedAt=now,
+                daemonStateVersion=machine["daemonStateVersion"] + 1,
+            )
+            return 200, {
+                "result": "success",
+                "version": machine["daemonStateVersion"],
+                "daemonState": machine["daemonState"],
+            }
+
+    def _new_token(self, account: str) -> str:
+        """JWT-shaped, ~280 chars, no expiry, unique per call (like happy-server's)."""
+        header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        claims = {"user": account, "session": secrets.token_hex(48), "iat": int(time.time())}
+        body = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = f"{header}.{body}".encode()
+        signature = _b64url(hmac.new(self._token_key, signing_input, hashlib.sha256).digest())
+        return f"{header}.{body}.{signature}"
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(body or b"null")
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _new_account_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "c" + "".join(secrets.choice(alphabet) for _ in range(24))  # cuid-like
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _handler_for(double: HappyDouble) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, like a real server behind requests
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            path = self.path.split("?", 1)[0]
+            status, payload = double.handle(
+                self.command, path, self.headers.get("Authorization"), body
+            )
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # quiet: tokens would be in the access log of a chattier server
+
+    return Handler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the Happy server double.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    double = HappyDouble(args.host, args.port).start()
+    print(f"Happy double listening on {double.url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    double.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,563 @@
+"""Real OpenSSH boxes for tests: one ``sshd -D`` per box on 127.0.0.1, each with its own
+port, ed25519 host key and Unix user (so its own home and ``~/.happy``).
+
+Needs root (useradd, sshd privilege separation), ``openssh-server`` and a system
+``python3`` outside /root for the ``happy`` stand-in (see :class:`BoxRuntime`).
+
+    with BoxFleet(happy_url) as fleet:
+        box = fleet.new_box()
+        box.target()          # -> SSHTarget with the pinned host key and the client key
+
+Users are named ``vbx_<hex>`` and tagged with the creating pid in their GECOS field, so a
+later run removes what a killed run left behind (:func:`sweep_stale_boxes`). Works under
+pytest-xdist: names are random, ports come from the kernel, each worker has its own fleet.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import nacl
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from app.integrations.ssh import SSHTarget
+
+USER_PREFIX = "vbx_"
+GECOS_TAG = "vibebox-test pid="
+DIR_PREFIX = "vbx-boxes-"
+HAPPY_CLI = Path(__file__).parent / "happy_cli" / "happy"
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
+
+# useradd/userdel take /etc/passwd's lock and fail when it is busy: one at a time in this
+# process, and retries against other processes (xdist workers).
+_ACCOUNTS_LOCK = threading.Lock()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _live_pids_of(uid: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and proc.stat().st_uid == uid and _pid_alive(int(proc.name)):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _account_command(args: list[str], *, ok: tuple[int, ...] = (0,)) -> None:
+    """Run useradd/usermod/userdel, retrying while another process holds the lock."""
+    deadline = time.monotonic() + 30
+    with _ACCOUNTS_LOCK:
+        while True:
+            result = subprocess.run(args, capture_output=True, text=True, check=False)
+            if result.returncode in ok:
+                return
+            busy = "lock" in result.stderr.lower() or result.returncode in (1, 10)
+            if not busy or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}"
+                )
+            time.sleep(0.05 + secrets.randbelow(100) / 1000)
+
+
+def _remove_user(user: str) -> None:
+    subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, check=False)
+    # -f: killed daemons are orphans that this machine's init reaps only lazily; until
+    # then they are zombies of the user and plain userdel refuses.
+    _account_command(["userdel", "-f", "-r", user], ok=(0, 6, 12))
+
+
+def sweep_stale_boxes(base_dir: str = "/tmp") -> None:
+    """Remove users, sshd processes and directories left by test runs that died."""
+    for entry in pwd.getpwall():
+        if entry.pw_name.startswith(USER_PREFIX) and entry.pw_gecos.startswith(GECOS_TAG):
+            owner = entry.pw_gecos[len(GECOS_TAG) :]
+            if owner.isdigit() and not _pid_alive(int(owner)):
+                _remove_user(entry.pw_name)
+    marker = f"/{DIR_PREFIX}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"sshd" not in cmdline or marker not in cmdline:
+            continue
+        creator = cmdline.split(marker, 1)[1].split(b"-", 1)[0]
+        if creator.isdigit() and not _pid_alive(int(creator)):
+            os.kill(int(proc.name), signal.SIGKILL)
+    for directory in Path(base_dir).glob(f"{DIR_PREFIX}*"):
+        creator_pid = directory.name[len(DIR_PREFIX) :].split("-", 1)[0]
+        if creator_pid.isdigit() and not _pid_alive(int(creator_pid)):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    """An ed25519 key pair the tests log in with."""
+
+    private_pem: str
+    public_line: str
+
+    @classmethod
+    def generate(cls) -> ClientKey:
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        return cls(private.decode(), public.decode() + " vibebox-tests")
+
+
+@dataclass(frozen=True)
+class BoxRuntime:
+    """What box users execute: ``bin/happy`` and PyNaCl in ``lib/``, world-readable.
+
+    Box users cannot read /root, so neither the project venv nor its pyenv python is usable
+    by them. We run the stand-in with the system python3 and copy the venv's PyNaCl (+ the
+    cffi backend it loads; both are self-contained, no shared libs) when the minor versions
+    match, else pip-install PyNaCl for that python into ``lib/``.
+    """
+
+    root: Path
+    python: str
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "bin"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / "lib"
+
+    @classmethod
+    def prepare(cls, root: Path) -> BoxRuntime:
+        python = next((p for p in SYSTEM_PYTHONS if os.access(p, os.X_OK)), None)
+        if python is None:
+            raise RuntimeError(
+                "the SSH test boxes need a system python3 outside /root: apt-get install -y python3"
+            )
+        runtime = cls(root, python)
+        runtime.bin_dir.mkdir(parents=True)
+        runtime.lib_dir.mkdir()
+        runtime._install_pynacl()
+        happy = runtime.bin_dir / "happy"
+        source = HAPPY_CLI.read_text().split("\n", 1)[1]
+        happy.write_text(f"#!{python}\n{source}")
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() or path == happy else 0o644)
+        runtime._check_usable_by_others()
+        return runtime
+
+    def _install_pynacl(self) -> None:
+        version = subprocess.run(
+            [self.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if version == f"{sys.version_info.major}.{sys.version_info.minor}":
+            import _cffi_backend  # the compiled module PyNaCl loads
+
+            shutil.copytree(
+                Path(nacl.__file__).parent,
+                self.lib_dir / "nacl",
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+            shutil.copy2(_cffi_backend.__file__, self.lib_dir)
+            return
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--target",
+                str(self.lib_dir),
+                "--only-binary=:all:",
+                "--python-version",
+                version,
+                "pynacl",
+            ],
+            check=True,
+        )
+
+    def _check_usable_by_others(self) -> None:
+        nobody = 65534
+        result = subprocess.run(
+            [str(self.bin_dir / "happy"), "daemon", "status"],
+            env={
+                "PYTHONPATH": str(self.lib_dir),
+                "HAPPY_HOME_DIR": "/nonexistent/.happy",
+                "PATH": "/usr/bin:/bin",
+            },
+            user=nobody,
+            group=nobody,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+        probe = subprocess.run(
+            [self.python, "-c", "import nacl.secret"],
+            env={"PYTHONPATH": str(self.lib_dir)},
+            user=nobody,
+            group=nobody,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
+        if probe.returncode != 0 or "Daemon is" not in result.stdout + result.stderr:
+            raise RuntimeError(
+                "the box runtime is not usable by an unprivileged user: "
+                f"{probe.stderr.strip()} {result.stderr.strip()}"
+            )
+
+    def env(self, happy_url: str) -> dict[str, str]:
+        """The environment a box session gets (sshd ``SetEnv``)."""
+        return {
+            "PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin",
+            "PYTHONPATH": str(self.lib_dir),
+            "HAPPY_SERVER_URL": happy_url,
+        }
+
+
+class SSHBox:
+    """One box: a Unix user and an ``sshd -D`` process serving only that user."""
+
+    def __init__(
+        self,
+        directory: Path,
+        runtime: BoxRuntime,
+        happy_url: str,
+        client_key: ClientKey,
+        *,
+        password: str | None = None,
+    ) -> None:
+        self.user = USER_PREFIX + secrets.token_hex(4)
+        self.directory = directory / self.user
+        self.runtime = runtime
+        self.happy_url = happy_url
+        self.client_key = client_key
+        self.password = password
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # --- paths ---------------------------------------------------------------------------
+
+    @property
+    def home(self) -> Path:
+        return Path(pwd.getpwnam(self.user).pw_dir)
+
+    @property
+    def happy_dir(self) -> Path:
+        return self.home / ".happy"
+
+    @property
+    def access_key_path(self) -> Path:
+        return self.happy_dir / "access.key"
+
+    @property
+    def daemon_state_path(self) -> Path:
+        return self.happy_dir / "daemon.state.json"
+
+    @property
+    def host_key_path(self) -> Path:
+        return self.directory / "ssh_host_ed25519_key"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "sshd.log"
+
+    @property
+    def host_key_fingerprint(self) -> str:
+        """Computed from the .pub file, independently of the code under test."""
+        blob = base64.b64decode(Path(f"{self.host_key_path}.pub").read_text().split()[1])
+        return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+    def target(self, **overrides: Any) -> SSHTarget:
+        """How the code under test reaches this box (key login, pinned host key)."""
+        fields: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": self.user,
+            "private_key": self.client_key.private_pem,
+            "host_key_fingerprint": self.host_key_fingerprint,
+        }
+        fields.update(overrides)
+        return SSHTarget(**fields)
+
+    def sshd_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def create(self) -> Self:
+        """Create the user, its authorized_keys and host key, and start sshd."""
+        self.directory.mkdir(mode=0o700)
+        _account_command(
+            [
+                "useradd",
+                "--create-home",
+                "--shell",
+                "/bin/sh",
+                "--comment",
+                f"{GECOS_TAG}{os.getpid()}",
+                self.user,
+            ]
+        )
+        if self.password is None:
+            # A user without a password is "locked" and sshd refuses even its keys.
+            _account_command(["usermod", "-p", "*", self.user])
+        else:
+            hashed = subprocess.run(
+                ["openssl", "passwd", "-6", "-stdin"],
+                input=self.password,
+                text=True,
+                capture_output=True,
+                check=True,
+            ).stdout.strip()
+            _account_command(["usermod", "-p", hashed, self.user])
+        entry = pwd.getpwnam(self.user)
+        ssh_dir = Path(entry.pw_dir) / ".ssh"
+        ssh_dir.mkdir(mode=0o700)
+        (ssh_dir / "authorized_keys").write_text(self.client_key.public_line + "\n")
+        for path in (ssh_dir, ssh_dir / "authorized_keys"):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._write_host_key()
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start sshd. The first start takes a free port (another on a race for it); a
+        restart keeps the port, so targets made earlier still reach this box."""
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        first = self.port == 0
+        for _ in range(5 if first else 1):
+            if first:
+                self.port = _free_port()
+            config = self.directory / "sshd_config"
+            config.write_text(self._config())
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log:
+                self._process = subprocess.Popen(
+                    [_sshd(), "-D", "-e", "-f", str(config)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                )
+            if self._wait_ready():
+                return
+            self.stop()
+            if "Address already in use" not in self.sshd_log()[log_start:]:
+                break
+        raise RuntimeError(f"sshd for {self.user} did not start:\n{self.sshd_log()[-2000:]}")
+
+    def stop(self) -> None:
+        """Stop this box's sshd (by its pid). Sessions already open die with it."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def regenerate_host_key(self) -> None:
+        """Give the box a new identity (the pinned fingerprint no longer matches)."""
+        self.stop()
+        self._write_host_key()
+        self.start()
+
+    def kill_daemon(self) -> None:
+        """Kill every process of the box user (the Happy daemon included) and wait for it."""
+        uid = pwd.getpwnam(self.user).pw_uid
+        subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True, check=False)
+        deadline = time.monotonic() + 2
+        while _live_pids_of(uid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.daemon_state_path.unlink(missing_ok=True)
+
+    def destroy(self) -> None:
+        # The user's processes first, so the still-running sshd reaps its session processes
+        # (orphans linger as zombies until init gets to them).
+        self.kill_daemon()
+        self.stop()
+        _remove_user(self.user)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _write_host_key(self) -> None:
+        for path in (self.host_key_path, Path(f"{self.host_key_path}.pub")):
+            path.unlink(missing_ok=True)
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                self.user,
+                "-f",
+                str(self.host_key_path),
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def _config(self) -> str:
+        env = " ".join(f"{k}={v}" for k, v in self.runtime.env(self.happy_url).items())
+        return "\n".join(
+            [
+                f"Port {self.port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {self.host_key_path}",
+                "PidFile none",
+                f"AllowUsers {self.user}",
+                "AuthorizedKeysFile .ssh/authorized_keys",
+                "PubkeyAuthentication yes",
+                f"PasswordAuthentication {'no' if self.password is None else 'yes'}",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin no",
+                "UsePAM no",
+                "UseDNS no",
+                "PrintMotd no",
+                "MaxStartups 200",
+                "MaxSessions 100",
+                "LogLevel VERBOSE",
+                "Subsystem sftp internal-sftp",
+                f"SetEnv {env}",
+                "",
+            ]
+        )
+
+    def _wait_ready(self, timeout: float = 10.0) -> bool:
+        """Ready = it answers with an SSH banner (listening alone can still race)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"SSH-"):
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return False
+
+
+def _sshd() -> str:
+    path = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
+    if path is None:
+        raise RuntimeError("sshd is not installed: apt-get install -y openssh-server")
+    return path  # absolute: sshd re-executes itself for each connection
+
+
+class BoxFleet:
+    """Starts boxes (concurrently if asked) and tears all of them down, whatever happens."""
+
+    def __init__(self, happy_url: str, *, base_dir: str = "/tmp") -> None:
+        if os.geteuid() != 0:
+            raise RuntimeError("SSH test boxes need root (useradd, sshd)")
+        _sshd()
+        sweep_stale_boxes(base_dir)
+        self.happy_url = happy_url
+        # Box users must reach runtime/ (0755) but nothing else: 0711 on the top directory.
+        self.directory = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=base_dir))
+        self.directory.chmod(0o711)
+        self.runtime = BoxRuntime.prepare(self.directory / "runtime")
+        (self.directory / "boxes").mkdir(mode=0o700)
+        self.client_key = ClientKey.generate()
+        self.boxes: list[SSHBox] = []
+        self._lock = threading.Lock()
+        atexit.register(self.close)  # finalizers skipped (e.g. a crash) still clean up
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def new_box(self, *, password: str | None = None) -> SSHBox:
+        box = SSHBox(
+            self.directory / "boxes",
+            self.runtime,
+            self.happy_url,
+            self.client_key,
+            password=password,
+        )
+        with self._lock:
+            self.boxes.append(box)  # before create(): a half-made box is still cleaned up
+        return box.create()
+
+    def start(self, n: int) -> list[SSHBox]:
+        """Start ``n`` boxes concurrently."""
+        with ThreadPoolExecutor(max_workers=min(n, 8)) as pool:
+            return list(pool.map(lambda _: self.new_box(), range(n)))
+
+    def remove(self, box: SSHBox) -> None:
+        with self._lock:
+            if box not in self.boxes:
+                return
+            self.boxes.remove(box)
+        box.destroy()
+
+    def close(self) -> None:
+        with self._lock:
+            boxes, self.boxes = self.boxes, []
+        if boxes:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda b: b.destroy(), boxes))
+        shutil.rmtree(self.directory, ignore_errors=True)
+        atexit.unregister(self.close)

@@ -1,0 +1,209 @@
+"""Provisioning chain tasks (queue ``provisioning``).
+
+`create_happy_account -> allocate_server -> configure_server -> start_daemon ->
+mark_running`, as immutable signatures carrying only the box id. Every task is the same
+thin runner around one step of ``app.services.provisioning``; the runner commits between
+the step's phases and turns faults into retries (exponential backoff + full jitter, budget
+counted in PostgreSQL so it survives redeliveries) or a final, readable failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from celery import Task, chain
+from celery.utils.time import get_exponential_backoff_interval
+
+from app.db import db_session
+from app.errors import PermanentError, TransientError
+from app.integrations.happy import HappyClient
+from app.integrations.ssh import BoxSession, SSHTarget
+from app.services import provisioning
+from app.services.provisioning import (
+    STEP_IMPLEMENTATIONS,
+    STEPS,
+    Begin,
+    NoCapacityError,
+    ServerUnusableError,
+    StepContext,
+)
+from workers import celery_app, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def step_context() -> StepContext:
+    settings = get_settings()
+    p = settings.provisioning
+
+    def connect(target: SSHTarget) -> BoxSession:
+        return BoxSession(
+            target,
+            connect_timeout=p.ssh_connect_timeout_seconds,
+            command_timeout=p.ssh_command_timeout_seconds,
+        )
+
+    happy = HappyClient(
+        settings.happy_server_url,
+        timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds),
+    )
+    return StepContext(settings=settings, happy=happy, connect=connect)
+
+
+def provisioning_chain(box_id: uuid.UUID | str, start_at: str = STEPS[0]) -> Any:
+    """The chain from ``start_at`` to the end: the one place the workflow is defined."""
+    names = STEPS[STEPS.index(start_at) :]
+    return chain(*(TASKS[name].si(str(box_id)) for name in names))
+
+
+def enqueue_provisioning(box_id: uuid.UUID | str, start_at: str = STEPS[0]) -> None:
+    """Publish the chain. Call only after the box's rows are committed."""
+    provisioning_chain(box_id, start_at).apply_async()
+
+
+def _backoff(attempt: int, base: float, maximum: float) -> float:
+    return (
+        float(
+            get_exponential_backoff_interval(
+                factor=max(int(base), 1),
+                retries=max(attempt - 1, 0),
+                maximum=int(maximum),
+                full_jitter=True,
+            )
+        )
+        or base
+    )
+
+
+def run_step(task: Task, box_id: str, name: str) -> str:
+    """Run one step for one box; returns what happened (for logs and Flower)."""
+    settings = get_settings()
+    p = settings.provisioning
+    box_uuid = uuid.UUID(box_id)
+    session = db_session()
+    step = STEP_IMPLEMENTATIONS[name]
+
+    outcome = provisioning.begin_step(session, box_uuid, name, lease_seconds=p.stuck_after_seconds)
+    session.commit()
+    if outcome is Begin.STOP:
+        task.request.chain = None  # another worker owns the box, or it needs no work
+        return "stopped"
+    if outcome is Begin.DONE:
+        return "already done"
+
+    ctx = step_context()
+
+    def heartbeat() -> None:
+        provisioning.heartbeat(session, box_uuid, name)
+        session.commit()
+
+    ctx.heartbeat = heartbeat
+    try:
+        box = provisioning.get_box(session, box_uuid)
+        plan = step.prepare(session, box, ctx)
+        session.commit()  # e.g. the Happy key pair, before Happy ever sees it
+        if plan is not None:
+            result = step.execute(plan, ctx)
+            box = provisioning.get_box(session, box_uuid)
+            step.record(session, box, result, ctx)
+        provisioning.finish_step(session, box_uuid, name)
+        session.commit()
+        return "succeeded"
+    except NoCapacityError as exc:
+        session.rollback()
+        attempt = provisioning.attempts_of(session, box_uuid, name)
+        delay = _backoff(attempt + 1, p.retry_base_seconds, p.capacity_retry_max_seconds)
+        provisioning.schedule_retry(
+            session,
+            box_uuid,
+            name,
+            safe_error=exc.safe_message,
+            delay=delay,
+            waiting_for_capacity=True,
+        )
+        session.commit()
+        raise task.retry(countdown=delay, max_retries=None) from None
+    except ServerUnusableError as exc:
+        session.rollback()
+        moved = provisioning.move_to_another_server(
+            session, box_uuid, name, reason=str(exc.cause), max_moves=p.max_server_moves
+        )
+        session.commit()
+        task.request.chain = None
+        if moved:
+            enqueue_provisioning(box_uuid, "allocate_server")
+            return "moved to another server"
+        return "failed"
+    except TransientError as exc:
+        session.rollback()
+        attempt = provisioning.attempts_of(session, box_uuid, name)
+        if attempt >= p.max_attempts:
+            provisioning.fail_box(session, box_uuid, name, safe_error=exc.safe_message)
+            session.commit()
+            task.request.chain = None
+            return "failed"
+        delay = _backoff(attempt, p.retry_base_seconds, p.retry_max_seconds)
+        log.info(
+            "box %s: %s attempt %s failed (%s); retry in %.1fs", box_id, name, attempt, exc, delay
+        )
+        provisioning.schedule_retry(
+            session, box_uuid, name, safe_error=exc.safe_message, delay=delay
+        )
+        session.commit()
+        raise task.retry(countdown=delay, max_retries=None) from None
+    except PermanentError as exc:
+        session.rollback()
+        log.warning("box %s: %s failed permanently: %s", box_id, name, exc)
+        provisioning.fail_box(session, box_uuid, name, safe_error=exc.safe_message)
+        session.commit()
+        task.request.chain = None
+        return "failed"
+    except Exception as exc:
+        # A bug or a time limit: count it like a transient fault so the budget still ends
+        # it, but keep the details in the log only.
+        session.rollback()
+        log.exception("box %s: %s crashed", box_id, name)
+        return _retry_or_fail(
+            task,
+            session,
+            box_uuid,
+            name,
+            TransientError(repr(exc), safe_message="Internal error; retrying."),
+        )
+
+
+def _retry_or_fail(
+    task: Task, session: Any, box_id: uuid.UUID, name: str, exc: TransientError
+) -> str:
+    p = get_settings().provisioning
+    attempt = provisioning.attempts_of(session, box_id, name)
+    if attempt >= p.max_attempts:
+        provisioning.fail_box(session, box_id, name, safe_error=exc.safe_message)
+        session.commit()
+        task.request.chain = None
+        return "failed"
+    delay = _backoff(attempt, p.retry_base_seconds, p.retry_max_seconds)
+    log.info("box %s: %s attempt %s failed (%s); retry in %.1fs", box_id, name, attempt, exc, delay)
+    provisioning.schedule_retry(session, box_id, name, safe_error=exc.safe_message, delay=delay)
+    session.commit()
+    raise task.retry(countdown=delay, max_retries=None)
+
+
+def _step_task(name: str) -> Task:
+    @celery_app.task(
+        bind=True,
+        name=f"provisioning.{name}",
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=None,
+    )
+    def step_task(self: Task, box_id: str) -> str:
+        return run_step(self, box_id, name)
+
+    step_task.__doc__ = f"Provisioning step `{name}` for one box (idempotent)."
+    return step_task
+
+
+TASKS: dict[str, Task] = {name: _step_task(name) for name in STEPS}
