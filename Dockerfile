@@ -8,14 +8,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so that code changes do not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first (against empty stand-ins for the packages), so that a code change does
+# not reinstall them.
+COPY pyproject.toml ./
 RUN mkdir -p app workers && touch app/__init__.py workers/__init__.py celery_config.py \
     && pip install . \
-    && pip uninstall -y vibebox
+    && pip uninstall -y vibebox \
+    && rm -rf app workers celery_config.py build
 
+# Editable, so that the code (and migrations/, which `vibebox db upgrade` finds next to the
+# app package) is the one in /app.
 COPY . .
-RUN pip install --no-deps . \
+RUN pip install --no-deps -e . \
     && useradd --system --user-group --home-dir /app --shell /usr/sbin/nologin vibebox \
     && mkdir -p /app/var \
     && chown vibebox:vibebox /app/var

@@ -207,15 +207,31 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- test
 
 
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+
+
 def _apt_install(packages: Sequence[str]) -> None:
+    """apt-get install, with `apt-get update` only when the install fails without it.
+
+    While it runs, a policy-rc.d forbids starting services: installing openssh-server must
+    not leave a system sshd listening on port 22 (the tests run their own on loopback).
+    """
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
     say(f"installing system packages: {' '.join(packages)}")
-    if subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False).returncode == 0:
-        return
-    say("apt-get install failed; refreshing package lists with apt-get update")
-    subprocess.run(["apt-get", "update", "-q"], env=env, stdin=subprocess.DEVNULL, check=True)
-    subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=True)
+    own_policy = not POLICY_RC_D.exists()
+    if own_policy:
+        POLICY_RC_D.write_text("#!/bin/sh\n# written by scripts/run.py during apt-get\nexit 101\n")
+        POLICY_RC_D.chmod(0o755)
+    try:
+        if subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=False).returncode:
+            say("apt-get install failed; refreshing package lists with apt-get update")
+            update = ["apt-get", "update", "-q"]
+            subprocess.run(update, env=env, stdin=subprocess.DEVNULL, check=True)
+            subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=True)
+    finally:
+        if own_policy:
+            POLICY_RC_D.unlink(missing_ok=True)
 
 
 def missing_system_packages() -> dict[str, str]:

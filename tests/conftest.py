@@ -188,6 +188,7 @@ WORKER_TEST_ENV = {
     "PROVISION_RETRY_MAX_SECONDS": "2",
     "CAPACITY_RETRY_MAX_SECONDS": "1",
     "STUCK_STEP_SECONDS": "6",
+    "RECONCILE_INTERVAL_SECONDS": "2",
     "MARK_RUNNING_TIMEOUT_SECONDS": "10",
     "MARK_RUNNING_POLL_SECONDS": "0.2",
     "HAPPY_TIMEOUT_SECONDS": "2",
@@ -214,8 +215,19 @@ def celery_worker(  # type: ignore[no-untyped-def]
     from tests.support.worker import CeleryWorkerProcess
 
     worker = CeleryWorkerProcess(
-        tmp_path_factory.mktemp("celery"), concurrency=4, extra_env=worker_env
+        tmp_path_factory.mktemp("celery"), concurrency=6, extra_env=worker_env
     )
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_beat(celery_worker: Any, worker_env: dict[str, str], tmp_path_factory):  # type: ignore[no-untyped-def]
+    """A real `celery beat` driving the reconciler every RECONCILE_INTERVAL_SECONDS."""
+    from tests.support.worker import CeleryBeatProcess
+
+    beat = CeleryBeatProcess(tmp_path_factory.mktemp("beat"), extra_env=worker_env)
+    beat.start()
+    yield beat
+    beat.stop()

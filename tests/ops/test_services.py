@@ -577,3 +577,14 @@ def test_compose_file_wires_health_and_start_order() -> None:
         assert service["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://")
         assert service["environment"]["REDIS_URL"].startswith("redis://redis:6379/")
     assert "/healthz" in " ".join(services_["web"]["healthcheck"]["test"])
+
+
+def test_make_test_says_which_system_packages_to_install_when_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        run, "missing_system_packages", lambda: {"/usr/sbin/sshd": "openssh-server"}
+    )
+    monkeypatch.setattr(run.os, "geteuid", lambda: 1000)
+    problem = run.ensure_system_packages()
+    assert problem is not None and "apt-get install openssh-server" in problem

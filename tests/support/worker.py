@@ -14,14 +14,22 @@ QUEUES = "provisioning,control,maintenance,celery"
 
 
 class CeleryWorkerProcess:
-    """Starts ``celery -A workers worker`` with the test environment; ends it by PID."""
+    """Starts a real ``celery worker`` with the test environment; ends it by PID.
+
+    The app is ``workers`` plus test-only pause points (``tests.support.failpoints``)."""
 
     def __init__(
-        self, log_dir: Path, *, concurrency: int = 2, extra_env: dict[str, str] | None = None
+        self,
+        log_dir: Path,
+        *,
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+        app_module: str = "tests.support.failpoints",
     ):
         self.log_path = log_dir / f"celery-worker-{uuid.uuid4().hex[:6]}.log"
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
+        self.app_module = app_module
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -36,7 +44,7 @@ class CeleryWorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "workers",
+                self.app_module,
                 "worker",
                 "--loglevel=INFO",
                 "-Q",
@@ -84,3 +92,43 @@ class CeleryWorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+class CeleryBeatProcess:
+    """A real ``celery beat`` (the reconciler's clock), schedule file in a temp dir."""
+
+    def __init__(self, log_dir: Path, *, extra_env: dict[str, str] | None = None):
+        self.log_path = log_dir / f"celery-beat-{uuid.uuid4().hex[:6]}.log"
+        self.schedule = log_dir / f"beat-schedule-{uuid.uuid4().hex[:6]}"
+        self.extra_env = extra_env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "beat",
+                "--loglevel=INFO",
+                "--schedule",
+                str(self.schedule),
+            ],
+            env={**os.environ, **self.extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.proc or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
