@@ -40,27 +40,12 @@ def fail(message: str, code: int = 1) -> int:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a .env file (``export``, comments and quotes allowed)."""
-    values: dict[str, str] = {}
+    """KEY=VALUE lines of a .env file, parsed by python-dotenv (empty values dropped)."""
+    from dotenv import dotenv_values
+
     if not path.is_file():
-        return values
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None and v != ""}
 
 
 def app_environment(*, dotenv: bool = True) -> dict[str, str]:
@@ -136,6 +121,8 @@ def cmd_flower(_args: argparse.Namespace) -> int:
     command = flower_command(env)
     if "FLOWER_BASIC_AUTH" not in env:
         say("Flower runs WITHOUT authentication (development, no FLOWER_BASIC_AUTH)")
+        if _env(env, "HOST", "127.0.0.1") not in ("127.0.0.1", "localhost", "::1"):
+            say("warning: and it listens beyond loopback; set FLOWER_BASIC_AUTH=user:password")
     os.execvpe(command[0], command, env)  # noqa: S606 - replace this process, keep its PID
     return 0  # not reached
 
@@ -239,6 +226,9 @@ def missing_system_packages() -> dict[str, str]:
     needs = {
         "/usr/sbin/sshd": "openssh-server",  # the pool servers of the end-to-end tests
         "/usr/bin/python3": "python3",  # what box users run (the venv's Python may be unreadable)
+        "/usr/bin/openssl": "openssl",  # password hashes for the password-login box tests
+        "/usr/bin/pkill": "procps",  # cleaning up test box users' processes
+        "/usr/bin/docker-compose": "docker-compose",  # validates docker-compose.yml offline
     }
     return {path: pkg for path, pkg in needs.items() if not Path(path).exists()}
 

@@ -124,9 +124,8 @@ def db(app: Any, migrated_engine: Engine) -> Iterator[Connection]:
         yield connection
     finally:
         db_session.remove()
-        SessionFactory.configure(
-            bind=migrated_engine, join_transaction_mode="conservative_savepoint"
-        )
+        SessionFactory.kw.pop("join_transaction_mode", None)  # back to the default
+        SessionFactory.configure(bind=migrated_engine)
         outer.rollback()
         connection.close()
 
