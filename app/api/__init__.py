@@ -18,9 +18,11 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from app.api.admin.routes import blp as admin_blp
     from app.api.auth.routes import blp as auth_blp
     from app.api.health.routes import blp as health_blp
+    from app.api.metrics.routes import bp as metrics_bp
     from app.api.servers.routes import blp as servers_blp
     from app.api.vibeboxes.routes import blp as vibeboxes_blp
 
+    app.register_blueprint(metrics_bp)
     app.register_blueprint(
         Blueprint(
             "swagger_ui_assets",

@@ -1,0 +1,69 @@
+"""Prometheus metrics derived from PostgreSQL at scrape time.
+
+The system of record is the database, so fleet gauges are read from it: any web process
+answers with the same numbers, whichever worker did the work and however often processes
+restart. Celery task metrics come from Flower's own ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import ProvisioningStep, Server, VibeBox
+from app.models.server import SERVER_STATES
+from app.models.vibebox import VIBEBOX_STATUSES
+from app.services.provisioning import IN_PROGRESS, utcnow
+
+
+def fleet_metrics(session: Session) -> list[Metric]:
+    boxes = GaugeMetricFamily("vibebox_boxes", "VibeBoxes by status", labels=["status"])
+    counts = dict(
+        session.execute(select(VibeBox.status, func.count()).group_by(VibeBox.status)).all()
+    )
+    for status in VIBEBOX_STATUSES:
+        boxes.add_metric([status], counts.get(status, 0))
+
+    servers = GaugeMetricFamily("vibebox_servers", "Pool servers by state", labels=["state"])
+    states = dict(session.execute(select(Server.state, func.count()).group_by(Server.state)).all())
+    for state in SERVER_STATES:
+        servers.add_metric([state], states.get(state, 0))
+
+    failures = CounterMetricFamily(
+        "vibebox_provisioning_step_failures",
+        "Provisioning steps that ended failed (final failures), by step",
+        labels=["step"],
+    )
+    failed = dict(
+        session.execute(
+            select(ProvisioningStep.name, func.count())
+            .where(ProvisioningStep.state == "failed")
+            .group_by(ProvisioningStep.name)
+        ).all()
+    )
+    for name, n in sorted(failed.items()):
+        failures.add_metric([name], n)
+
+    oldest = session.scalar(
+        select(func.min(VibeBox.created_at)).where(VibeBox.status.in_(IN_PROGRESS))
+    )
+    age = GaugeMetricFamily(
+        "vibebox_oldest_in_progress_box_age_seconds",
+        "Age of the oldest box still being provisioned (0 when none)",
+    )
+    age.add_metric([], (utcnow() - oldest).total_seconds() if oldest else 0.0)
+    return [boxes, servers, failures, age]
+
+
+class FleetCollector(Collector):
+    """Adapter so the metrics can be registered in a prometheus_client registry."""
+
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
+        self.session_factory = session_factory
+
+    def collect(self) -> Iterator[Metric]:
+        yield from fleet_metrics(self.session_factory())
