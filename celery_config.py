@@ -64,4 +64,9 @@ beat_schedule: dict[str, dict[str, object]] = {
         "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "60")),
         "options": {"expires": 60},
     },
+    "reconcile-pending-orders": {
+        "task": "maintenance.reconcile_orders",
+        "schedule": float(os.environ.get("ORDER_RECONCILE_INTERVAL_SECONDS", "300")),
+        "options": {"expires": 300},
+    },
 }

@@ -30,6 +30,9 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
         app.config.update(overrides)
 
     init_db(settings.database_url)
+    from app.integrations.payments.registry import build_registry
+
+    app.extensions["vibebox.payments"] = build_registry(settings)
 
     @app.teardown_appcontext
     def _remove_session(exc: BaseException | None) -> None:

@@ -12,6 +12,7 @@ from app.cli_pool import pool_cli
 
 db_cli = AppGroup("db", help="Database schema (Alembic).")
 user_cli = AppGroup("user", help="User accounts.")
+orders_cli = AppGroup("orders", help="Orders and payments.")
 
 
 def _alembic_config():
@@ -101,9 +102,38 @@ def create_admin(email: str, username: str, password_env: str | None) -> None:
     click.echo(f"admin {user.username} ({user.email}) {action}")
 
 
+@orders_cli.command("reconcile")
+@click.option(
+    "--older-than",
+    type=float,
+    default=None,
+    help="Check orders pending longer than this many seconds "
+    "(default ORDER_RECONCILE_AFTER_SECONDS).",
+)
+def reconcile_orders(older_than: float | None) -> None:
+    """Ask the providers about pending orders now; fulfil the paid ones."""
+    from app import get_settings
+    from app.db import db_session
+    from app.services import billing
+    from workers.billing import reconcile_order
+    from workers.provisioning import enqueue_provisioning
+
+    settings = get_settings()
+    threshold = settings.order_reconcile_after_seconds if older_than is None else older_than
+    ids = billing.stale_pending_orders(db_session(), older_than=threshold)
+    db_session.commit()
+    for order_id in ids:
+        result = reconcile_order(order_id)
+        for box_id in result.boxes:
+            enqueue_provisioning(box_id)
+        click.echo(f"{order_id}: {result.state}")
+    click.echo(f"{len(ids)} pending order(s) checked")
+
+
 def register_cli(app: Flask) -> None:
     app.cli.add_command(db_cli)
     app.cli.add_command(user_cli)
+    app.cli.add_command(orders_cli)
     app.cli.add_command(pool_cli)
 
 
@@ -117,6 +147,7 @@ cli = FlaskGroup(create_app=_create_app, add_version_option=False, help="VibeBox
 # Registered on the group itself so they run without building the app (no Redis needed).
 cli.add_command(db_cli)
 cli.add_command(user_cli)
+cli.add_command(orders_cli)
 cli.add_command(pool_cli)
 
 

@@ -68,6 +68,23 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+KNOWN_PROVIDERS = ("stripe", "wechat", "alipay", "dev")
+
+
+def _providers(env: str) -> tuple[str, ...]:
+    names = tuple(
+        n.strip().lower() for n in (_env("PAYMENT_PROVIDERS", "") or "").split(",") if n.strip()
+    )
+    unknown = [n for n in names if n not in KNOWN_PROVIDERS]
+    if unknown:
+        raise ConfigError(
+            f"PAYMENT_PROVIDERS has unknown provider(s) {unknown}; known: {list(KNOWN_PROVIDERS)}"
+        )
+    if "dev" in names and env == "production":
+        raise ConfigError("the dev payment provider cannot be enabled in production")
+    return names
+
+
 @dataclass(frozen=True)
 class ProvisioningSettings:
     """Retry budgets and timeouts of the provisioning chain and its reconciler."""
@@ -131,6 +148,11 @@ class Settings:
     happy_web_url: str
     log_level: str
     provisioning: ProvisioningSettings = field(default_factory=lambda: ProvisioningSettings())
+    payment_providers: tuple[str, ...] = ()
+    public_base_url: str = "http://127.0.0.1:5000"
+    checkout_return_url: str = "http://127.0.0.1:5000/"
+    order_reconcile_after_seconds: float = 600.0
+    order_expiry_seconds: float = 86400.0
 
     @property
     def is_production(self) -> bool:
@@ -176,6 +198,8 @@ class Settings:
             raise ConfigError("ENCRYPTION_KEY must decode to exactly 32 bytes (AES-256)")
 
         broker = _env("CELERY_BROKER_URL", redis_url) or redis_url
+        default_base = f"http://{_env('HOST', '127.0.0.1')}:{_env('PORT', '5000')}"
+        public_base_url = (_env("PUBLIC_BASE_URL", default_base) or default_base).rstrip("/")
         return cls(
             env=env,
             database_url=normalize_database_url(database_url),
@@ -199,6 +223,12 @@ class Settings:
             or "https://app.happy.engineering",
             log_level=(_env("LOG_LEVEL", "INFO") or "INFO").upper(),
             provisioning=ProvisioningSettings.from_env(),
+            payment_providers=_providers(env),
+            public_base_url=public_base_url,
+            checkout_return_url=_env("CHECKOUT_RETURN_URL", public_base_url + "/")
+            or public_base_url + "/",
+            order_reconcile_after_seconds=_float("ORDER_RECONCILE_AFTER_SECONDS", 600.0),
+            order_expiry_seconds=_float("ORDER_EXPIRY_SECONDS", 86400.0),
         )
 
     def flask_config(self) -> dict[str, Any]:

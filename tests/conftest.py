@@ -63,6 +63,7 @@ def _isolate_environment(index: int) -> None:
             "CELERY_RESULT_BACKEND": redis_url,
             "VIBEBOX_ENV": "testing",
             "BCRYPT_ROUNDS": "4",
+            "PAYMENT_PROVIDERS": "dev",
         }
     )
     import celery_config  # re-read broker settings from the isolated environment

@@ -19,7 +19,9 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from app.api.auth.routes import blp as auth_blp
     from app.api.health.routes import blp as health_blp
     from app.api.metrics.routes import bp as metrics_bp
+    from app.api.orders.routes import blp as orders_blp
     from app.api.servers.routes import blp as servers_blp
+    from app.api.subscriptions.routes import blp as subscriptions_blp
     from app.api.vibeboxes.routes import blp as vibeboxes_blp
 
     app.register_blueprint(metrics_bp)
@@ -31,5 +33,13 @@ def register_blueprints(app: Flask, api: Api) -> None:
             static_url_path=SWAGGER_UI_URL.rstrip("/"),
         )
     )
-    for blp in (health_blp, auth_blp, vibeboxes_blp, admin_blp, servers_blp):
+    for blp in (
+        health_blp,
+        auth_blp,
+        vibeboxes_blp,
+        subscriptions_blp,
+        orders_blp,
+        admin_blp,
+        servers_blp,
+    ):
         api.register_blueprint(blp)

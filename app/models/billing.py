@@ -83,13 +83,20 @@ class PaymentEvent(UUIDPk, Base):
     """Every verified webhook delivery, once: the idempotency key and the audit log."""
 
     __tablename__ = "payment_events"
-    __table_args__ = (UniqueConstraint("provider", "event_id"),)
+    __table_args__ = (
+        UniqueConstraint("provider", "event_id"),
+        Index("ix_payment_events_deferred", "provider", "subject", "processed_at"),
+    )
 
     provider: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[str] = mapped_column(String(255))
     type: Mapped[str] = mapped_column(String(128))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("orders.id"), index=True)
+    # The provider subscription an event is about: deferred events (a renewal that
+    # arrived before its checkout) are found again by it.
+    subject: Mapped[str | None] = mapped_column(String(255))
+    note: Mapped[str | None] = mapped_column(String(255))  # why ignored / deferred / flagged
     received_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -24,6 +24,9 @@ class Plan(Timestamps, Base):
     price_monthly: Mapped[int] = mapped_column(Integer)  # minor units (cents)
     price_yearly: Mapped[int] = mapped_column(Integer)
     currency: Mapped[str] = mapped_column(String(3), default="USD", server_default="USD")
+    # Prices for the China market (WeChat Pay, Alipay charge CNY), in fen.
+    price_monthly_cny: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    price_yearly_cny: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cpu_cores: Mapped[int] = mapped_column(Integer)
     ram_gb: Mapped[int] = mapped_column(Integer)
     disk_gb: Mapped[int] = mapped_column(Integer)
@@ -31,5 +34,9 @@ class Plan(Timestamps, Base):
     features: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
-    def price_for(self, billing_cycle: str) -> int:
-        return self.price_yearly if billing_cycle == "yearly" else self.price_monthly
+    def price_for(self, billing_cycle: str, currency: str | None = None) -> int:
+        """Price in minor units for a cycle, in the plan's currency or in CNY."""
+        yearly = billing_cycle == "yearly"
+        if currency == "CNY":
+            return self.price_yearly_cny if yearly else self.price_monthly_cny
+        return self.price_yearly if yearly else self.price_monthly

@@ -10,10 +10,11 @@ from flask_smorest import Blueprint
 
 from app import get_settings
 from app.api.admin.schemas import PageArgsSchema, UserPageSchema
+from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchema
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, provisioning
+from app.services import accounts, billing, provisioning
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)
@@ -62,3 +63,26 @@ class RetryBox(MethodView):
         enqueue_provisioning(box.id, start_at)
         box = provisioning.get_box(session, box_id)
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
+
+
+@blp.route("/subscriptions/<uuid:subscription_id>/cancel")
+class CancelSubscription(MethodView):
+    @blp.arguments(CancelRequestSchema)
+    @blp.response(200, SubscriptionSchema)
+    @blp.alt_response(404, description="No such subscription")
+    @blp.alt_response(409, description="Already canceled or expired")
+    @blp.doc(security=[{"bearerAuth": []}])
+    def post(self, data: dict[str, Any], subscription_id: uuid.UUID):
+        """Cancel a subscription now or at the end of its period (also at the provider)"""
+        from app.api.subscriptions.routes import payment_registry
+
+        session = db_session()
+        sub = billing.get_subscription(session, subscription_id)
+        subscription = billing.cancel_subscription(
+            session,
+            subscription_id,
+            at_period_end=data["atPeriodEnd"],
+            provider=payment_registry().get(sub.payment_provider),
+        )
+        db_session.commit()
+        return subscription

@@ -1,0 +1,30 @@
+"""Orders: what the app polls after paying."""
+
+from __future__ import annotations
+
+import uuid
+
+from flask.views import MethodView
+from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
+
+from app.api.orders.schemas import OrderSchema
+from app.db import db_session
+from app.services import billing
+
+blp = Blueprint("orders", __name__, url_prefix="/api/orders", description="Orders")
+
+
+@blp.route("/<uuid:order_id>")
+class OrderDetail(MethodView):
+    decorators = [jwt_required()]
+
+    @blp.etag
+    @blp.response(200, OrderSchema)
+    @blp.alt_response(404, description="No such order (or not yours)")
+    @blp.doc(security=[{"bearerAuth": []}])
+    def get(self, order_id: uuid.UUID):
+        """One of my orders: status, amount, provider and the box once created"""
+        session = db_session()
+        order = billing.get_order(session, order_id, owner_id=current_user.id)
+        return billing.describe_order(session, order)

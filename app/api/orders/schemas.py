@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from marshmallow import Schema, fields
+
+
+class OrderSchema(Schema):
+    id = fields.UUID(required=True)
+    status = fields.String(required=True)
+    planId = fields.String(required=True)
+    billingCycle = fields.String(required=True)
+    provider = fields.String(required=True)
+    amount = fields.Integer(required=True)
+    currency = fields.String(required=True)
+    createdAt = fields.DateTime(required=True)
+    paidAt = fields.DateTime(allow_none=True)
+    subscriptionId = fields.UUID(allow_none=True)
+    vibeBoxId = fields.UUID(allow_none=True)

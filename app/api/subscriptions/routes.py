@@ -1,0 +1,187 @@
+"""Plans, checkout, payment webhooks, subscriptions (seed 5.2, 6.2)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from html import escape
+from typing import Any, cast
+
+from flask import Response, current_app, request
+from flask.views import MethodView
+from flask_jwt_extended import current_user, jwt_required
+from flask_smorest import Blueprint
+
+from app import get_settings
+from app.api.subscriptions.schemas import (
+    CheckoutRequestSchema,
+    CheckoutResponseSchema,
+    PlanListSchema,
+    SubscriptionListSchema,
+)
+from app.db import db_session
+from app.errors import ConflictError, NotFoundError
+from app.extensions import limiter
+from app.integrations.payments.base import InvalidWebhookError, PaymentProvider, WebhookRequest
+from app.integrations.payments.dev_provider import DevProvider
+from app.integrations.payments.registry import ProviderRegistry
+from app.services import billing
+
+log = logging.getLogger(__name__)
+
+blp = Blueprint(
+    "subscriptions", __name__, url_prefix="/api/subscriptions", description="Plans and payments"
+)
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+
+
+def payment_registry() -> ProviderRegistry:
+    registry: ProviderRegistry = current_app.extensions["vibebox.payments"]
+    return registry
+
+
+def _provider(name: str) -> PaymentProvider:
+    provider = payment_registry().get(name)
+    if provider is None:
+        reason = payment_registry().disabled.get(name)
+        raise ConflictError(
+            f"Payments with {name} are not available"
+            + (" (the provider is not configured)" if reason else ""),
+            code="payment_provider_unavailable",
+        )
+    return provider
+
+
+@blp.route("/plans")
+class Plans(MethodView):
+    @blp.etag
+    @blp.response(200, PlanListSchema)
+    def get(self):
+        """The active plans with prices (minor units) and resources"""
+        return {"plans": billing.list_active_plans(db_session())}
+
+
+@blp.route("/checkout")
+class Checkout(MethodView):
+    decorators = [jwt_required()]
+
+    @blp.arguments(CheckoutRequestSchema)
+    @blp.response(201, CheckoutResponseSchema)
+    @blp.alt_response(409, description="Provider not available")
+    @blp.alt_response(502, description="The provider failed")
+    @blp.doc(security=SECURITY)
+    def post(self, data: dict[str, Any]):
+        """Start paying for a plan: an order plus the provider's checkout URL or QR code"""
+        provider = _provider(data["provider"])
+        settings = get_settings()
+        order, checkout = billing.start_checkout(
+            db_session(),
+            user=current_user,
+            plan_id=data["planId"],
+            billing_cycle=data["billingCycle"],
+            provider=provider,
+            notify_url=f"{settings.public_base_url}/api/subscriptions/webhook/{provider.name}",
+            return_url=settings.checkout_return_url,
+        )
+        db_session.commit()
+        return {
+            "orderId": order.id,
+            "checkoutUrl": checkout.checkout_url,
+            "qrCodeUrl": checkout.qr_code_url,
+            "amount": order.amount,
+            "currency": order.currency,
+        }
+
+
+def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Response:
+    """Verify, record, apply in one transaction; enqueue boxes after commit. No remote
+    calls beyond what verification needs, so the provider gets its answer fast."""
+    from workers.provisioning import enqueue_provisioning
+
+    try:
+        events = provider.handle_callback(webhook)
+    except InvalidWebhookError as exc:
+        log.warning("%s webhook rejected: %s", provider.name, exc.reason)
+        return _reply(provider.nack("invalid notification"))
+    session = db_session()
+    boxes: list[uuid.UUID] = []
+    for event in events:
+        try:
+            outcome = billing.record_event(session, event)
+        except billing.AmountMismatchError:
+            session.commit()  # keep the flag and the event: operators must see it
+            return _reply(provider.nack("amount mismatch"))
+        except billing.UnknownOrderError:
+            session.rollback()
+            log.warning("%s event %s names no known order", provider.name, event.event_id)
+            return _reply(provider.nack("unknown order"))
+        boxes.extend(outcome.boxes_to_provision)
+    session.commit()
+    for box_id in boxes:
+        enqueue_provisioning(box_id)
+    return _reply(provider.ack())
+
+
+def _reply(reply: Any) -> Response:
+    return Response(reply.body, status=reply.status, content_type=reply.content_type)
+
+
+@blp.route("/webhook/<string:provider_name>")
+class Webhook(MethodView):
+    # Authenticated by signature, and providers burst: not subject to the per-IP limit.
+    decorators = [limiter.exempt]
+
+    @blp.response(200)
+    @blp.alt_response(400, description="Verification failed, unknown order, amount mismatch")
+    @blp.alt_response(409, description="Provider not enabled")
+    def post(self, provider_name: str):
+        """Payment provider callback (Stripe, WeChat Pay, Alipay, dev)"""
+        provider = _provider(provider_name)
+        headers = cast(Mapping[str, str], request.headers)  # case-insensitive lookups
+        return handle_webhook(provider, WebhookRequest(headers=headers, body=request.get_data()))
+
+
+@blp.route("")
+class MySubscriptions(MethodView):
+    decorators = [jwt_required()]
+
+    @blp.response(200, SubscriptionListSchema)
+    @blp.doc(security=SECURITY)
+    def get(self):
+        """My subscriptions"""
+        return {"subscriptions": billing.list_subscriptions(db_session(), current_user.id)}
+
+
+def _dev_provider(order_id: uuid.UUID) -> DevProvider:
+    provider = payment_registry().get("dev")
+    if not isinstance(provider, DevProvider):
+        raise NotFoundError("Not found")
+    if request.args.get("sig") != provider.sign(str(order_id)):
+        raise NotFoundError("Not found")
+    return provider
+
+
+@blp.route("/dev/checkout/<uuid:order_id>")
+class DevCheckout(MethodView):
+    @blp.doc(hide=True)
+    def get(self, order_id: uuid.UUID):
+        """Development checkout page (dev provider only)"""
+        _dev_provider(order_id)
+        order = billing.get_order(db_session(), order_id)
+        page = (
+            "<!doctype html><title>VibeBox dev checkout</title>"
+            f"<h1>Pay {order.amount / 100:.2f} {escape(order.currency)} for "
+            f"{escape(order.plan_id)} ({escape(order.billing_cycle)})</h1>"
+            "<p>Development payments: no money moves.</p>"
+            f'<form method="post" action="{escape(request.full_path)}">'
+            '<button type="submit">Pay</button></form>'
+        )
+        return Response(page, content_type="text/html; charset=utf-8")
+
+    @blp.doc(hide=True)
+    def post(self, order_id: uuid.UUID):
+        """Complete a dev checkout through the webhook code path"""
+        provider = _dev_provider(order_id)
+        body = provider.completion_body(str(order_id))
+        return handle_webhook(provider, WebhookRequest(headers={}, body=body))

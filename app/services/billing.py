@@ -1,0 +1,596 @@
+"""Plans, orders, payment events and subscriptions: money and provisioning agree.
+
+- Checkout creates a pending order whose amount and currency come from the plan.
+- A verified provider event is recorded once (``payment_events`` is unique on provider +
+  event id; a duplicate is a no-op) and applied in the same transaction: mark the order
+  paid, create or extend the subscription, create the box. The caller commits, then
+  enqueues the returned boxes.
+- Events can arrive out of order: a renewal or cancellation for a provider subscription we
+  do not know yet is kept unprocessed (``processed_at`` NULL, ``subject`` = the provider
+  subscription id) and applied when its checkout is fulfilled.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from dateutil.relativedelta import relativedelta
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from app.errors import (
+    ConflictError,
+    InvalidStateError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+    ValidationError,
+    VibeBoxError,
+)
+from app.integrations.payments.base import (
+    CheckoutRequest,
+    CheckoutSession,
+    EventKind,
+    OrderRef,
+    PaymentProvider,
+    ProviderEvent,
+)
+from app.models import Order, PaymentEvent, Plan, Subscription, User, VibeBox
+from app.models.vibebox import VIBEBOX_STATUSES
+from app.services import provisioning
+
+log = logging.getLogger(__name__)
+
+# WeChat Pay and Alipay charge CNY; Stripe and dev charge in the plan's own currency.
+PROVIDER_CURRENCY = {"wechat": "CNY", "alipay": "CNY"}
+LIVE_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminated", "error"))
+
+
+class PaymentProviderError(VibeBoxError):
+    """The payment provider could not be reached or refused the request."""
+
+    status_code = 502
+    code = "payment_provider_error"
+
+
+class UnknownOrderError(VibeBoxError):
+    """A verified event names an order we never created."""
+
+    status_code = 400
+    code = "unknown_order"
+
+
+class AmountMismatchError(VibeBoxError):
+    """A verified payment's amount or currency differs from the order's."""
+
+    status_code = 400
+    code = "amount_mismatch"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def cycle_delta(billing_cycle: str) -> relativedelta:
+    return relativedelta(years=1) if billing_cycle == "yearly" else relativedelta(months=1)
+
+
+# --- catalogue and orders -----------------------------------------------------------------
+
+
+def list_active_plans(session: Session) -> list[Plan]:
+    return list(session.scalars(select(Plan).where(Plan.active).order_by(Plan.price_monthly)))
+
+
+def start_checkout(
+    session: Session,
+    *,
+    user: User,
+    plan_id: str,
+    billing_cycle: str,
+    provider: PaymentProvider,
+    notify_url: str,
+    return_url: str,
+) -> tuple[Order, CheckoutSession]:
+    """Create a pending order (price from the plan) and the provider's payment for it."""
+    plan = session.get(Plan, plan_id)
+    if plan is None or not plan.active:
+        raise ValidationError(errors={"planId": ["Unknown plan."]})
+    currency = PROVIDER_CURRENCY.get(provider.name, plan.currency)
+    amount = plan.price_for(billing_cycle, currency)
+    if amount <= 0:
+        raise ConflictError(
+            f"The {plan.name} plan is not sold in {currency}", code="plan_not_available"
+        )
+    order = Order(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        plan_id=plan.id,
+        billing_cycle=billing_cycle,
+        provider=provider.name,
+        amount=amount,
+        currency=currency,
+        status="pending",
+    )
+    session.add(order)
+    session.flush()
+    try:
+        checkout = provider.create_order(
+            CheckoutRequest(
+                order_id=str(order.id),
+                user_id=str(user.id),
+                user_email=user.email,
+                plan_id=plan.id,
+                plan_name=plan.name,
+                billing_cycle=billing_cycle,
+                amount=amount,
+                currency=currency,
+                notify_url=notify_url,
+                return_url=return_url,
+            )
+        )
+    except TransientError as exc:
+        log.warning("checkout at %s failed (transient): %s", provider.name, exc)
+        raise PaymentProviderError(
+            "The payment provider is not answering; try again shortly",
+            code="payment_provider_unavailable",
+        ) from None
+    except PermanentError as exc:
+        log.error("checkout at %s refused: %s", provider.name, exc)
+        raise PaymentProviderError(
+            "The payment provider refused the order", code="payment_provider_error"
+        ) from None
+    order.provider_order_id = checkout.provider_order_id
+    log.info("order %s created at %s (%s %s)", order.id, provider.name, amount, currency)
+    return order, checkout
+
+
+def get_order(session: Session, order_id: uuid.UUID, *, owner_id: uuid.UUID | None = None) -> Order:
+    order = session.get(Order, order_id)
+    if order is None or (owner_id is not None and order.user_id != owner_id):
+        raise NotFoundError("No such order", code="order_not_found")
+    return order
+
+
+def box_of_order(session: Session, order_id: uuid.UUID) -> uuid.UUID | None:
+    return session.scalar(select(VibeBox.id).where(VibeBox.order_id == order_id))
+
+
+def describe_order(session: Session, order: Order) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "status": order.status,
+        "planId": order.plan_id,
+        "billingCycle": order.billing_cycle,
+        "provider": order.provider,
+        "amount": order.amount,
+        "currency": order.currency,
+        "createdAt": order.created_at,
+        "paidAt": order.paid_at,
+        "subscriptionId": order.subscription_id,
+        "vibeBoxId": box_of_order(session, order.id),
+    }
+
+
+# --- provider events ----------------------------------------------------------------------
+
+
+@dataclass
+class EventOutcome:
+    duplicate: bool = False
+    boxes_to_provision: list[uuid.UUID] = field(default_factory=list)
+    note: str | None = None
+
+
+def _serialize(event: ProviderEvent) -> dict[str, Any]:
+    """The normalized event, stored so a deferred event can be applied later as it was."""
+    return {
+        "kind": event.kind.value,
+        "type": event.type,
+        "order_id": event.order_id,
+        "provider_order_id": event.provider_order_id,
+        "provider_subscription_id": event.provider_subscription_id,
+        "provider_customer_id": event.provider_customer_id,
+        "amount": event.amount,
+        "currency": event.currency,
+        "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
+        "period_end": event.period_end.isoformat() if event.period_end else None,
+        "data": event.payload,
+    }
+
+
+def _deserialize(provider: str, event_id: str, stored: dict[str, Any]) -> ProviderEvent:
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return ProviderEvent(
+        provider=provider,
+        event_id=event_id,
+        type=stored["type"],
+        kind=EventKind(stored["kind"]),
+        order_id=stored["order_id"],
+        provider_order_id=stored["provider_order_id"],
+        provider_subscription_id=stored["provider_subscription_id"],
+        provider_customer_id=stored["provider_customer_id"],
+        amount=stored["amount"],
+        currency=stored["currency"],
+        occurred_at=when(stored["occurred_at"]),
+        period_end=when(stored["period_end"]),
+        payload=stored.get("data") or {},
+    )
+
+
+def record_event(session: Session, event: ProviderEvent) -> EventOutcome:
+    """Record a verified event once and apply it. Raises ``UnknownOrderError`` (nothing is
+    recorded) or ``AmountMismatchError`` (recorded and the order flagged, not paid)."""
+    inserted = session.scalar(
+        insert(PaymentEvent)
+        .values(
+            id=uuid.uuid4(),
+            provider=event.provider,
+            event_id=event.event_id,
+            type=event.type[:128],
+            payload=_serialize(event),
+            subject=event.provider_subscription_id,
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(PaymentEvent.id)
+    )
+    if inserted is None:
+        log.info("payment event %s/%s is a duplicate: no-op", event.provider, event.event_id)
+        return EventOutcome(duplicate=True, note="duplicate")
+    record = session.get(PaymentEvent, inserted)
+    assert record is not None
+    outcome = EventOutcome()
+    _apply(session, record, event, outcome)
+    return outcome
+
+
+def _apply(session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome) -> None:
+    handler = {
+        EventKind.PAID: _on_paid,
+        EventKind.RENEWED: _on_renewed,
+        EventKind.PAYMENT_FAILED: _on_payment_failed,
+        EventKind.CANCEL_AT_PERIOD_END: _on_cancel_at_period_end,
+        EventKind.CANCELED: _on_canceled,
+    }.get(event.kind)
+    if handler is None:
+        _processed(record, "ignored")
+        return
+    handler(session, record, event, out)
+
+
+def _processed(record: PaymentEvent, note: str | None = None) -> None:
+    record.processed_at = utcnow()
+    record.note = note
+
+
+def _defer(record: PaymentEvent, out: EventOutcome) -> None:
+    """Keep the event for when its subscription becomes known (out-of-order delivery)."""
+    record.processed_at = None
+    record.note = "deferred: subscription not known yet"
+    out.note = record.note
+    log.info("payment event %s deferred until %s is known", record.event_id, record.subject)
+
+
+def _locked_order(session: Session, event: ProviderEvent) -> Order | None:
+    order_id: uuid.UUID | None = None
+    if event.order_id:
+        try:
+            order_id = uuid.UUID(event.order_id)
+        except ValueError:
+            order_id = None
+    if order_id is not None:
+        order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+        if order is not None:
+            return order
+    if event.provider_order_id:
+        return session.scalar(
+            select(Order)
+            .where(
+                Order.provider == event.provider, Order.provider_order_id == event.provider_order_id
+            )
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    return None
+
+
+def _on_paid(
+    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+) -> None:
+    order = _locked_order(session, event)
+    if order is None or order.provider != event.provider:
+        raise UnknownOrderError(f"No order matches {event.provider} event {event.event_id}")
+    record.order_id = order.id
+    if order.status == "paid":
+        _processed(record, "order already paid")
+        out.note = record.note
+        return
+    if event.amount is not None and (
+        event.amount != order.amount or (event.currency or "").upper() != order.currency
+    ):
+        order.flag = (
+            f"amount mismatch: paid {event.amount} {event.currency}, "
+            f"expected {order.amount} {order.currency}"
+        )
+        _processed(record, "flagged: amount mismatch")
+        log.error("order %s: %s (event %s)", order.id, order.flag, event.event_id)
+        raise AmountMismatchError("The paid amount does not match the order")
+    # A payment for an order we had given up on is still money taken: fulfil it.
+    order.status = "paid"
+    order.paid_at = event.occurred_at or utcnow()
+    order.flag = None
+    if event.provider_order_id and not order.provider_order_id:
+        order.provider_order_id = event.provider_order_id
+    subscription, box = _fulfil(session, order, event)
+    _processed(record)
+    if box is not None:
+        out.boxes_to_provision.append(box.id)
+    log.info("order %s paid (%s); subscription %s", order.id, event.provider, subscription.id)
+    if subscription.payment_subscription_id:
+        _replay_deferred(session, event.provider, subscription.payment_subscription_id, out)
+
+
+def _fulfil(
+    session: Session, order: Order, event: ProviderEvent
+) -> tuple[Subscription, VibeBox | None]:
+    """Create the subscription and its box, or extend the user's active one for this plan."""
+    now = utcnow()
+    delta = cycle_delta(order.billing_cycle)
+    current = session.scalar(
+        select(Subscription)
+        .where(
+            Subscription.user_id == order.user_id,
+            Subscription.plan_id == order.plan_id,
+            Subscription.status.in_(("active", "past_due")),
+            Subscription.current_period_end > now,
+        )
+        .order_by(Subscription.current_period_end.desc())
+        .with_for_update()
+    )
+    if current is not None:
+        current.current_period_end = max(current.current_period_end, now) + delta
+        current.status = "active"
+        if event.provider_subscription_id:
+            current.payment_subscription_id = event.provider_subscription_id
+            current.payment_provider = order.provider
+        order.subscription_id = current.id
+        live = session.scalar(
+            select(VibeBox.id).where(
+                VibeBox.subscription_id == current.id, VibeBox.status.in_(LIVE_BOX_STATUSES)
+            )
+        )
+        box = None
+        if live is None:  # the paid subscription has no working box: give it one
+            box = provisioning.create_vibebox(
+                session,
+                user_id=order.user_id,
+                plan_id=order.plan_id,
+                subscription_id=current.id,
+                order_id=order.id,
+            )
+        return current, box
+    subscription = Subscription(
+        id=uuid.uuid4(),
+        user_id=order.user_id,
+        plan_id=order.plan_id,
+        status="active",
+        billing_cycle=order.billing_cycle,
+        payment_provider=order.provider,
+        payment_customer_id=event.provider_customer_id,
+        payment_subscription_id=event.provider_subscription_id,
+        current_period_start=now,
+        current_period_end=now + delta,
+    )
+    session.add(subscription)
+    session.flush()
+    order.subscription_id = subscription.id
+    box = provisioning.create_vibebox(
+        session,
+        user_id=order.user_id,
+        plan_id=order.plan_id,
+        subscription_id=subscription.id,
+        order_id=order.id,
+    )
+    return subscription, box
+
+
+def _subscription_for(session: Session, event: ProviderEvent) -> Subscription | None:
+    if not event.provider_subscription_id:
+        return None
+    return session.scalar(
+        select(Subscription)
+        .where(
+            Subscription.payment_provider == event.provider,
+            Subscription.payment_subscription_id == event.provider_subscription_id,
+        )
+        .with_for_update()
+    )
+
+
+def _on_renewed(
+    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+) -> None:
+    sub = _subscription_for(session, event)
+    if sub is None:
+        _defer(record, out)
+        return
+    new_end = event.period_end or max(sub.current_period_end, utcnow()) + cycle_delta(
+        sub.billing_cycle
+    )
+    if new_end > sub.current_period_end:
+        sub.current_period_end = new_end
+    if sub.status in ("past_due", "expired"):
+        sub.status = "active"
+    _processed(record)
+    log.info("subscription %s renewed until %s", sub.id, sub.current_period_end)
+
+
+def _on_payment_failed(
+    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+) -> None:
+    if event.order_id or (event.provider_order_id and not event.provider_subscription_id):
+        order = _locked_order(session, event)
+        if order is not None and order.status == "pending":
+            order.status = "failed"
+            record.order_id = order.id
+            _processed(record)
+            return
+    sub = _subscription_for(session, event)
+    if sub is None:
+        if event.provider_subscription_id:
+            _defer(record, out)
+        else:
+            _processed(record, "no matching order or subscription")
+        return
+    if sub.status == "active":
+        sub.status = "past_due"
+    _processed(record)
+
+
+def _on_cancel_at_period_end(
+    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+) -> None:
+    sub = _subscription_for(session, event)
+    if sub is None:
+        _defer(record, out)
+        return
+    sub.cancel_at_period_end = True
+    _processed(record)
+
+
+def _on_canceled(
+    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+) -> None:
+    sub = _subscription_for(session, event)
+    if sub is None:
+        _defer(record, out)
+        return
+    _cancel_now(sub)
+    _processed(record)
+
+
+def _replay_deferred(session: Session, provider: str, subject: str, out: EventOutcome) -> None:
+    deferred = session.scalars(
+        select(PaymentEvent)
+        .where(
+            PaymentEvent.provider == provider,
+            PaymentEvent.subject == subject,
+            PaymentEvent.processed_at.is_(None),
+        )
+        .order_by(PaymentEvent.received_at)
+        .with_for_update()
+    ).all()
+    for record in deferred:
+        event = _deserialize(provider, record.event_id, record.payload)
+        log.info("applying deferred payment event %s", record.event_id)
+        _apply(session, record, event, out)
+
+
+# --- subscriptions --------------------------------------------------------------------------
+
+
+def _cancel_now(sub: Subscription) -> None:
+    now = utcnow()
+    sub.status = "canceled"
+    sub.canceled_at = now
+    if sub.current_period_end > now:
+        sub.current_period_end = now
+        # The period must stay non-empty (a CHECK constraint) even for a same-second cancel.
+        sub.current_period_start = min(sub.current_period_start, now - relativedelta(seconds=1))
+
+
+def cancel_subscription(
+    session: Session,
+    subscription_id: uuid.UUID,
+    *,
+    at_period_end: bool,
+    provider: PaymentProvider | None,
+) -> Subscription:
+    """Support cancellation (seed: by email in the MVP); also at the provider when it bills
+    repeatedly (Stripe)."""
+    sub = session.get(Subscription, subscription_id, with_for_update=True)
+    if sub is None:
+        raise NotFoundError("No such subscription", code="subscription_not_found")
+    if sub.status in ("canceled", "expired"):
+        raise InvalidStateError(
+            f"The subscription is already {sub.status}",
+            code="subscription_not_active",
+            extra={"status": sub.status},
+        )
+    if provider is not None and sub.payment_subscription_id:
+        try:
+            provider.cancel_subscription(sub.payment_subscription_id, at_period_end=at_period_end)
+        except (TransientError, PermanentError) as exc:
+            log.error("cancel of %s at %s failed: %s", sub.id, sub.payment_provider, exc)
+            raise PaymentProviderError(
+                "The payment provider could not cancel the subscription"
+            ) from None
+    if at_period_end:
+        sub.cancel_at_period_end = True
+    else:
+        _cancel_now(sub)
+    log.info("subscription %s canceled (%s)", sub.id, "at period end" if at_period_end else "now")
+    return sub
+
+
+def get_subscription(session: Session, subscription_id: uuid.UUID) -> Subscription:
+    sub = session.get(Subscription, subscription_id)
+    if sub is None:
+        raise NotFoundError("No such subscription", code="subscription_not_found")
+    return sub
+
+
+def list_subscriptions(session: Session, user_id: uuid.UUID) -> list[Subscription]:
+    return list(
+        session.scalars(
+            select(Subscription)
+            .where(Subscription.user_id == user_id)
+            .order_by(Subscription.created_at.desc())
+        )
+    )
+
+
+# --- reconciliation -----------------------------------------------------------------------
+
+
+def stale_pending_orders(
+    session: Session, *, older_than: float, limit: int = 200
+) -> list[uuid.UUID]:
+    cutoff = utcnow() - relativedelta(seconds=int(older_than))
+    return list(
+        session.scalars(
+            select(Order.id)
+            .where(Order.status == "pending", Order.created_at < cutoff)
+            .order_by(Order.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def order_ref(order: Order) -> OrderRef:
+    return OrderRef(
+        order_id=str(order.id),
+        provider_order_id=order.provider_order_id,
+        amount=order.amount,
+        currency=order.currency,
+    )
+
+
+def expire_order(session: Session, order_id: uuid.UUID) -> None:
+    order = session.get(Order, order_id, with_for_update=True)
+    if order is not None and order.status == "pending":
+        order.status = "canceled"
+        order.flag = "expired unpaid"
+
+
+def mark_order_failed(session: Session, order_id: uuid.UUID) -> None:
+    order = session.get(Order, order_id, with_for_update=True)
+    if order is not None and order.status == "pending":
+        order.status = "failed"
