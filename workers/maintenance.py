@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import socket
+import uuid
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from app.db import db_session
+from app.errors import PermanentError, TransientError
 from app.extensions import get_redis
-from app.services import health, provisioning
+from app.services import health, pool, provisioning
 from workers import celery_app, get_settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def reconcile() -> int:
     (Redis lock); each box gets its chain again from its first unfinished step, and the
     steps' idempotency makes a duplicate harmless.
     """
-    from workers.provisioning import enqueue_provisioning
+    from workers.provisioning import enqueue_step
 
     settings = get_settings()
     lock = get_redis(settings.redis_url).lock("vibebox:lock:reconcile", timeout=300, blocking=False)
@@ -70,7 +72,59 @@ def reconcile() -> int:
         session.commit()
         for box_id, step in due:
             log.warning("reconcile: box %s stuck at %s; re-enqueued", box_id, step)
-            enqueue_provisioning(box_id, step)
+            enqueue_step(box_id, step)
+        # Servers left in `cleaning` (a lost clean task, a crash) get another pass.
+        for server_id in pool.servers_in_cleaning(session):
+            clean_server.delay(str(server_id))
         return len(due)
     finally:
         lock.release()
+
+
+@celery_app.task(
+    name="maintenance.clean_server",
+    autoretry_for=(TransientError,),
+    retry_backoff=True,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=6,
+    ignore_result=True,
+)
+def clean_server(server_id: str) -> str:
+    """Scrub a server between owners (stop daemon, wipe, verify) and return it to the pool.
+
+    Idempotent; SSH trouble retries with backoff; a server that will not come clean is
+    quarantined (``unhealthy``) for an operator.
+    """
+    from app.integrations.ssh import BoxSession
+
+    settings = get_settings()
+    session = db_session()
+    server = pool.get_server(session, uuid.UUID(server_id))
+    if server.state != "cleaning":
+        return f"skipped ({server.state})"
+    target = pool.ssh_target_for(server, settings.encryption_key)
+    session.commit()  # no transaction open during the remote work
+    p = settings.provisioning
+    try:
+        with BoxSession(
+            target,
+            connect_timeout=p.ssh_connect_timeout_seconds,
+            command_timeout=p.ssh_command_timeout_seconds,
+        ) as box:
+            problem = pool.scrub(box)
+    except PermanentError as exc:
+        pool.quarantine_server(session, uuid.UUID(server_id), f"cleaning failed: {exc}")
+        session.commit()
+        return "quarantined"
+    except TransientError:
+        if clean_server.request.retries >= (clean_server.max_retries or 0):
+            pool.quarantine_server(session, uuid.UUID(server_id), "cleaning: unreachable")
+            session.commit()
+            return "quarantined"
+        raise
+    if problem:
+        raise TransientError(problem)
+    pool.finish_cleaning(session, uuid.UUID(server_id))
+    session.commit()
+    return "available"

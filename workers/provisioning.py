@@ -24,10 +24,13 @@ from app.services import provisioning
 from app.services.provisioning import (
     STEP_IMPLEMENTATIONS,
     STEPS,
+    TEARDOWN_STEPS,
     Begin,
     NoCapacityError,
     ServerUnusableError,
     StepContext,
+    TeardownCanceledError,
+    phase_of,
 )
 from workers import celery_app, get_settings
 
@@ -52,15 +55,27 @@ def step_context() -> StepContext:
     return StepContext(settings=settings, happy=happy, connect=connect)
 
 
-def provisioning_chain(box_id: uuid.UUID | str, start_at: str = STEPS[0]) -> Any:
-    """The chain from ``start_at`` to the end: the one place the workflow is defined."""
-    names = STEPS[STEPS.index(start_at) :]
+def workflow(box_id: uuid.UUID | str, start_at: str) -> Any:
+    """The chain of ``start_at``'s phase from that step to the end: the one place the
+    workflows (provisioning, teardown) are defined."""
+    steps = TEARDOWN_STEPS if phase_of(start_at) == "teardown" else STEPS
+    names = steps[steps.index(start_at) :]
     return chain(*(TASKS[name].si(str(box_id)) for name in names))
 
 
 def enqueue_provisioning(box_id: uuid.UUID | str, start_at: str = STEPS[0]) -> None:
-    """Publish the chain. Call only after the box's rows are committed."""
-    provisioning_chain(box_id, start_at).apply_async()
+    """Publish the provisioning chain. Call only after the box's rows are committed."""
+    workflow(box_id, start_at).apply_async()
+
+
+def enqueue_teardown(box_id: uuid.UUID | str, start_at: str = TEARDOWN_STEPS[0]) -> None:
+    """Publish the teardown chain (stop daemon -> wipe -> verify). After commit."""
+    workflow(box_id, start_at).apply_async()
+
+
+def enqueue_step(box_id: uuid.UUID | str, step: str) -> None:
+    """Resume whichever workflow ``step`` belongs to (the reconciler's entry point)."""
+    workflow(box_id, step).apply_async()
 
 
 def _backoff(attempt: int, base: float, maximum: float) -> float:
@@ -108,9 +123,19 @@ def run_step(task: Task, box_id: str, name: str) -> str:
             result = step.execute(plan, ctx)
             box = provisioning.get_box(session, box_uuid)
             step.record(session, box, result, ctx)
-        provisioning.finish_step(session, box_uuid, name)
+        to_clean = provisioning.finish_step(session, box_uuid, name)
         session.commit()
+        if to_clean is not None:
+            from workers.maintenance import clean_server
+
+            clean_server.delay(str(to_clean))
         return "succeeded"
+    except TeardownCanceledError as exc:
+        session.commit()
+        task.request.chain = None
+        if exc.resume_at is not None:
+            enqueue_provisioning(box_uuid, exc.resume_at)
+        return "teardown canceled"
     except NoCapacityError as exc:
         session.rollback()
         attempt = provisioning.attempts_of(session, box_uuid, name)
@@ -194,7 +219,7 @@ def _retry_or_fail(
 def _step_task(name: str) -> Task:
     @celery_app.task(
         bind=True,
-        name=f"provisioning.{name}",
+        name=f"{'teardown' if phase_of(name) == 'teardown' else 'provisioning'}.{name}",
         acks_late=True,
         reject_on_worker_lost=True,
         max_retries=None,
@@ -202,8 +227,8 @@ def _step_task(name: str) -> Task:
     def step_task(self: Task, box_id: str) -> str:
         return run_step(self, box_id, name)
 
-    step_task.__doc__ = f"Provisioning step `{name}` for one box (idempotent)."
+    step_task.__doc__ = f"Step `{name}` ({phase_of(name)}) for one box (idempotent)."
     return step_task
 
 
-TASKS: dict[str, Task] = {name: _step_task(name) for name in STEPS}
+TASKS: dict[str, Task] = {name: _step_task(name) for name in STEPS + TEARDOWN_STEPS}

@@ -65,6 +65,10 @@ class VibeBox(UUIDPk, Timestamps, Base):
     last_error: Mapped[str | None] = mapped_column(Text)  # safe to show the owner
     next_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     happy_machine_id: Mapped[str | None] = mapped_column(String(64))
+    # Where a teardown that is canceled (renewal before it began) returns the box to.
+    resume_status: Mapped[str | None] = mapped_column(String(24))
+    # Set while the box's server fails health probes: the owner sees it is degraded.
+    degraded_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     steps: Mapped[list[ProvisioningStep]] = relationship(
         back_populates="vibebox",

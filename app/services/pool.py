@@ -620,3 +620,38 @@ def record_probe(
             )
     session.flush()
     return server
+
+
+# --- cleaning between owners ------------------------------------------------------------
+
+
+def cleanliness_problem(box: ssh.BoxSession) -> str | None:
+    """What still marks the last owner on the server (None: clean)."""
+    if box.daemon_status():
+        return "the Happy daemon still runs"
+    result = box.run('d="${HAPPY_HOME_DIR:-$HOME/.happy}"; test -e "$d/access.key" && echo present')
+    if "present" in result.output:
+        return "access.key is still there"
+    return None
+
+
+def scrub(box: ssh.BoxSession) -> str | None:
+    """Stop the daemon, wipe credentials and machine identity, then check (idempotent)."""
+    box.stop_daemon()
+    box.wipe_credentials()
+    return cleanliness_problem(box)
+
+
+def servers_in_cleaning(session: Session) -> list[uuid.UUID]:
+    return list(session.scalars(select(Server.id).where(Server.state == "cleaning")))
+
+
+def finish_cleaning(session: Session, server_id: uuid.UUID) -> Server:
+    """A verified-clean server goes back to the pool (a no-op unless it is cleaning)."""
+    server = get_server(session, server_id, for_update=True)
+    if server.state == "cleaning":
+        server.state = "available"
+        server.last_error = None
+        server.consecutive_failures = 0
+        log.info("pool: server %s cleaned and available", server.id)
+    return server

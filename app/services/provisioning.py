@@ -36,7 +36,7 @@ from app.errors import (
 )
 from app.integrations.happy import HappyAPI, HappyCredentials
 from app.integrations.ssh import BoxSession, SSHTarget
-from app.models import Plan, ProvisioningStep, Server, User, VibeBox
+from app.models import Plan, ProvisioningStep, Server, Subscription, User, VibeBox
 from app.services import happy_accounts, pool
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,21 @@ STEPS: tuple[str, ...] = (
     "start_daemon",
     "mark_running",
 )
+# Teardown (subscription ended): the same step engine, a second phase of the timeline.
+TEARDOWN_STEPS: tuple[str, ...] = ("stop_daemon", "wipe_credentials", "verify_clean")
 # Boxes the chain (and the reconciler) still has to move forward.
 IN_PROGRESS = ("pending", "waiting_for_capacity", "provisioning")
+PHASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # phase: (its steps, the box statuses in which they may run)
+    "provision": (STEPS, IN_PROGRESS),
+    "teardown": (TEARDOWN_STEPS, ("terminating",)),
+}
+
+
+def phase_of(step_name: str) -> str:
+    return "teardown" if step_name in TEARDOWN_STEPS else "provision"
+
+
 # Steps that talk to the box's server: an SSH-level failure there moves the box.
 SERVER_STEPS = ("configure_server", "start_daemon")
 
@@ -63,6 +76,14 @@ class NoCapacityError(TransientError):
 
     def __init__(self) -> None:
         super().__init__("no available server fits", safe_message="Waiting for a free server.")
+
+
+class TeardownCanceledError(Exception):
+    """The subscription was renewed before the teardown began: the box stays."""
+
+    def __init__(self, resume_at: str | None) -> None:
+        super().__init__("teardown canceled by a renewal")
+        self.resume_at = resume_at  # provisioning step to resume, if it was interrupted
 
 
 class ServerUnusableError(Exception):
@@ -126,13 +147,24 @@ def list_boxes(session: Session, owner_id: uuid.UUID) -> list[VibeBox]:
     )
 
 
+def _phase_steps(box: VibeBox, phase: str) -> list[ProvisioningStep]:
+    names = PHASES[phase][0]
+    return [s for s in box.steps if s.name in names]
+
+
+def current_phase(box: VibeBox) -> str:
+    return "teardown" if box.status in ("terminating", "terminated") else "provision"
+
+
 def progress(box: VibeBox) -> tuple[int, int]:
-    done = sum(1 for s in box.steps if s.state in ("succeeded", "skipped"))
-    return done, len(box.steps)
+    """Steps done of the current phase (provisioning, or teardown once it began)."""
+    steps = _phase_steps(box, current_phase(box))
+    done = sum(1 for s in steps if s.state in ("succeeded", "skipped"))
+    return done, len(steps)
 
 
-def first_unfinished_step(box: VibeBox) -> str | None:
-    for step in box.steps:
+def first_unfinished_step(box: VibeBox, phase: str = "provision") -> str | None:
+    for step in _phase_steps(box, phase):
         if step.state != "succeeded":
             return step.name
     return None
@@ -203,12 +235,13 @@ def begin_step(session: Session, box_id: uuid.UUID, name: str, *, lease_seconds:
     live worker: STOP. Older than the lease, its worker is presumed dead and we take over.
     """
     box = _locked_box(session, box_id)
-    if box is None or box.status not in IN_PROGRESS:
+    phase = phase_of(name)
+    if box is None or box.status not in PHASES[phase][1]:
         return Begin.STOP
     step = _step(box, name)
     if step.state == "succeeded":
         return Begin.DONE
-    earlier = [s for s in box.steps if s.position < step.position]
+    earlier = [s for s in _phase_steps(box, phase) if s.position < step.position]
     if any(s.state != "succeeded" for s in earlier):
         return Begin.STOP  # out of order (e.g. reset by a retry): the reconciler resumes it
     now = utcnow()
@@ -220,7 +253,7 @@ def begin_step(session: Session, box_id: uuid.UUID, name: str, *, lease_seconds:
     step.updated_at = now
     box.step = name
     box.next_retry_at = None
-    if box.status != "waiting_for_capacity":
+    if phase == "provision" and box.status != "waiting_for_capacity":
         box.status = "provisioning"
     box.attempts = step.attempts
     return Begin.RUN
@@ -233,10 +266,12 @@ def heartbeat(session: Session, box_id: uuid.UUID, name: str) -> None:
         _step(box, name).updated_at = utcnow()
 
 
-def finish_step(session: Session, box_id: uuid.UUID, name: str) -> None:
+def finish_step(session: Session, box_id: uuid.UUID, name: str) -> uuid.UUID | None:
+    """Mark ``name`` done; the last step of a phase moves the box on. Returns the id of a
+    server that now needs cleaning (end of teardown), for the caller to enqueue."""
     box = _locked_box(session, box_id)
     if box is None:
-        return
+        return None
     step = _step(box, name)
     now = utcnow()
     step.state = "succeeded"
@@ -245,13 +280,23 @@ def finish_step(session: Session, box_id: uuid.UUID, name: str) -> None:
     box.last_error = None
     box.next_retry_at = None
     box.attempts = 0
-    following = [s for s in box.steps if s.position > step.position]
+    phase = phase_of(name)
+    following = [s for s in _phase_steps(box, phase) if s.position > step.position]
     box.step = following[0].name if following else None
+    log.info("box %s: step %s succeeded", box_id, name)
     if name == STEPS[-1]:
         box.status = "running"
+    elif name == TEARDOWN_STEPS[-1]:
+        box.status = "terminated"
+        box.resume_status = None
+        box.degraded_since = None
+        if box.server_id is not None:
+            # Verified clean for this box; one more pass before the next owner gets it.
+            pool.release_server(session, box.server_id, to_state="cleaning")
+            return box.server_id
     elif box.status == "waiting_for_capacity":
         box.status = "provisioning"
-    log.info("box %s: step %s succeeded", box_id, name)
+    return None
 
 
 def schedule_retry(
@@ -297,9 +342,18 @@ def fail_box(session: Session, box_id: uuid.UUID, name: str, *, safe_error: str)
     step.state = "failed"
     step.finished_at = utcnow()
     step.last_error = safe_error
-    box.status = "error"
     box.last_error = safe_error
     box.next_retry_at = None
+    if phase_of(name) == "teardown":
+        # The subscription is over either way; the server needs a human before reuse.
+        box.status = "terminated"
+        if box.server_id is not None:
+            pool.quarantine_server(
+                session, box.server_id, f"teardown of box {box.id} failed at {name}: {safe_error}"
+            )
+        log.error("box %s: teardown failed at %s: %s", box_id, name, safe_error)
+        return
+    box.status = "error"
     if box.server_id is not None:
         # Credentials may be on it: it goes back only after a wipe (quarantine until then).
         pool.quarantine_server(
@@ -383,13 +437,13 @@ def stuck_boxes(
     boxes = session.scalars(
         select(VibeBox)
         .options(selectinload(VibeBox.steps))
-        .where(VibeBox.status.in_(IN_PROGRESS), VibeBox.updated_at < cutoff)
+        .where(VibeBox.status.in_((*IN_PROGRESS, "terminating")), VibeBox.updated_at < cutoff)
         .order_by(VibeBox.updated_at)
         .limit(limit)
     ).all()
     due: list[tuple[uuid.UUID, str]] = []
     for box in boxes:
-        step_name = first_unfinished_step(box)
+        step_name = first_unfinished_step(box, current_phase(box))
         if step_name is None:
             continue
         step = _step(box, step_name)
@@ -397,6 +451,77 @@ def stuck_boxes(
         if last_move < cutoff:
             due.append((box.id, step_name))
     return due
+
+
+# --- teardown --------------------------------------------------------------------------
+
+
+def start_teardown(session: Session, box_id: uuid.UUID, *, reason: str) -> bool:
+    """Begin tearing a box down (its subscription ended). True when the caller must enqueue
+    the teardown chain; a box that never reached a server ends here, nothing to undo."""
+    box = _locked_box(session, box_id)
+    if box is None or box.status in ("terminating", "terminated"):
+        return False
+    if box.server_id is None:
+        for step in box.steps:
+            if step.state in ("pending", "running"):
+                step.state = "skipped"
+        box.status = "terminated"
+        box.step = None
+        box.next_retry_at = None
+        box.last_error = None
+        log.info("box %s terminated before it had a server (%s)", box_id, reason)
+        return False
+    existing = {s.name: s for s in box.steps}
+    for offset, name in enumerate(TEARDOWN_STEPS):
+        found = existing.get(name)
+        if found is None:
+            box.steps.append(
+                ProvisioningStep(name=name, position=len(STEPS) + offset, state="pending")
+            )
+        else:  # a canceled earlier teardown
+            found.state, found.attempts, found.started_at, found.finished_at = (
+                "pending",
+                0,
+                None,
+                None,
+            )
+            found.last_error = None
+    box.resume_status = box.status
+    box.status = "terminating"
+    box.step = TEARDOWN_STEPS[0]
+    box.next_retry_at = None
+    box.attempts = 0
+    log.info("box %s: teardown started (%s)", box_id, reason)
+    return True
+
+
+def subscription_renewed(session: Session, box: VibeBox) -> bool:
+    if box.subscription_id is None:
+        return False
+    sub = session.get(Subscription, box.subscription_id)
+    return (
+        sub is not None
+        and sub.status in ("active", "past_due")
+        and sub.current_period_end > utcnow()
+    )
+
+
+def cancel_teardown(session: Session, box: VibeBox) -> str | None:
+    """Return the box to where it was; the provisioning step to resume, if any."""
+    previous = box.resume_status or "running"
+    for step in _phase_steps(box, "teardown"):
+        step.state = "skipped"
+    box.status = previous
+    box.resume_status = None
+    box.last_error = None
+    box.next_retry_at = None
+    log.info("box %s: teardown canceled by a renewal; back to %s", box.id, previous)
+    if previous in IN_PROGRESS:
+        box.step = first_unfinished_step(box)
+        return box.step
+    box.step = None
+    return None
 
 
 def note_reenqueued(session: Session, box_id: uuid.UUID) -> None:
@@ -550,6 +675,65 @@ class MarkRunning(Step):
             time.sleep(settings.mark_running_poll_seconds)
 
 
+def _teardown_target(session: Session, box: VibeBox, ctx: StepContext) -> SSHTarget | None:
+    if box.server_id is None:
+        return None
+    server = session.get(Server, box.server_id)
+    if server is None:
+        return None
+    try:
+        return pool.ssh_target_for(server, ctx.settings.encryption_key)
+    except DecryptionError as exc:
+        raise PermanentError(
+            f"server {server.id} credential does not decrypt", safe_message="Internal error."
+        ) from exc
+
+
+def _over_ssh_retrying(
+    ctx: StepContext, target: SSHTarget, work: Callable[[BoxSession], Any]
+) -> Any:
+    """Teardown must finish on *this* server: SSH trouble is retried, not moved around."""
+    try:
+        with ctx.connect(target) as box_session:
+            return work(box_session)
+    except (HostUnreachableError, SSHAuthError, HostKeyMismatchError) as exc:
+        raise TransientError(str(exc), safe_message=exc.safe_message) from exc
+
+
+class StopDaemon(Step):
+    name = "stop_daemon"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        if subscription_renewed(session, box):
+            raise TeardownCanceledError(cancel_teardown(session, box))
+        return _teardown_target(session, box, ctx)
+
+    def execute(self, plan: SSHTarget, ctx: StepContext) -> None:
+        _over_ssh_retrying(ctx, plan, lambda s: s.stop_daemon())
+
+
+class WipeCredentials(Step):
+    name = "wipe_credentials"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        return _teardown_target(session, box, ctx)
+
+    def execute(self, plan: SSHTarget, ctx: StepContext) -> None:
+        _over_ssh_retrying(ctx, plan, lambda s: s.wipe_credentials())
+
+
+class VerifyClean(Step):
+    name = "verify_clean"
+
+    def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
+        return _teardown_target(session, box, ctx)
+
+    def execute(self, plan: SSHTarget, ctx: StepContext) -> None:
+        problem = _over_ssh_retrying(ctx, plan, pool.cleanliness_problem)
+        if problem:
+            raise TransientError(problem, safe_message="The server is not clean yet.")
+
+
 STEP_IMPLEMENTATIONS: dict[str, Step] = {
     step.name: step
     for step in (
@@ -558,9 +742,12 @@ STEP_IMPLEMENTATIONS: dict[str, Step] = {
         ConfigureServer(),
         StartDaemon(),
         MarkRunning(),
+        StopDaemon(),
+        WipeCredentials(),
+        VerifyClean(),
     )
 }
-assert tuple(STEP_IMPLEMENTATIONS) == STEPS
+assert tuple(STEP_IMPLEMENTATIONS) == STEPS + TEARDOWN_STEPS
 
 
 def describe_box(session: Session, settings: Settings, box: VibeBox) -> dict[str, Any]:

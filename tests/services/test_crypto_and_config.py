@@ -30,7 +30,7 @@ def test_aes_gcm_round_trip_and_tamper_detection():
 
 @pytest.fixture
 def prod_env(monkeypatch):
-    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "ENCRYPTION_KEY"):
+    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "ENCRYPTION_KEY", "PAYMENT_PROVIDERS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VIBEBOX_ENV", "production")
     return monkeypatch
@@ -52,6 +52,18 @@ def test_production_with_secrets_and_bad_encryption_key(prod_env):
     assert settings.is_production
     assert settings.jwt_cookie_secure is True
     assert settings.bcrypt_rounds == 12 or os.environ.get("BCRYPT_ROUNDS")
+
+
+def test_dev_payments_are_refused_in_production(prod_env):
+    prod_env.setenv("SECRET_KEY", "s" * 32)
+    prod_env.setenv("JWT_SECRET_KEY", "j" * 32)
+    prod_env.setenv("ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
+    prod_env.setenv("PAYMENT_PROVIDERS", "stripe,dev")
+    with pytest.raises(ConfigError, match="dev payment provider"):
+        Settings.from_env()
+    prod_env.setenv("PAYMENT_PROVIDERS", "stripe,paypal")
+    with pytest.raises(ConfigError, match="paypal"):
+        Settings.from_env()
 
 
 def test_defaults(monkeypatch):

@@ -1,0 +1,657 @@
+"""WeChat Pay API v3: Native pay (a QR code), verified and decrypted payment callbacks.
+
+Crypto comes from the ``wechatpayv3`` SDK's own helpers (``wechatpayv3.utils``):
+``build_authorization`` signs every request (``WECHATPAY2-SHA256-RSA2048`` over
+``METHOD\\nPATH?QUERY\\nTS\\nNONCE\\nBODY\\n``), ``rsa_verify`` checks the platform's RSA-SHA256
+signature over ``TS\\nNONCE\\nBODY\\n`` on responses and callbacks, and ``aes_decrypt`` opens the
+``AEAD_AES_256_GCM`` resource with the APIv3 key.
+
+We do not use the SDK's ``WeChatPay``/``Core`` client itself, because:
+
+- its gateway is a hard-coded private attribute (``Core._gate_way``): no custom base URL;
+- on any ``Wechatpay-Serial`` other than its single ``public_key_id`` it silently downloads
+  ``/v3/certificates`` (a network call while verifying a callback; in certificate mode also at
+  construction), and it accepts only one key id, so no key rotation;
+- it neither checks timestamp freshness nor tells one failure from another (``None`` or a bare
+  ``Exception``), and it uses module-level ``requests`` calls without a session.
+
+So verification here never touches the network: the platform public key(s) (public-key mode)
+or pre-placed platform certificates are loaded once, keyed by their id/serial.
+
+Nothing returned is an SDK object; ``requests`` errors become ``TransientError`` or
+``PermanentError``. No key (merchant private key, APIv3 key) ever appears in a message or log.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from wechatpayv3.utils import (
+    aes_decrypt,
+    build_authorization,
+    load_private_key,
+    load_public_key,
+    rsa_verify,
+)
+
+from app.errors import PermanentError, TransientError
+from app.integrations.payments.base import (
+    CheckoutRequest,
+    CheckoutSession,
+    EventKind,
+    InvalidWebhookError,
+    OrderQuery,
+    OrderRef,
+    OrderState,
+    ProviderEvent,
+    ProviderNotConfiguredError,
+    WebhookReply,
+    WebhookRequest,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "https://api.mch.weixin.qq.com"
+DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)  # (connect, read) seconds
+SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
+MAX_CLOCK_SKEW_SECONDS = 300  # |now - Wechatpay-Timestamp| allowed on callbacks
+API_V3_KEY_LENGTH = 32  # AES-256: the APIv3 key is 32 ASCII characters
+DESCRIPTION_MAX_CHARS = 127  # WeChat's limit on ``description``
+# Personal data of the payer; kept out of the audit payload.
+_PRIVATE_FIELDS = ("payer", "user_received_account")
+
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+# trade_state -> our view (query_order). REFUND: the money was paid and (partly) returned
+# through the merchant platform; provisioning for it would be wrong, so it counts as failed.
+_TRADE_STATES = {
+    "SUCCESS": OrderState.PAID,
+    "NOTPAY": OrderState.PENDING,
+    "USERPAYING": OrderState.PENDING,
+    "ACCEPT": OrderState.PENDING,
+    "CLOSED": OrderState.FAILED,
+    "REVOKED": OrderState.FAILED,
+    "PAYERROR": OrderState.FAILED,
+    "REFUND": OrderState.FAILED,
+}
+
+
+class _ApiRefusal(PermanentError):
+    """A 4xx answer; ``code`` is WeChat's error code (``ORDER_NOT_EXIST``, ...)."""
+
+    def __init__(self, message: str, *, status: int, code: str, safe_message: str) -> None:
+        super().__init__(message, safe_message=safe_message)
+        self.status = status
+        self.code = code
+
+
+class WeChatPayProvider:
+    """WeChat Pay v3 direct merchant (普通商户), Native pay."""
+
+    name = "wechat"
+
+    def __init__(
+        self,
+        *,
+        mchid: str,
+        appid: str,
+        api_v3_key: str,
+        merchant_private_key: str,
+        merchant_cert_serial: str,
+        platform_public_keys: Mapping[str, str],
+        api_base: str = DEFAULT_API_BASE,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+        session: requests.Session | None = None,
+    ) -> None:
+        """``platform_public_keys``: accepted ``Wechatpay-Serial`` -> platform public key PEM
+        (or platform certificate PEM); the first entry is sent as our ``Wechatpay-Serial``."""
+        if len(api_v3_key.encode("utf-8")) != API_V3_KEY_LENGTH:
+            raise ProviderNotConfiguredError(
+                f"WECHAT_PAY_API_KEY must be the {API_V3_KEY_LENGTH}-character APIv3 key"
+            )
+        if not platform_public_keys:
+            raise ProviderNotConfiguredError("WeChat Pay needs at least one platform public key")
+        self.mchid = mchid
+        self.appid = appid
+        self.api_base = api_base.rstrip("/")
+        self.timeout = timeout
+        self._api_v3_key = api_v3_key
+        self._merchant_serial = merchant_cert_serial
+        self._private_key = _load_private_key(merchant_private_key)
+        self._platform_keys: dict[str, RSAPublicKey] = {
+            key_id: _load_platform_key(pem, key_id) for key_id, pem in platform_public_keys.items()
+        }
+        self._primary_key_id = next(iter(self._platform_keys))
+        self._clock = clock
+        self._session = session or requests.Session()
+
+    def __repr__(self) -> str:
+        return f"WeChatPayProvider(mchid={self.mchid!r}, api_base={self.api_base!r})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WeChatPayProvider:
+        """Build from ``WECHAT_PAY_*`` settings; never touches the network.
+
+        Keys: ``WECHAT_PAY_MCH_PRIVATE_KEY`` / ``WECHAT_PAY_PUBLIC_KEY`` hold PEM text (``\\n``
+        escapes allowed), or name a file through the ``_FILE`` variant.
+        ``WECHAT_PAY_PUBLIC_KEY_ID`` may be a comma list: with one key, every listed id verifies
+        with it; with as many PEM blocks as ids, they pair up in order (key rotation).
+        """
+        missing: list[str] = []
+
+        def required(name: str) -> str:
+            value = (env.get(name) or "").strip()
+            if not value:
+                missing.append(name)
+            return value
+
+        mchid = required("WECHAT_PAY_MCHID")
+        appid = required("WECHAT_PAY_APPID")
+        api_v3_key = required("WECHAT_PAY_API_KEY")
+        serial = required("WECHAT_PAY_MCH_CERT_SERIAL")
+        private_key = _pem_setting(env, "WECHAT_PAY_MCH_PRIVATE_KEY", missing)
+        public_keys = _pem_setting(env, "WECHAT_PAY_PUBLIC_KEY", missing)
+        key_ids = [k.strip() for k in (env.get("WECHAT_PAY_PUBLIC_KEY_ID") or "").split(",")]
+        key_ids = [k for k in key_ids if k]
+        if not key_ids:
+            missing.append("WECHAT_PAY_PUBLIC_KEY_ID")
+        if missing:
+            raise ProviderNotConfiguredError(
+                "WeChat Pay is not configured: missing " + ", ".join(missing)
+            )
+
+        # One PEM block per key; a bare base64 key body counts as one key.
+        blocks = [m.group(0) for m in _PEM_BLOCK.finditer(public_keys)] or [public_keys]
+        if len(blocks) == 1:
+            platform = dict.fromkeys(key_ids, blocks[0])
+        elif len(blocks) == len(key_ids):
+            platform = dict(zip(key_ids, blocks, strict=True))
+        else:
+            raise ProviderNotConfiguredError(
+                f"WECHAT_PAY_PUBLIC_KEY holds {len(blocks)} keys but WECHAT_PAY_PUBLIC_KEY_ID "
+                f"lists {len(key_ids)} ids (give one key, or one key per id)"
+            )
+        api_base = (env.get("WECHAT_PAY_API_BASE") or "").strip() or DEFAULT_API_BASE
+        return cls(
+            mchid=mchid,
+            appid=appid,
+            api_v3_key=api_v3_key,
+            merchant_private_key=private_key,
+            merchant_cert_serial=serial,
+            platform_public_keys=platform,
+            api_base=api_base,
+        )
+
+    # --- PaymentProvider ---------------------------------------------------------------
+
+    def create_order(self, request: CheckoutRequest) -> CheckoutSession:
+        """Native pay: ``POST /v3/pay/transactions/native`` -> ``code_url`` for the QR code.
+
+        Idempotent per order: ``out_trade_no`` is the order id, and WeChat answers the same
+        ``code_url`` when the same order is placed again with the same parameters.
+        """
+        currency = request.currency.upper()
+        if currency != "CNY":
+            raise PermanentError(
+                f"WeChat Pay Native charges CNY only; order {request.order_id} is in "
+                f"{request.currency}",
+                safe_message="WeChat Pay accepts payments in CNY only.",
+            )
+        if request.amount <= 0:
+            raise PermanentError(
+                f"WeChat Pay needs a positive amount; order {request.order_id} has "
+                f"{request.amount}",
+                safe_message="This order has no amount to pay.",
+            )
+        out_trade_no = request.order_ref
+        description = f"VibeBox {request.plan_name} ({request.billing_cycle})"
+        body = {
+            "appid": self.appid,
+            "mchid": self.mchid,
+            "description": description[:DESCRIPTION_MAX_CHARS],
+            "out_trade_no": out_trade_no,
+            "notify_url": request.notify_url,
+            "amount": {"total": request.amount, "currency": currency},
+        }
+        data = self._request("POST", "/v3/pay/transactions/native", body)
+        code_url = data.get("code_url") if isinstance(data, dict) else None
+        if not isinstance(code_url, str) or not code_url:
+            raise TransientError(
+                "WeChat Pay native order answered without a code_url",
+                safe_message="WeChat Pay gave an unexpected answer.",
+            )
+        return CheckoutSession(provider_order_id=out_trade_no, qr_code_url=code_url)
+
+    def handle_callback(self, request: WebhookRequest) -> list[ProviderEvent]:
+        """Verify (platform key, accepted serial, fresh timestamp), decrypt, normalize.
+
+        Only ``TRANSACTION.SUCCESS`` with ``trade_state`` SUCCESS is a payment; every other
+        verified notification (refund events included: refunds are handled by hand in the
+        merchant platform) is IGNORED, still recorded by its id.
+        """
+        headers = {str(k).lower(): str(v) for k, v in request.headers.items()}
+        signature = headers.get("wechatpay-signature", "")
+        timestamp = headers.get("wechatpay-timestamp", "")
+        nonce = headers.get("wechatpay-nonce", "")
+        serial = headers.get("wechatpay-serial", "")
+        if not (signature and timestamp and nonce and serial):
+            raise InvalidWebhookError("missing Wechatpay-Signature/Timestamp/Nonce/Serial")
+        signature_type = headers.get("wechatpay-signature-type")
+        if signature_type is not None and signature_type != SIGNATURE_TYPE:
+            raise InvalidWebhookError(f"unsupported Wechatpay-Signature-Type {signature_type!r}")
+        public_key = self._platform_keys.get(serial)
+        if public_key is None:
+            raise InvalidWebhookError(f"Wechatpay-Serial {serial[:64]!r} is not an accepted key")
+        if not _TIMESTAMP.fullmatch(timestamp):
+            raise InvalidWebhookError("Wechatpay-Timestamp is not a unix timestamp")
+        skew = self._clock() - int(timestamp)
+        if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
+            raise InvalidWebhookError(f"Wechatpay-Timestamp is {skew:+.0f} s off (stale)")
+        try:
+            text = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidWebhookError("body is not UTF-8") from None
+        if not _verify(public_key, timestamp, nonce, text, signature):
+            raise InvalidWebhookError("signature does not verify with the platform key")
+
+        notification = _json_object(text)
+        if notification is None:
+            raise InvalidWebhookError("body is not a JSON object")
+        event_id = notification.get("id")
+        event_type = notification.get("event_type")
+        if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
+            raise InvalidWebhookError("notification has no id or event_type")
+        resource = self._decrypt_resource(notification)
+
+        if resource.get("mchid") != self.mchid:
+            raise InvalidWebhookError("notification is for another merchant (mchid)")
+        transaction_event = event_type.startswith("TRANSACTION.")
+        if (transaction_event or "appid" in resource) and resource.get("appid") != self.appid:
+            raise InvalidWebhookError("notification is for another app (appid)")
+
+        occurred_at = _parse_time(resource.get("success_time")) or _parse_time(
+            notification.get("create_time")
+        )
+        payload = _public_payload(resource)
+        out_trade_no = resource.get("out_trade_no")
+        out_trade_no = out_trade_no if isinstance(out_trade_no, str) and out_trade_no else None
+
+        if event_type == "TRANSACTION.SUCCESS" and resource.get("trade_state") == "SUCCESS":
+            if out_trade_no is None:
+                raise InvalidWebhookError("paid transaction has no out_trade_no")
+            amount, currency = _amount(resource)
+            if amount is None or currency is None:
+                raise InvalidWebhookError("paid transaction has no amount.total/currency")
+            return [
+                ProviderEvent(
+                    provider=self.name,
+                    event_id=event_id,
+                    type=event_type,
+                    kind=EventKind.PAID,
+                    order_id=_order_id(out_trade_no),
+                    provider_order_id=out_trade_no,
+                    amount=amount,
+                    currency=currency,
+                    occurred_at=occurred_at,
+                    payload=payload,
+                )
+            ]
+        log.info("WeChat Pay notification %s (%s) ignored", event_id, event_type)
+        return [
+            ProviderEvent(
+                provider=self.name,
+                event_id=event_id,
+                type=event_type,
+                kind=EventKind.IGNORED,
+                order_id=_order_id(out_trade_no) if out_trade_no else None,
+                provider_order_id=out_trade_no,
+                occurred_at=occurred_at,
+                payload=payload,
+            )
+        ]
+
+    def query_order(self, order: OrderRef) -> OrderQuery:
+        """``GET /v3/pay/transactions/out-trade-no/{out_trade_no}?mchid=...`` (signed answer)."""
+        out_trade_no = order.provider_order_id or order.order_ref
+        path = (
+            f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}"
+            f"?mchid={quote(self.mchid, safe='')}"
+        )
+        try:
+            data = self._request("GET", path)
+        except _ApiRefusal as exc:
+            if exc.status == 404 and exc.code == "ORDER_NOT_EXIST":
+                return OrderQuery(state=OrderState.UNKNOWN)
+            raise
+        if not isinstance(data, dict) or data.get("out_trade_no") != out_trade_no:
+            raise TransientError(
+                f"WeChat Pay query of {out_trade_no} answered for another order",
+                safe_message="WeChat Pay gave an unexpected answer.",
+            )
+        if data.get("mchid") != self.mchid:
+            raise PermanentError(
+                f"WeChat Pay query of {out_trade_no} answered for another merchant",
+                safe_message="WeChat Pay gave an unexpected answer.",
+            )
+        trade_state = data.get("trade_state")
+        state = _TRADE_STATES.get(trade_state) if isinstance(trade_state, str) else None
+        if state is None:
+            log.warning("WeChat Pay order %s has unknown trade_state %r", out_trade_no, trade_state)
+            return OrderQuery(state=OrderState.PENDING)
+        if state is not OrderState.PAID:
+            return OrderQuery(state=state)
+
+        transaction_id = data.get("transaction_id")
+        amount, currency = _amount(data)
+        if not isinstance(transaction_id, str) or not transaction_id or amount is None:
+            raise TransientError(
+                f"WeChat Pay query of {out_trade_no}: paid without transaction_id/amount",
+                safe_message="WeChat Pay gave an unexpected answer.",
+            )
+        event = ProviderEvent(
+            provider=self.name,
+            event_id=f"query:{out_trade_no}:{transaction_id}",
+            type="query.SUCCESS",
+            kind=EventKind.PAID,
+            order_id=_order_id(out_trade_no),
+            provider_order_id=out_trade_no,
+            amount=amount,
+            currency=currency,
+            occurred_at=_parse_time(data.get("success_time")),
+            payload=_public_payload(data),
+        )
+        return OrderQuery(state=OrderState.PAID, event=event)
+
+    def cancel_order(self, order: OrderRef) -> None:
+        """``POST .../out-trade-no/{out_trade_no}/close``; unknown or closed orders: no-op.
+
+        A paid order cannot be closed: that is a ``PermanentError`` (reconcile it instead).
+        """
+        out_trade_no = order.provider_order_id or order.order_ref
+        path = f"/v3/pay/transactions/out-trade-no/{quote(out_trade_no, safe='')}/close"
+        try:
+            self._request("POST", path, {"mchid": self.mchid})
+        except _ApiRefusal as exc:
+            if exc.code in ("ORDER_NOT_EXIST", "ORDER_CLOSED", "ORDERCLOSED"):
+                return
+            if exc.code in ("ORDERPAID", "ORDER_PAID"):
+                raise PermanentError(
+                    f"WeChat Pay order {out_trade_no} is already paid and cannot be closed",
+                    safe_message="This order is already paid.",
+                ) from None
+            raise
+
+    def cancel_subscription(self, provider_subscription_id: str, *, at_period_end: bool) -> None:
+        """Native pay is one-off: there is no subscription at WeChat to cancel."""
+
+    def ack(self) -> WebhookReply:
+        return WebhookReply(status=204, body="")
+
+    def nack(self, message: str) -> WebhookReply:
+        return WebhookReply(
+            status=400, body=json.dumps({"code": "FAIL", "message": message}, ensure_ascii=False)
+        )
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _decrypt_resource(self, notification: dict[str, Any]) -> dict[str, Any]:
+        resource = notification.get("resource")
+        if notification.get("resource_type") != "encrypt-resource" or not isinstance(
+            resource, dict
+        ):
+            raise InvalidWebhookError("notification has no encrypted resource")
+        if resource.get("algorithm") != "AEAD_AES_256_GCM":
+            raise InvalidWebhookError("resource algorithm is not AEAD_AES_256_GCM")
+        nonce = resource.get("nonce")
+        ciphertext = resource.get("ciphertext")
+        associated_data = resource.get("associated_data") or ""
+        if not (isinstance(nonce, str) and nonce and isinstance(ciphertext, str) and ciphertext):
+            raise InvalidWebhookError("resource has no nonce or ciphertext")
+        if not isinstance(associated_data, str):
+            raise InvalidWebhookError("resource associated_data is not a string")
+        try:
+            plaintext = aes_decrypt(
+                nonce=nonce,
+                ciphertext=ciphertext,
+                associated_data=associated_data,
+                apiv3_key=self._api_v3_key,
+            )
+        except (binascii.Error, ValueError, UnicodeError):
+            plaintext = None
+        if plaintext is None:
+            raise InvalidWebhookError("resource does not decrypt (APIv3 key or tampered)")
+        decoded = _json_object(plaintext)
+        if decoded is None:
+            raise InvalidWebhookError("decrypted resource is not a JSON object")
+        return decoded
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Signed call; verifies the platform's signature on every 2xx answer."""
+        what = f"WeChat Pay {method} {path.split('?')[0]}"
+        payload = "" if body is None else json.dumps(body, ensure_ascii=False)
+        authorization = build_authorization(
+            path, method, self.mchid, self._merchant_serial, self._private_key, data=payload
+        )
+        headers = {
+            "Authorization": authorization,
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "vibebox (wechatpayv3 helpers)",
+            # Public-key mode: ask WeChat to sign its answer with this platform key.
+            "Wechatpay-Serial": self._primary_key_id,
+        }
+        started = time.monotonic()
+        try:
+            response = self._session.request(
+                method,
+                self.api_base + path,
+                data=payload.encode("utf-8") if body is not None else None,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+        ) as exc:
+            raise PermanentError(
+                f"{what}: bad WECHAT_PAY_API_BASE ({type(exc).__name__})",
+                safe_message="WeChat Pay is misconfigured.",
+            ) from None
+        except requests.Timeout:
+            raise TransientError(
+                f"{what}: timed out after {self.timeout}s",
+                safe_message="WeChat Pay did not answer in time.",
+            ) from None
+        except requests.RequestException as exc:
+            # `from None`: the original exception could quote request headers.
+            raise TransientError(
+                f"{what}: {type(exc).__name__}", safe_message="WeChat Pay is unreachable."
+            ) from None
+        status = response.status_code
+        log.debug("%s -> %s in %.0f ms", what, status, (time.monotonic() - started) * 1000)
+
+        if status >= 400:
+            code, message = _error_of(response)
+            text = f"{what}: HTTP {status} {code} {message}".rstrip()
+            if status >= 500 or status == 429:
+                raise TransientError(text, safe_message="WeChat Pay is temporarily failing.")
+            raise _ApiRefusal(
+                text,
+                status=status,
+                code=code,
+                safe_message="WeChat Pay refused the request.",
+            )
+        if not 200 <= status < 300:  # a redirect: WECHAT_PAY_API_BASE points elsewhere
+            raise PermanentError(
+                f"{what}: unexpected HTTP {status}",
+                safe_message="WeChat Pay is misconfigured.",
+            )
+        try:
+            text_body = response.content.decode("utf-8")
+        except UnicodeDecodeError:
+            text_body = None
+        if text_body is None or not self._response_verified(response, text_body):
+            # WeChat: a 2xx answer without a valid signature is forged or tampered with.
+            raise PermanentError(
+                f"{what}: HTTP {status} answer is not signed by an accepted platform key",
+                safe_message="WeChat Pay's answer could not be verified.",
+            )
+        if not text_body:
+            return None
+        try:
+            return json.loads(text_body)
+        except ValueError:
+            raise TransientError(
+                f"{what}: HTTP {status} with a body that is not JSON",
+                safe_message="WeChat Pay gave an unexpected answer.",
+            ) from None
+
+    def _response_verified(self, response: requests.Response, text: str) -> bool:
+        serial = response.headers.get("Wechatpay-Serial", "")
+        key = self._platform_keys.get(serial)
+        timestamp = response.headers.get("Wechatpay-Timestamp", "")
+        nonce = response.headers.get("Wechatpay-Nonce", "")
+        signature = response.headers.get("Wechatpay-Signature", "")
+        if key is None or not (timestamp and nonce and signature):
+            return False
+        return _verify(key, timestamp, nonce, text, signature)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _pem_setting(env: Mapping[str, str], name: str, missing: list[str]) -> str:
+    """PEM text from ``name`` (``\\n`` escapes allowed) or from the file ``name_FILE``."""
+    value = (env.get(name) or "").strip()
+    if value:
+        return value.replace("\\n", "\n") if "\n" not in value else value
+    path = (env.get(f"{name}_FILE") or "").strip()
+    if not path:
+        missing.append(f"{name} (or {name}_FILE)")
+        return ""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProviderNotConfiguredError(
+            f"{name}_FILE: cannot read {path} ({type(exc).__name__})"
+        ) from None
+    if not text:
+        raise ProviderNotConfiguredError(f"{name}_FILE: {path} is empty")
+    return text
+
+
+def _load_private_key(pem: str) -> RSAPrivateKey:
+    try:
+        key = load_private_key(pem)  # PKCS#8 PEM, or its bare base64 body
+    except Exception:  # the SDK raises a bare Exception
+        try:
+            key = load_pem_private_key(pem.encode("utf-8"), password=None)  # e.g. PKCS#1
+        except (ValueError, TypeError):
+            key = None
+    if not isinstance(key, RSAPrivateKey):
+        raise ProviderNotConfiguredError(
+            "WECHAT_PAY_MCH_PRIVATE_KEY is not an unencrypted PEM RSA private key"
+        )
+    return key
+
+
+def _load_platform_key(pem: str, key_id: str) -> RSAPublicKey:
+    key: Any
+    try:
+        if "BEGIN CERTIFICATE" in pem:  # a pre-placed platform certificate
+            key = x509.load_pem_x509_certificate(pem.encode("utf-8")).public_key()
+        else:
+            key = load_public_key(pem)
+    except Exception:  # the SDK raises a bare Exception
+        key = None
+    if not isinstance(key, RSAPublicKey):
+        raise ProviderNotConfiguredError(
+            f"WECHAT_PAY_PUBLIC_KEY for id {key_id!r} is not a PEM RSA public key or certificate"
+        )
+    return key
+
+
+def _verify(key: RSAPublicKey, timestamp: str, nonce: str, body: str, signature: str) -> bool:
+    try:
+        return bool(rsa_verify(timestamp, nonce, body, signature, key))
+    except (ValueError, TypeError, UnicodeError):
+        return False
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _amount(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    amount = data.get("amount")
+    if not isinstance(amount, dict):
+        return None, None
+    total = amount.get("total")
+    currency = amount.get("currency")
+    return (
+        total if isinstance(total, int) and not isinstance(total, bool) else None,
+        currency.upper() if isinstance(currency, str) and currency else None,
+    )
+
+
+def _order_id(out_trade_no: str) -> str | None:
+    """Our order id from ``out_trade_no`` (the UUID's 32 hex chars); None if it is not ours."""
+    if len(out_trade_no) != 32:
+        return None
+    try:
+        return str(uuid.UUID(hex=out_trade_no))
+    except ValueError:
+        return None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    """WeChat's RFC 3339 times, e.g. ``2018-06-08T10:34:56+08:00``."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def _public_payload(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in _PRIVATE_FIELDS}
+
+
+def _error_of(response: requests.Response) -> tuple[str, str]:
+    """WeChat's ``{"code", "message"}`` error body, shortened; never echoes our request."""
+    try:
+        data = response.json()
+    except ValueError:
+        return "", ""
+    if not isinstance(data, dict):
+        return "", ""
+    code = data.get("code")
+    message = data.get("message")
+    return (
+        code[:64] if isinstance(code, str) else "",
+        message[:200] if isinstance(message, str) else "",
+    )
