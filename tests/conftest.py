@@ -72,8 +72,50 @@ def _isolate_environment(index: int) -> None:
     celery_config.result_backend = redis_url
 
 
+STRIPE_WEBHOOK_SECRET = "whsec_test_vibebox"
+STRIPE_SECRET_KEY = "sk_test_vibebox"
+# Stripe prices mirror the seeded plans (USD cents), as an operator would configure them.
+STRIPE_PRICES = {
+    "basic:monthly": ("price_basic_monthly", 2900, "month"),
+    "basic:yearly": ("price_basic_yearly", 29000, "year"),
+    "pro:monthly": ("price_pro_monthly", 7900, "month"),
+    "pro:yearly": ("price_pro_yearly", 79000, "year"),
+    "enterprise:monthly": ("price_enterprise_monthly", 19900, "month"),
+    "enterprise:yearly": ("price_enterprise_yearly", 199000, "year"),
+}
+
+
 @pytest.fixture(scope="session")
-def settings() -> Settings:
+def payment_doubles():  # type: ignore[no-untyped-def]
+    """Local doubles of Stripe, WeChat Pay and Alipay (real SDKs, real signatures), and the
+    environment that points the app and the worker at them."""
+    import json
+    from types import SimpleNamespace
+
+    from tests.support.payments.stripe_double import Price, StripeDouble
+    from tests.support.payments.wechat_double import WeChatPayDouble, make_keys
+
+    stripe = StripeDouble(
+        [Price(pid, amount, "usd", interval) for pid, amount, interval in STRIPE_PRICES.values()],
+        api_key=STRIPE_SECRET_KEY,
+    ).start()
+    wechat = WeChatPayDouble(make_keys()).start()
+    env = {
+        "PAYMENT_PROVIDERS": "dev,stripe,wechat",
+        "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
+        "STRIPE_API_BASE": stripe.url,
+        "STRIPE_PRICE_IDS": json.dumps({k: v[0] for k, v in STRIPE_PRICES.items()}),
+        **wechat.provider_env(),
+    }
+    os.environ.update(env)
+    yield SimpleNamespace(stripe=stripe, wechat=wechat, env=env)
+    stripe.stop()
+    wechat.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(payment_doubles: Any) -> Settings:
     return Settings.from_env()
 
 
@@ -198,8 +240,8 @@ WORKER_TEST_ENV = {
 
 
 @pytest.fixture(scope="session")
-def worker_env(happy_double: Any) -> dict[str, str]:
-    env = {**WORKER_TEST_ENV, "HAPPY_SERVER_URL": happy_double.url}
+def worker_env(happy_double: Any, payment_doubles: Any) -> dict[str, str]:
+    env = {**WORKER_TEST_ENV, **payment_doubles.env, "HAPPY_SERVER_URL": happy_double.url}
     os.environ.update(env)  # the API in this process must agree with the worker
     return env
 
