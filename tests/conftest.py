@@ -92,6 +92,7 @@ def payment_doubles():  # type: ignore[no-untyped-def]
     import json
     from types import SimpleNamespace
 
+    from tests.support.payments import alipay_double
     from tests.support.payments.stripe_double import Price, StripeDouble
     from tests.support.payments.wechat_double import WeChatPayDouble, make_keys
 
@@ -100,18 +101,28 @@ def payment_doubles():  # type: ignore[no-untyped-def]
         api_key=STRIPE_SECRET_KEY,
     ).start()
     wechat = WeChatPayDouble(make_keys()).start()
+    alipay_keys = alipay_double.make_keys()
+    alipay = alipay_double.AlipayDouble(
+        app_public_key=alipay_keys.app_public, alipay_private_key=alipay_keys.alipay_private
+    ).start()
     env = {
-        "PAYMENT_PROVIDERS": "dev,stripe,wechat",
+        "PAYMENT_PROVIDERS": "dev,stripe,wechat,alipay",
         "STRIPE_SECRET_KEY": STRIPE_SECRET_KEY,
         "STRIPE_WEBHOOK_SECRET": STRIPE_WEBHOOK_SECRET,
         "STRIPE_API_BASE": stripe.url,
         "STRIPE_PRICE_IDS": json.dumps({k: v[0] for k, v in STRIPE_PRICES.items()}),
         **wechat.provider_env(),
+        "ALIPAY_APP_ID": alipay_double.DEFAULT_APP_ID,
+        "ALIPAY_SELLER_ID": alipay_double.DEFAULT_SELLER_ID,
+        "ALIPAY_PRIVATE_KEY": alipay_keys.app_private,
+        "ALIPAY_PUBLIC_KEY": alipay_keys.alipay_public,
+        "ALIPAY_GATEWAY": alipay.url,
     }
     os.environ.update(env)
-    yield SimpleNamespace(stripe=stripe, wechat=wechat, env=env)
+    yield SimpleNamespace(stripe=stripe, wechat=wechat, alipay=alipay, env=env)
     stripe.stop()
     wechat.stop()
+    alipay.stop()
 
 
 @pytest.fixture(scope="session")

@@ -107,6 +107,45 @@ def test_wechat_checkout_notification_paid_box_running(
     assert doc["status"] == "running", doc
 
 
+def test_alipay_checkout_notify_paid_box_running(make_user, add_to_pool, box, payment_doubles):
+    from tests.support.payments.alipay_double import NOTIFY_HEADERS
+
+    add_to_pool(box)
+    user = make_user()
+    started = checkout(user, "alipay", plan="basic")
+    assert started["qrCodeUrl"] and started["currency"] == "CNY" and started["amount"] == 19900
+    body = payment_doubles.alipay.pay(started["orderId"].replace("-", ""))
+    response = post_webhook(user, "alipay", body, NOTIFY_HEADERS)
+    assert response.status_code == 200 and response.get_data() == b"success"
+    # Alipay retries until it reads `success`: a redelivery is a no-op with the same answer.
+    again = post_webhook(user, "alipay", body, NOTIFY_HEADERS)
+    assert again.get_data() == b"success"
+    order = order_doc(user, started["orderId"])
+    assert order["status"] == "paid"
+    assert counts(started["orderId"]) == (1, 1)
+    doc = user.wait_for(order["vibeBoxId"], {"running", "error"})
+    assert doc["status"] == "running", doc
+
+
+def test_alipay_forged_notify_is_failure_and_pays_nothing(make_user, payment_doubles):
+    from tests.support.payments import alipay_double as ad
+
+    user = make_user()
+    started = checkout(user, "alipay")
+    ref = started["orderId"].replace("-", "")
+    forged = ad.build_notify(
+        ref,
+        alipay_private_key=ad.make_keys().alipay_private,
+        app_id=ad.DEFAULT_APP_ID,
+        seller_id=ad.DEFAULT_SELLER_ID,
+        total_amount="199.00",
+    )
+    response = post_webhook(user, "alipay", forged, ad.NOTIFY_HEADERS)
+    assert response.status_code == 400 and response.get_data() == b"failure"
+    assert order_doc(user, started["orderId"])["status"] == "pending"
+    assert counts(started["orderId"]) == (0, 0)
+
+
 def test_dev_checkout_to_running(make_user, add_to_pool, box):
     add_to_pool(box)
     user = make_user()
