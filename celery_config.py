@@ -65,6 +65,16 @@ beat_schedule: dict[str, dict[str, object]] = {
         "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "60")),
         "options": {"expires": 60},
     },
+    "pool-health-check": {
+        "task": "maintenance.health_sweep",
+        "schedule": float(os.environ.get("HEALTH_CHECK_INTERVAL_SECONDS", "60")),
+        "options": {"expires": 60},
+    },
+    "expire-subscriptions": {
+        "task": "maintenance.expire_subscriptions",
+        "schedule": float(os.environ.get("EXPIRY_INTERVAL_SECONDS", "300")),
+        "options": {"expires": 300},
+    },
     "reconcile-pending-orders": {
         "task": "maintenance.reconcile_orders",
         "schedule": float(os.environ.get("ORDER_RECONCILE_INTERVAL_SECONDS", "300")),

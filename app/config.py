@@ -153,6 +153,9 @@ class Settings:
     checkout_return_url: str = "http://127.0.0.1:5000/"
     order_reconcile_after_seconds: float = 600.0
     order_expiry_seconds: float = 86400.0
+    subscription_grace_seconds: float = 3 * 86400.0
+    health_unhealthy_after: int = 3
+    health_probe_timeout_seconds: float = 10.0
 
     @property
     def is_production(self) -> bool:
@@ -229,6 +232,9 @@ class Settings:
             or public_base_url + "/",
             order_reconcile_after_seconds=_float("ORDER_RECONCILE_AFTER_SECONDS", 600.0),
             order_expiry_seconds=_float("ORDER_EXPIRY_SECONDS", 86400.0),
+            subscription_grace_seconds=_float("SUBSCRIPTION_GRACE_SECONDS", 3 * 86400.0),
+            health_unhealthy_after=_int("HEALTH_UNHEALTHY_AFTER", 3),
+            health_probe_timeout_seconds=_float("HEALTH_PROBE_TIMEOUT_SECONDS", 10.0),
         )
 
     def flask_config(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.extensions import get_redis
-from app.services import health, pool, provisioning
+from app.services import control, health, lifecycle, pool, provisioning
 from workers import celery_app, get_settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def reconcile() -> int:
     (Redis lock); each box gets its chain again from its first unfinished step, and the
     steps' idempotency makes a duplicate harmless.
     """
+    from workers.control import enqueue_action
     from workers.provisioning import enqueue_step
 
     settings = get_settings()
@@ -73,10 +74,19 @@ def reconcile() -> int:
         for box_id, step in due:
             log.warning("reconcile: box %s stuck at %s; re-enqueued", box_id, step)
             enqueue_step(box_id, step)
+        stuck_controls = control.stuck_actions(
+            session, older_than=settings.provisioning.stuck_after_seconds
+        )
+        for box_id in stuck_controls:
+            control.retry_action(session, box_id, safe_error="Retrying.", delay=0)
+        session.commit()
+        for box_id in stuck_controls:
+            log.warning("reconcile: control action of box %s stuck; re-enqueued", box_id)
+            enqueue_action(box_id)
         # Servers left in `cleaning` (a lost clean task, a crash) get another pass.
         for server_id in pool.servers_in_cleaning(session):
             clean_server.delay(str(server_id))
-        return len(due)
+        return len(due) + len(stuck_controls)
     finally:
         lock.release()
 
@@ -128,3 +138,94 @@ def clean_server(server_id: str) -> str:
     pool.finish_cleaning(session, uuid.UUID(server_id))
     session.commit()
     return "available"
+
+
+# --- pool health -----------------------------------------------------------------------
+
+
+@celery_app.task(name="maintenance.health_sweep", acks_late=False, ignore_result=True)
+def health_sweep() -> int:
+    """Fan out one probe per non-retired server; the maintenance queue's worker
+    concurrency bounds how many run at once."""
+    settings = get_settings()
+    lock = get_redis(settings.redis_url).lock("vibebox:lock:health", timeout=120, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        ids = lifecycle.servers_to_probe(db_session())
+        db_session.commit()
+        for server_id in ids:
+            probe_server.delay(str(server_id))
+        return len(ids)
+    finally:
+        lock.release()
+
+
+@celery_app.task(name="maintenance.probe_server", acks_late=False, ignore_result=True, expires=300)
+def probe_server(server_id: str) -> str:
+    """SSH probe with timeouts; K consecutive failures make a server unhealthy."""
+    from app.integrations.ssh import BoxSession
+
+    settings = get_settings()
+    session = db_session()
+    server = pool.get_server(session, uuid.UUID(server_id))
+    target = pool.ssh_target_for(server, settings.encryption_key)
+    session.commit()
+    timeout = settings.health_probe_timeout_seconds
+    ok, latency_ms, error = True, None, None
+    try:
+        with BoxSession(target, connect_timeout=timeout, command_timeout=timeout) as box:
+            latency_ms = round(box.probe() * 1000)
+    except (TransientError, PermanentError) as exc:
+        ok, error = False, str(exc)
+    server = lifecycle.record_probe(
+        session,
+        uuid.UUID(server_id),
+        ok=ok,
+        latency_ms=latency_ms,
+        error=error,
+        unhealthy_after=settings.health_unhealthy_after,
+    )
+    state = server.state
+    session.commit()
+    if state == "cleaning":
+        clean_server.delay(server_id)
+    return f"{'ok' if ok else 'failed'} ({state})"
+
+
+# --- subscription expiry ---------------------------------------------------------------
+
+
+@celery_app.task(name="maintenance.expire_subscriptions", acks_late=False, ignore_result=True)
+def expire_subscriptions() -> int:
+    """Fan out one expiry per subscription past its period (+ grace)."""
+    settings = get_settings()
+    lock = get_redis(settings.redis_url).lock("vibebox:lock:expiry", timeout=120, blocking=False)
+    if not lock.acquire():
+        return 0
+    try:
+        ids = lifecycle.due_subscriptions(
+            db_session(), grace_seconds=settings.subscription_grace_seconds
+        )
+        db_session.commit()
+        for sub_id in ids:
+            expire_subscription.delay(str(sub_id))
+        return len(ids)
+    finally:
+        lock.release()
+
+
+@celery_app.task(name="maintenance.expire_subscription", ignore_result=True)
+def expire_subscription(subscription_id: str) -> int:
+    """End one subscription and start its boxes' teardown (idempotent)."""
+    from workers.provisioning import enqueue_teardown
+
+    settings = get_settings()
+    session = db_session()
+    boxes = lifecycle.expire_subscription(
+        session, uuid.UUID(subscription_id), grace_seconds=settings.subscription_grace_seconds
+    )
+    session.commit()
+    for box_id in boxes:
+        enqueue_teardown(box_id)
+    return len(boxes)

@@ -163,26 +163,11 @@ def run_step(task: Task, box_id: str, name: str) -> str:
         return "failed"
     except TransientError as exc:
         session.rollback()
-        attempt = provisioning.attempts_of(session, box_uuid, name)
-        if attempt >= p.max_attempts:
-            provisioning.fail_box(session, box_uuid, name, safe_error=exc.safe_message)
-            session.commit()
-            task.request.chain = None
-            return "failed"
-        delay = _backoff(attempt, p.retry_base_seconds, p.retry_max_seconds)
-        log.info(
-            "box %s: %s attempt %s failed (%s); retry in %.1fs", box_id, name, attempt, exc, delay
-        )
-        provisioning.schedule_retry(
-            session, box_uuid, name, safe_error=exc.safe_message, delay=delay
-        )
-        session.commit()
-        raise task.retry(countdown=delay, max_retries=None) from None
+        return _retry_or_fail(task, session, box_uuid, name, exc)
     except PermanentError as exc:
         session.rollback()
         log.warning("box %s: %s failed permanently: %s", box_id, name, exc)
-        provisioning.fail_box(session, box_uuid, name, safe_error=exc.safe_message)
-        session.commit()
+        _fail(session, box_uuid, name, exc.safe_message)
         task.request.chain = None
         return "failed"
     except Exception as exc:
@@ -199,14 +184,22 @@ def run_step(task: Task, box_id: str, name: str) -> str:
         )
 
 
+def _fail(session: Any, box_id: uuid.UUID, name: str, safe_error: str) -> None:
+    to_clean = provisioning.fail_box(session, box_id, name, safe_error=safe_error)
+    session.commit()
+    if to_clean is not None:
+        from workers.maintenance import clean_server
+
+        clean_server.delay(str(to_clean))
+
+
 def _retry_or_fail(
     task: Task, session: Any, box_id: uuid.UUID, name: str, exc: TransientError
 ) -> str:
     p = get_settings().provisioning
     attempt = provisioning.attempts_of(session, box_id, name)
     if attempt >= p.max_attempts:
-        provisioning.fail_box(session, box_id, name, safe_error=exc.safe_message)
-        session.commit()
+        _fail(session, box_id, name, exc.safe_message)
         task.request.chain = None
         return "failed"
     delay = _backoff(attempt, p.retry_base_seconds, p.retry_max_seconds)

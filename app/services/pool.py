@@ -594,9 +594,10 @@ def record_probe(
     """Record one health-check probe.
 
     ``unhealthy_after`` consecutive failures turn an ``available`` server ``unhealthy``; a
-    successful probe resets the counter and brings an ``unhealthy`` server without a live
-    box back to ``available``. Other states (allocated, cleaning, draining, retired) only get
-    their counters updated.
+    successful probe resets the counter and sends an ``unhealthy`` server without a live box
+    to ``cleaning`` (it may still hold a previous owner's credentials: it is scrubbed and
+    verified before it is ``available`` again). Other states (allocated, cleaning, draining,
+    retired) only get their counters updated.
     """
     server = get_server(session, server_id, for_update=True)
     server.last_checked_at = _now()
@@ -605,8 +606,8 @@ def record_probe(
         server.last_latency_ms = latency_ms
         server.last_error = None
         if server.state == "unhealthy" and _live_box_id(session, server.id) is None:
-            server.state = "available"
-            log.info("pool: server %s recovered", server.id)
+            server.state = "cleaning"
+            log.info("pool: server %s answers again; cleaning it before reuse", server.id)
     else:
         server.consecutive_failures += 1
         server.last_error = (error or "probe failed")[:2000]

@@ -34,7 +34,7 @@ from app.errors import (
     SSHAuthError,
     TransientError,
 )
-from app.integrations.happy import HappyAPI, HappyCredentials
+from app.integrations.happy import HappyAPI, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession, SSHTarget
 from app.models import Plan, ProvisioningStep, Server, Subscription, User, VibeBox
 from app.services import happy_accounts, pool
@@ -332,12 +332,15 @@ def attempts_of(session: Session, box_id: uuid.UUID, name: str) -> int:
     return step.attempts if step is not None else 0
 
 
-def fail_box(session: Session, box_id: uuid.UUID, name: str, *, safe_error: str) -> None:
-    """Final failure: box ``error`` with a readable reason; its server is released for
-    cleaning or quarantined, never left allocated to a dead box."""
+def fail_box(
+    session: Session, box_id: uuid.UUID, name: str, *, safe_error: str
+) -> uuid.UUID | None:
+    """Final failure: box ``error`` with a readable reason. Its server is never left
+    allocated to a dead box: it goes to ``cleaning`` (the id is returned for the caller to
+    enqueue the scrub) or, for a failed teardown, to quarantine."""
     box = _locked_box(session, box_id)
     if box is None:
-        return
+        return None
     step = _step(box, name)
     step.state = "failed"
     step.finished_at = utcnow()
@@ -352,16 +355,16 @@ def fail_box(session: Session, box_id: uuid.UUID, name: str, *, safe_error: str)
                 session, box.server_id, f"teardown of box {box.id} failed at {name}: {safe_error}"
             )
         log.error("box %s: teardown failed at %s: %s", box_id, name, safe_error)
-        return
+        return None
     box.status = "error"
-    if box.server_id is not None:
-        # Credentials may be on it: it goes back only after a wipe (quarantine until then).
-        pool.quarantine_server(
-            session, box.server_id, f"box {box.id} failed at {name}: {safe_error}"
-        )
+    server_id = box.server_id
+    if server_id is not None:
+        # Credentials may be on it: scrubbed and verified before anyone else gets it.
+        pool.release_server(session, server_id, to_state="cleaning")
         box.server_id = None
         _reset_from(box, "allocate_server", keep_failed=name)
     log.warning("box %s: failed at %s: %s", box_id, name, safe_error)
+    return server_id
 
 
 def move_to_another_server(
@@ -560,6 +563,32 @@ class Step:
         """DB only: store the outcome."""
 
 
+def wait_for_daemon(
+    ctx: StepContext,
+    creds: HappyCredentials,
+    machine_id: str,
+    predicate: Callable[[HappyMachine], bool],
+    *,
+    what: str = "running",
+) -> HappyMachine:
+    """Poll the Happy server (the honest source) until the box's machine satisfies
+    ``predicate``; TransientError at the deadline."""
+    settings = ctx.settings.provisioning
+    deadline = time.monotonic() + settings.mark_running_timeout_seconds
+    while True:
+        machines = ctx.happy.list_machines(creds.token, creds.secret)
+        for machine in machines:
+            if machine.id == machine_id and predicate(machine):
+                return machine
+        if time.monotonic() >= deadline:
+            raise TransientError(
+                f"machine {machine_id} not {what} after {settings.mark_running_timeout_seconds}s",
+                safe_message=f"The Happy daemon has not reported {what} yet.",
+            )
+        ctx.heartbeat()
+        time.sleep(settings.mark_running_poll_seconds)
+
+
 class CreateHappyAccount(Step):
     name = "create_happy_account"
 
@@ -659,20 +688,7 @@ class MarkRunning(Step):
 
     def execute(self, plan: tuple[HappyCredentials, str], ctx: StepContext) -> None:
         creds, machine_id = plan
-        settings = ctx.settings.provisioning
-        deadline = time.monotonic() + settings.mark_running_timeout_seconds
-        while True:
-            machines = ctx.happy.list_machines(creds.token, creds.secret)
-            if any(m.id == machine_id and m.daemon_status == "running" for m in machines):
-                return
-            if time.monotonic() >= deadline:
-                raise TransientError(
-                    f"machine {machine_id} not listed as running after "
-                    f"{settings.mark_running_timeout_seconds}s",
-                    safe_message="The Happy daemon has not checked in yet.",
-                )
-            ctx.heartbeat()
-            time.sleep(settings.mark_running_poll_seconds)
+        wait_for_daemon(ctx, creds, machine_id, lambda m: m.daemon_status == "running")
 
 
 def _teardown_target(session: Session, box: VibeBox, ctx: StepContext) -> SSHTarget | None:
@@ -775,5 +791,7 @@ def describe_box(session: Session, settings: Settings, box: VibeBox) -> dict[str
             }
             for s in box.steps
         ],
+        "degraded": box.degraded_since is not None,
+        "degradedSince": box.degraded_since,
         "connectionInfo": connection_info(session, settings, box),
     }

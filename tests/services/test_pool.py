@@ -447,19 +447,21 @@ def test_quarantine_takes_a_server_out_of_allocation(session):
     assert pool.allocate_server(session, make_box(session)) is None
 
 
-def test_probes_mark_unhealthy_after_k_failures_and_recover(session):
+def test_probes_mark_unhealthy_after_k_failures_and_recover_through_cleaning(session):
     server = make_server(session)
     for expected in ("available", "available", "unhealthy"):
         pool.record_probe(session, server.id, False, None, "timeout", unhealthy_after=3)
         assert server.state == expected
     assert (server.consecutive_failures, server.last_error) == (3, "timeout")
     pool.record_probe(session, server.id, True, 12, None)
+    # Back, but scrubbed before reuse: cleaning, then available once verified clean.
     assert (server.state, server.consecutive_failures, server.last_latency_ms) == (
-        "available",
+        "cleaning",
         0,
         12,
     )
     assert server.last_error is None and server.last_checked_at is not None
+    assert pool.finish_cleaning(session, server.id).state == "available"
 
 
 def test_failed_probes_leave_an_allocated_server_allocated(session):

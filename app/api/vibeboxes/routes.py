@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
@@ -11,11 +12,13 @@ from flask_smorest import Blueprint
 from app import get_settings
 from app.api.vibeboxes.schemas import (
     ConnectResponseSchema,
+    ControlRequestSchema,
+    ControlResponseSchema,
     VibeBoxEnvelopeSchema,
     VibeBoxListSchema,
 )
 from app.db import db_session
-from app.services import provisioning
+from app.services import control, provisioning
 
 blp = Blueprint("vibeboxes", __name__, url_prefix="/api/vibeboxes", description="VibeBoxes")
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -69,3 +72,26 @@ class VibeBoxConnect(MethodView):
         box = provisioning.get_box(session, box_id, owner_id=current_user.id)
         url = provisioning.connect_url(session, get_settings(), box)
         return {"happyWebUrl": url}, 200, {"Cache-Control": "no-store"}
+
+
+@blp.route("/<uuid:box_id>/control")
+class VibeBoxControl(MethodView):
+    decorators = [jwt_required()]
+
+    @blp.arguments(ControlRequestSchema)
+    @blp.response(202, ControlResponseSchema)
+    @blp.alt_response(409, description="Not allowed in the current status, or busy")
+    @blp.doc(security=SECURITY)
+    def post(self, data: dict[str, Any], box_id: uuid.UUID):
+        """Start, stop or restart a box; poll the box until it is running or stopped"""
+        from workers.control import enqueue_action
+
+        session = db_session()
+        box = control.request_action(
+            session, box_id, owner_id=current_user.id, action=data["action"]
+        )
+        db_session.commit()
+        enqueue_action(box.id)
+        box = provisioning.get_box(session, box_id)
+        document = provisioning.describe_box(session, get_settings(), box)
+        return {"status": box.status, "vibeBox": document}

@@ -34,6 +34,10 @@ class VibeBoxSchema(Schema):
     createdAt = fields.DateTime(required=True)
     updatedAt = fields.DateTime(required=True)
     timeline = fields.List(fields.Nested(TimelineEntrySchema), required=True)
+    degraded = fields.Boolean(
+        required=True, metadata={"description": "The box's server fails health checks"}
+    )
+    degradedSince = fields.DateTime(allow_none=True)
     connectionInfo = fields.Nested(ConnectionInfoSchema, allow_none=True)
 
 
@@ -52,3 +56,12 @@ class ConnectResponseSchema(Schema):
 class ProvisionRequestSchema(Schema):
     userId = fields.UUID(required=True)
     planId = fields.String(required=True, validate=validate.Length(min=1, max=32))
+
+
+class ControlRequestSchema(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(("start", "stop", "restart")))
+
+
+class ControlResponseSchema(Schema):
+    status = fields.String(required=True)
+    vibeBox = fields.Nested(VibeBoxSchema, required=True)
