@@ -160,3 +160,57 @@ def test_orders_are_owner_only(client, user_headers):
     order_id = start(client, owner).get_json()["orderId"]
     assert client.get(f"/api/orders/{order_id}", headers=stranger).status_code == 404
     assert client.get(f"/api/orders/{uuid.uuid4()}", headers=owner).status_code == 404
+
+
+def _paid_subscription(client, user_headers, app):
+    _, headers = user_headers()
+    order_id = start(client, headers).get_json()["orderId"]
+    provider = app.extensions["vibebox.payments"].get("dev")
+    client.post(
+        "/api/subscriptions/webhook/dev",
+        data=provider.completion_body(order_id),
+        content_type="application/json",
+    )
+    order = client.get(f"/api/orders/{order_id}", headers=headers).get_json()
+    return order["subscriptionId"], headers
+
+
+def test_admin_cancels_at_period_end_then_now(client, user_headers, app):
+    from tests.factories import AdminFactory
+
+    sub_id, user_h = _paid_subscription(client, user_headers, app)
+    admin = AdminFactory()
+    with app.app_context():
+        admin_h = {"Authorization": f"Bearer {create_access_token(identity=admin)}"}
+    url = f"/api/admin/subscriptions/{sub_id}/cancel"
+    assert client.post(url, json={}, headers=user_h).status_code == 403
+
+    later = client.post(url, json={"atPeriodEnd": True}, headers=admin_h)
+    assert later.status_code == 200
+    assert later.get_json()["cancelAtPeriodEnd"] is True and later.get_json()["status"] == "active"
+
+    now = client.post(url, json={"atPeriodEnd": False}, headers=admin_h)
+    assert now.status_code == 200 and now.get_json()["status"] == "canceled"
+    again = client.post(url, json={"atPeriodEnd": False}, headers=admin_h)
+    assert again.status_code == 409 and again.get_json()["code"] == "subscription_not_active"
+    missing = client.post(
+        f"/api/admin/subscriptions/{uuid.uuid4()}/cancel", json={}, headers=admin_h
+    )
+    assert missing.status_code == 404
+    bad = client.post(url, json={"atPeriodEnd": "soon"}, headers=admin_h)
+    assert bad.status_code == 422
+
+
+def test_a_provider_missing_settings_is_disabled_with_a_clear_reason(settings, caplog):
+    from dataclasses import replace
+
+    from app.integrations.payments.registry import build_registry
+
+    registry = build_registry(
+        replace(settings, payment_providers=("dev", "stripe", "wechat", "alipay")), env={}
+    )
+    assert set(registry.enabled) == {"dev"}
+    assert "STRIPE_SECRET_KEY" in registry.disabled["stripe"]
+    assert "WECHAT_PAY_MCHID" in registry.disabled["wechat"]
+    assert "ALIPAY_APP_ID" in registry.disabled["alipay"]
+    assert "payment provider stripe disabled" in caplog.text

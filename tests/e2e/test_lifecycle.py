@@ -288,3 +288,45 @@ def test_teardown_interrupted_by_worker_sigkill_still_completes(
     assert user.wait_for(order["vibeBoxId"], {"terminated"}, timeout=90)["status"] == "terminated"
     assert not box.access_key_path.exists()
     wait_until(lambda: server_state(box.port).state == "available", 30, "server back in the pool")
+
+
+def test_a_lost_control_message_and_a_server_stuck_in_cleaning_are_reconciled(
+    admin, make_user, add_to_pool, box, box_fleet, celery_worker, celery_beat
+):
+    from workers import celery_app
+
+    user, box_id = running_box(admin, make_user, add_to_pool, box)
+    spare = box_fleet.new_box()
+    try:
+        (spare_id,) = add_to_pool(spare)
+        celery_worker.stop()
+        try:
+            assert control(user, box_id, "stop").status_code == 202
+            celery_app.control.purge()  # the action's message is lost
+            session = db_session()
+            session.execute(update(Server).where(Server.id == spare_id).values(state="cleaning"))
+            session.commit()
+            db_session.remove()
+        finally:
+            celery_worker.start()
+        # Nothing is queued any more: only the beat reconciler can finish these.
+        assert user.wait_for(box_id, {"stopped", "error"}, timeout=60)["status"] == "stopped"
+        wait_until(lambda: server_state(spare.port).state == "available", 60, "cleaning done")
+    finally:
+        box_fleet.remove(spare)
+
+
+def test_a_control_action_that_cannot_succeed_ends_in_a_readable_error(
+    admin, make_user, add_to_pool, box
+):
+    user, box_id = running_box(admin, make_user, add_to_pool, box)
+    assert control(user, box_id, "stop").status_code == 202
+    assert user.wait_for(box_id, {"stopped", "error"})["status"] == "stopped"
+    # Someone broke the credentials on the box: base64url is "no credentials" to the CLI.
+    key = json.loads(box.access_key_path.read_text())
+    key["secret"] = key["secret"].replace("+", "-").replace("/", "_").rstrip("=")
+    box.access_key_path.write_text(json.dumps(key))
+    assert control(user, box_id, "start").status_code == 202
+    doc = user.wait_for(box_id, {"running", "error"})
+    assert doc["status"] == "error"
+    assert doc["lastError"] == "The Happy daemon rejected its credentials."

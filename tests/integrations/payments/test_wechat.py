@@ -394,7 +394,7 @@ INVALID_NOTIFICATIONS = {
     "wrong platform key": lambda d, o: notification(d, platform_private_key=o.platform_private_key),
     "unknown serial": lambda d, o: notification(d, serial="PUB_KEY_ID_UNKNOWN"),
     "stale timestamp": lambda d, o: notification(d, timestamp=int(time.time()) - 301),
-    "timestamp from the future": lambda d, o: notification(d, timestamp=int(time.time()) + 301),
+    "timestamp from the future": lambda d, o: notification(d, timestamp=int(time.time()) + 400),
     "tampered ciphertext": _tampered_ciphertext,
     "wrong api v3 key": lambda d, o: notification(d, api_v3_key=make_api_v3_key()),
     "wrong mchid": lambda d, o: notification(d, mchid="1999999999"),

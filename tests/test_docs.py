@@ -1,0 +1,50 @@
+"""README.md and .env.example document every environment variable the code reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [
+    *ROOT.glob("app/**/*.py"),
+    *ROOT.glob("workers/*.py"),
+    ROOT / "celery_config.py",
+    *ROOT.glob("scripts/*.py"),
+]
+READS = re.compile(
+    r"""(?:_env|_int|_float|_bool|secret|_env_port|environ\.get|env\.get|getenv|_setting_or_file|_pem)\(\s*
+        (?:env,\s*)?["']([A-Z][A-Z0-9_]+)["']""",
+    re.VERBOSE,
+)
+PROVIDER_NAMES = re.compile(r"""["']((?:STRIPE|WECHAT_PAY|ALIPAY)_[A-Z0-9_]+)["']""")
+# Read by tools, not by VibeBox settings.
+NOT_SETTINGS = {
+    "PATH",
+    "DEBIAN_FRONTEND",
+    "LC_ALL",
+    "PYTHONUNBUFFERED",
+    "PYTEST_ARGS",
+    "PG_VERSION",
+}
+
+
+def variables_read_by_the_code() -> set[str]:
+    names: set[str] = set()
+    for source in SOURCES:
+        text = source.read_text()
+        names |= set(READS.findall(text)) | set(PROVIDER_NAMES.findall(text))
+    return names - NOT_SETTINGS
+
+
+def test_every_variable_is_in_env_example_and_readme():
+    names = variables_read_by_the_code()
+    assert {"DATABASE_URL", "STRIPE_SECRET_KEY", "WECHAT_PAY_MCHID", "ALIPAY_APP_ID"} <= names
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    missing_example = sorted(n for n in names if not re.search(rf"^{n}=", example, re.M))
+    missing_readme = sorted(
+        n for n in names if f"`{n}`" not in readme and f"`{n}` (or" not in readme
+    )
+    assert missing_example == [], f".env.example lacks {missing_example}"
+    assert missing_readme == [], f"README.md lacks {missing_readme}"
