@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import jsonify
+from flask import jsonify, request
 from flask_jwt_extended import JWTManager, current_user, verify_jwt_in_request
 
 from app.db import db_session
@@ -76,6 +76,8 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
 def require_admin() -> None:
     """``before_request`` guard for admin blueprints: a valid token of an admin user."""
+    if request.method == "OPTIONS":
+        return  # CORS preflight / method discovery: flask-jwt-extended exempts it too
     verify_jwt_in_request()
     if not current_user.is_admin:
         raise PermissionDeniedError("Administrator access required", code="admin_required")
