@@ -330,3 +330,17 @@ def test_a_control_action_that_cannot_succeed_ends_in_a_readable_error(
     doc = user.wait_for(box_id, {"running", "error"})
     assert doc["status"] == "error"
     assert doc["lastError"] == "The Happy daemon rejected its credentials."
+
+
+def test_admin_terminate_tears_down_and_returns_the_server(admin, make_user, add_to_pool, box):
+    user, box_id = running_box(admin, make_user, add_to_pool, box)
+    assert user.post(f"/api/admin/vibeboxes/{box_id}/terminate").status_code == 403
+    response = admin.post(f"/api/admin/vibeboxes/{box_id}/terminate")
+    assert response.status_code == 202
+    assert response.get_json()["vibeBox"]["status"] == "terminating"
+    assert user.wait_for(box_id, {"terminated"}, timeout=60)["status"] == "terminated"
+    assert not box.access_key_path.exists()
+    wait_until(lambda: server_state(box.port).state == "available", 30, "server back in the pool")
+    again = admin.post(f"/api/admin/vibeboxes/{box_id}/terminate")
+    assert again.status_code == 202 and again.get_json()["vibeBox"]["status"] == "terminated"
+    assert admin.post(f"/api/admin/vibeboxes/{uuid.uuid4()}/terminate").status_code == 404

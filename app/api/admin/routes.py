@@ -86,3 +86,24 @@ class CancelSubscription(MethodView):
         )
         db_session.commit()
         return subscription
+
+
+@blp.route("/vibeboxes/<uuid:box_id>/terminate")
+class TerminateBox(MethodView):
+    @blp.response(202, VibeBoxEnvelopeSchema)
+    @blp.alt_response(404, description="No such box")
+    @blp.doc(security=[{"bearerAuth": []}])
+    def post(self, box_id: uuid.UUID):
+        """Tear a box down now (stop daemon, wipe credentials, verify), e.g. after support
+        cancels, or for a box provisioned by hand"""
+        from workers.provisioning import enqueue_teardown
+
+        session = db_session()
+        provisioning.get_box(session, box_id)
+        if provisioning.start_teardown(session, box_id, reason="terminated by an admin"):
+            db_session.commit()
+            enqueue_teardown(box_id)
+        else:
+            db_session.commit()
+        box = provisioning.get_box(session, box_id)
+        return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
