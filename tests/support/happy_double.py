@@ -29,18 +29,19 @@ import hashlib
 import hmac
 import json
 import secrets
-import signal
 import string
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 
 from nacl.exceptions import BadSignatureError
 from nacl.secret import SecretBox
 from nacl.signing import VerifyKey
+
+from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 
 Response = tuple[int, Any]
 
@@ -72,11 +73,9 @@ def seal(secret: bytes, value: dict[str, Any]) -> str:
 
 
 @dataclass
-class _Faults:
-    fail_count: int = 0
+class _Faults(InjectedFaults):
     fail_status: int = 503
     fail_path: str = "/v1/auth"
-    hang: float = 0.0
     reject_auth: bool = False
 
 
@@ -88,55 +87,20 @@ class _State:
     calls: Counter[str] = field(default_factory=Counter)  # "POST /v1/auth" -> n
 
 
-class HappyDouble:
+class HappyDouble(ThreadedHTTPDouble):
     """The Happy server double; thread-safe fault switches and assertion helpers."""
 
+    _thread_name = "happy-double"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._address = (host, port)
+        super().__init__(host, port)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._faults = _Faults()
         self._state = _State()
         self._token_key = secrets.token_bytes(32)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ---------------------------------------------------------------------
-
-    def start(self) -> Self:
-        server = ThreadingHTTPServer(self._address, _handler_for(self))
-        server.daemon_threads = True
-        server.block_on_close = False  # a hanging handler must not block stop()
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            name="happy-double",
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the double first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     # --- fault switches ----------------------------------------------------------------
 
@@ -242,10 +206,7 @@ class HappyDouble:
             self._state.calls[route] += 1
             faults = self._faults
             hang = faults.hang
-            injected = None
-            if faults.fail_count > 0 and path.startswith(faults.fail_path):
-                faults.fail_count -= 1
-                injected = faults.fail_status
+            injected = faults.take_failure(path)
             reject = faults.reject_auth and route == "POST /v1/auth"
         if hang and not path.startswith("/__double__"):
             self._stopping.wait(hang)
@@ -425,27 +386,17 @@ def _now_ms() -> int:
 
 
 def _handler_for(double: HappyDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, like a real server behind requests
-
+    class Handler(DoubleRequestHandler):
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             path = self.path.split("?", 1)[0]
             status, payload = double.handle(
                 self.command, path, self.headers.get("Authorization"), body
             )
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_body(status, data, "application/json; charset=utf-8")
 
         do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # quiet: tokens would be in the access log of a chattier server
 
     return Handler
 
@@ -457,11 +408,7 @@ def main() -> None:
     args = parser.parse_args()
     double = HappyDouble(args.host, args.port).start()
     print(f"Happy double listening on {double.url}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    double.stop()
+    double.serve_until_signalled()
 
 
 if __name__ == "__main__":

@@ -42,13 +42,15 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, NamedTuple, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.support.http_double import DoubleRequestHandler, ThreadedHTTPDouble
 
 BEIJING = timezone(timedelta(hours=8), "CST")  # Alipay's clock: GMT+8, no DST
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -292,8 +294,10 @@ def _business_error(sub_code: str, sub_msg: str) -> dict[str, str]:
     return {"code": "40004", "msg": "Business Failed", "sub_code": sub_code, "sub_msg": sub_msg}
 
 
-class AlipayDouble:
+class AlipayDouble(ThreadedHTTPDouble):
     """The gateway double; thread-safe state, fault switches and assertion helpers."""
+
+    _thread_name = "alipay-double"
 
     def __init__(
         self,
@@ -305,59 +309,26 @@ class AlipayDouble:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host, port)
         self.app_id = app_id
         self.seller_id = seller_id
         self._app_public_key = app_public_key
         self._alipay_private_key = alipay_private_key
-        self._address = (host, port)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._faults = _Faults()
         self._trades: dict[str, Trade] = {}
         self._calls: Counter[str] = Counter()
         self._requests: list[dict[str, str]] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> Self:
-        server = ThreadingHTTPServer(self._address, _handler_for(self))
-        server.daemon_threads = True
-        server.block_on_close = False  # a hanging handler must not block stop()
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            name="alipay-double",
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     @property
     def url(self) -> str:
         """The gateway URL (``ALIPAY_GATEWAY``)."""
-        assert self._server is not None, "start() the double first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/gateway.do"
+        return f"{super().url}/gateway.do"
 
     # --- fault switches ----------------------------------------------------------------
 
@@ -712,20 +683,13 @@ def _valid_amount(value: str) -> bool:
 
 
 def _handler_for(double: AlipayDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Handler(DoubleRequestHandler):
         def _serve(self, method: str) -> None:
             parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             status, content_type, payload = double.handle(method, parts.path, parts.query, body)
             try:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_body(status, payload, content_type)
             except (BrokenPipeError, ConnectionResetError):
                 # The client gave up first (its timeout is what a hang test exercises).
                 self.close_connection = True
@@ -735,9 +699,6 @@ def _handler_for(double: AlipayDouble) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             self._serve("POST")
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            pass
 
     return Handler
 

@@ -39,17 +39,18 @@ import copy
 import json
 import re
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qsl
 
 import stripe
+
+from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 
 API_VERSION: str = stripe.api_version  # what the installed SDK sends
 INTERVAL_SECONDS = {"day": 86_400, "week": 7 * 86_400, "month": 30 * 86_400, "year": 365 * 86_400}
@@ -77,11 +78,9 @@ class Price:
 
 
 @dataclass
-class _Faults:
-    fail_count: int = 0
+class _Faults(InjectedFaults):
     fail_status: int = 500
     fail_path: str = "/v1/"
-    hang: float = 0.0
 
 
 @dataclass
@@ -95,8 +94,10 @@ class _State:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
-class StripeDouble:
+class StripeDouble(ThreadedHTTPDouble):
     """The Stripe API double: ``with StripeDouble(prices=[...]) as double: double.url``."""
+
+    _thread_name = "stripe-double"
 
     def __init__(
         self,
@@ -107,54 +108,17 @@ class StripeDouble:
         port: int = 0,
     ) -> None:
         """``api_key``: when set, any other bearer key is answered 401, like Stripe."""
+        super().__init__(host, port)
         self.api_key = api_key
-        self._address = (host, port)
         self._lock = threading.RLock()
-        self._stopping = threading.Event()
         self._prices = {price.id: price for price in prices}
         self._faults = _Faults()
         self._state = _State()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> Self:
-        server = ThreadingHTTPServer(self._address, _handler_for(self))
-        server.daemon_threads = True
-        server.block_on_close = False  # a hanging handler must not block stop()
-        self._server = server
-        self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            name="stripe-double",
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the double first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     def reset(self) -> None:
         """Forget sessions, subscriptions, idempotency keys, requests and faults."""
@@ -175,9 +139,7 @@ class StripeDouble:
     def fail_next(self, n: int = 1, status: int = 500, path: str = "/v1/") -> None:
         """Answer the next ``n`` API requests whose path starts with ``path`` with ``status``."""
         with self._lock:
-            self._faults.fail_count = n
-            self._faults.fail_status = status
-            self._faults.fail_path = path
+            self._faults.fail_next(n, status, path)
 
     @property
     def hang(self) -> float:
@@ -356,10 +318,7 @@ class StripeDouble:
                 self._state.requests.append(record)
             faults = self._faults
             hang = faults.hang if is_api else 0.0
-            injected = None
-            if is_api and faults.fail_count > 0 and path.startswith(faults.fail_path):
-                faults.fail_count -= 1
-                injected = faults.fail_status
+            injected = faults.take_failure(path) if is_api else None
         if hang:
             self._stopping.wait(hang)
         if injected is not None:
@@ -902,29 +861,18 @@ def _listify(node: Any) -> Any:
 
 
 def _handler_for(double: StripeDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, like api.stripe.com behind requests
-
+    class Handler(DoubleRequestHandler):
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             path = self.path.split("?", 1)[0]
             headers = dict(self.headers.items())
             status, payload, extra = double.handle(self.command, path, headers, body)
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", _new_id("req_", 14))
-            for name, value in extra.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_body(
+                status, data, "application/json", {"Request-Id": _new_id("req_", 14), **extra}
+            )
 
         do_GET = do_POST = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # quiet: no API keys in test output
 
     return Handler
 
@@ -947,11 +895,7 @@ def main() -> None:
     double = StripeDouble([_parse_price(p) for p in args.price], host=args.host, port=args.port)
     double.start()
     print(f"Stripe double listening on {double.url}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
-    double.stop()
+    double.serve_until_signalled()
 
 
 if __name__ == "__main__":

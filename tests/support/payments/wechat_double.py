@@ -35,8 +35,8 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -44,6 +44,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 
 DEFAULT_MCHID = "1900000109"
 DEFAULT_APPID = "wxd678efh567hg6787"
@@ -325,11 +327,9 @@ _STATE_DESC = {
 
 
 @dataclass
-class _Faults:
-    fail_count: int = 0
+class _Faults(InjectedFaults):
     fail_status: int = 500
     fail_path: str = "/v3/"
-    hang: float = 0.0
     response_signature: str = "valid"  # "valid" | "forged" | "missing"
 
 
@@ -341,8 +341,10 @@ class SeenRequest:
     signature_ok: bool
 
 
-class WeChatPayDouble:
+class WeChatPayDouble(ThreadedHTTPDouble):
     """The WeChat Pay v3 gateway double; thread-safe state, faults and assertion helpers."""
+
+    _thread_name = "wechat-double"
 
     def __init__(
         self,
@@ -354,6 +356,7 @@ class WeChatPayDouble:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        super().__init__(host, port)
         self.keys = keys
         self.mchid = mchid
         self.appid = appid
@@ -361,52 +364,16 @@ class WeChatPayDouble:
         self._merchant_key = _public_key(keys.merchant_public_key)
         self._platform_key = _private_key(keys.platform_private_key)
         self._forged_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self._address = (host, port)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._faults = _Faults()
         self._orders: dict[str, _Order] = {}
         self._calls: Counter[str] = Counter()
         self._seen: list[SeenRequest] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> Self:
-        server = ThreadingHTTPServer(self._address, _handler_for(self))
-        server.daemon_threads = True
-        server.block_on_close = False  # a hanging handler must not block stop()
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            name="wechat-double",
-            kwargs={"poll_interval": 0.1},
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # wakes hanging handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the double first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        return _handler_for(self)
 
     def provider_env(self) -> dict[str, str]:
         """``WECHAT_PAY_*`` settings that point a provider at this double."""
@@ -426,9 +393,7 @@ class WeChatPayDouble:
     def fail_next(self, n: int = 1, status: int = 500, path: str = "/v3/") -> None:
         """Answer the next ``n`` requests whose path starts with ``path`` with ``status``."""
         with self._lock:
-            self._faults.fail_count = n
-            self._faults.fail_status = status
-            self._faults.fail_path = path
+            self._faults.fail_next(n, status, path)
 
     def set_hang(self, seconds: float) -> None:
         """Sleep this long before answering (0 = off)."""
@@ -532,10 +497,7 @@ class WeChatPayDouble:
             self._seen.append(SeenRequest(method, target, text, auth_error is None))
             faults = self._faults
             hang = faults.hang
-            injected = None
-            if faults.fail_count > 0 and path.startswith(faults.fail_path):
-                faults.fail_count -= 1
-                injected = faults.fail_status
+            injected = faults.take_failure(path)
         if hang:
             self._stopping.wait(hang)
         if injected is not None:
@@ -673,30 +635,17 @@ def _route_name(method: str, path: str) -> str:
 
 
 def _handler_for(double: WeChatPayDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # quiet
-
+    class Handler(DoubleRequestHandler):
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = self.read_body()
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, payload = double.handle(self.command, self.path, headers, body)
             text = "" if payload is None else json.dumps(payload, ensure_ascii=False)
             raw = text.encode("utf-8")
+            content_type = "application/json; charset=utf-8" if raw else None
+            extra = {"Request-ID": uuid.uuid4().hex, **double.sign_response(text)}
             try:
-                self.send_response(status)
-                if raw:
-                    self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(raw)))
-                self.send_header("Request-ID", uuid.uuid4().hex)
-                for name, value in double.sign_response(text).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                if raw:
-                    self.wfile.write(raw)
+                self.send_body(status, raw, content_type, extra)
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True  # the client gave up (a timeout test)
 
