@@ -1,4 +1,4 @@
-"""A real ``celery worker`` process for end-to-end tests (never task_always_eager)."""
+"""A real ``celery worker`` process for end-to-end tests (a separate process, never eager)."""
 
 from __future__ import annotations
 
