@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from celery import Task, chain
@@ -19,7 +21,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.integrations.happy import HappyClient
-from app.integrations.ssh import BoxSession, SSHTarget
+from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
 from app.services import provisioning
 from app.services.provisioning import (
     STEP_IMPLEMENTATIONS,
@@ -37,7 +39,9 @@ from workers import celery_app, get_settings
 log = logging.getLogger(__name__)
 
 
-def step_context() -> StepContext:
+@cache
+def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], BoxSession]]:
+    """Per worker process: one HTTP session to Happy, one pool of SSH connections."""
     settings = get_settings()
     p = settings.provisioning
 
@@ -52,7 +56,12 @@ def step_context() -> StepContext:
         settings.happy_server_url,
         timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds),
     )
-    return StepContext(settings=settings, happy=happy, connect=connect)
+    return happy, SessionPool(connect), connect
+
+
+def step_context() -> StepContext:
+    happy, sessions, connect = _integrations()
+    return StepContext(settings=get_settings(), happy=happy, connect=connect, sessions=sessions)
 
 
 def workflow(box_id: uuid.UUID | str, start_at: str) -> Any:

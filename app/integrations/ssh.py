@@ -23,9 +23,10 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import paramiko
 
@@ -39,6 +40,7 @@ from app.errors import (
 from app.integrations.happy import HappyCredentials
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Expanded by the remote shell: the Happy CLI honours HAPPY_HOME_DIR, and so do we.
 _HAPPY_DIR = 'd="${HAPPY_HOME_DIR:-$HOME/.happy}"'
@@ -227,6 +229,13 @@ class BoxSession:
             self._client.close()
             self._client = None
 
+    def is_open(self) -> bool:
+        """Connected, with a live transport (a closed or dropped one is not reused)."""
+        if self._client is None:
+            return False
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
     def run(
         self, command: str, *, stdin: bytes | None = None, timeout: float | None = None
     ) -> CommandResult:
@@ -405,3 +414,74 @@ class BoxSession:
 def _last_line(output: str) -> str:
     lines = [line for line in output.strip().splitlines() if line.strip()]
     return lines[-1][:160] if lines else ""
+
+
+class SessionPool:
+    """Open connections kept per target for a short while, so consecutive steps of one box
+    that land in the same worker process skip the ~110 ms connect + first-command cost.
+
+    Single-threaded use (one per worker process). ``run`` executes an idempotent ``work``;
+    when a *reused* connection turns out to be dead it is replaced and ``work`` runs once
+    more on a fresh one, so a stale pooled connection is never mistaken for a dead server.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[SSHTarget], BoxSession],
+        *,
+        max_idle: float = 30.0,
+        max_size: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.factory = factory
+        self.max_idle = max_idle
+        self.max_size = max_size
+        self.clock = clock
+        self._idle: dict[tuple[str, int, str, str | None], tuple[BoxSession, float]] = {}
+        self.reused = 0  # for tests and benchmarks
+
+    @staticmethod
+    def _key(target: SSHTarget) -> tuple[str, int, str, str | None]:
+        # The pin is part of the key: a re-pinned server never gets an old connection.
+        return (target.host, target.port, target.user, target.host_key_fingerprint)
+
+    def _checkout(self, target: SSHTarget) -> tuple[BoxSession, bool]:
+        entry = self._idle.pop(self._key(target), None)
+        if entry is not None:
+            session, last_used = entry
+            if self.clock() - last_used <= self.max_idle and session.is_open():
+                self.reused += 1
+                return session, True
+            session.close()
+        return self.factory(target), False
+
+    def _checkin(self, target: SSHTarget, session: BoxSession) -> None:
+        if not session.is_open():
+            return
+        self._idle[self._key(target)] = (session, self.clock())
+        while len(self._idle) > self.max_size:  # drop the least recently used
+            oldest = min(self._idle, key=lambda k: self._idle[k][1])
+            self._idle.pop(oldest)[0].close()
+
+    def run(self, target: SSHTarget, work: Callable[[BoxSession], T]) -> T:
+        session, reused = self._checkout(target)
+        try:
+            try:
+                result = work(session)
+            except HostUnreachableError:
+                if not reused:
+                    raise
+                log.info("ssh %s: pooled connection was dead; reconnecting", target.host)
+                session.close()
+                session = self.factory(target)
+                result = work(session)
+        except BaseException:
+            session.close()
+            raise
+        self._checkin(target, session)
+        return result
+
+    def close(self) -> None:
+        for session, _ in self._idle.values():
+            session.close()
+        self._idle.clear()

@@ -24,7 +24,7 @@ from app.errors import (
     TransientError,
 )
 from app.integrations.happy import HappyCredentials
-from app.integrations.ssh import SSHTarget
+from app.integrations.ssh import BoxSession, SSHTarget
 from app.models import Server, VibeBox
 from app.services import happy_accounts, pool
 from app.services.provisioning import StepContext, utcnow, wait_for_daemon
@@ -111,12 +111,15 @@ def execute_action(plan: ActionPlan, ctx: StepContext) -> dict[str, Any]:
         return None
 
     before = happy_pid() if plan.action == "restart" else None
-    with ctx.connect(plan.target) as box:
+
+    def act(box: BoxSession) -> bool:
         if plan.action in ("stop", "restart"):
             box.stop_daemon()
         if plan.action in ("start", "restart"):
             box.start_daemon()
-        running_on_box = box.daemon_status()
+        return box.daemon_status()
+
+    running_on_box = ctx.on_box(plan.target, act)
     if plan.action == "stop":
         if running_on_box:
             raise _transient("the daemon still runs after `happy daemon stop`")

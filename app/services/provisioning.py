@@ -35,7 +35,7 @@ from app.errors import (
     TransientError,
 )
 from app.integrations.happy import HappyAPI, HappyCredentials, HappyMachine
-from app.integrations.ssh import BoxSession, SSHTarget
+from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
 from app.models import Plan, ProvisioningStep, Server, Subscription, User, VibeBox
 from app.services import happy_accounts, pool
 
@@ -546,6 +546,14 @@ class StepContext:
     happy: HappyAPI
     connect: Callable[[SSHTarget], BoxSession]
     heartbeat: Callable[[], None] = field(default=lambda: None)
+    sessions: SessionPool | None = None  # reuse connections across steps of one box
+
+    def on_box(self, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
+        """Run ``work`` over SSH on ``target`` (a pooled connection when there is a pool)."""
+        if self.sessions is not None:
+            return self.sessions.run(target, work)
+        with self.connect(target) as box_session:
+            return work(box_session)
 
 
 class Step:
@@ -632,8 +640,7 @@ def _server_plan(
 
 def _over_ssh(ctx: StepContext, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
     try:
-        with ctx.connect(target) as box_session:
-            return work(box_session)
+        return ctx.on_box(target, work)
     except (HostUnreachableError, SSHAuthError, HostKeyMismatchError) as exc:
         raise ServerUnusableError(exc) from exc
 
@@ -710,8 +717,7 @@ def _over_ssh_retrying(
 ) -> Any:
     """Teardown must finish on *this* server: SSH trouble is retried, not moved around."""
     try:
-        with ctx.connect(target) as box_session:
-            return work(box_session)
+        return ctx.on_box(target, work)
     except (HostUnreachableError, SSHAuthError, HostKeyMismatchError) as exc:
         raise TransientError(str(exc), safe_message=exc.safe_message) from exc
 
