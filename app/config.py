@@ -100,6 +100,7 @@ class ProvisioningSettings:
     happy_timeout_seconds: float = 10.0
     ssh_connect_timeout_seconds: float = 10.0
     ssh_command_timeout_seconds: float = 60.0
+    ssh_pool_max_idle_seconds: float = 10.0
 
     @classmethod
     def from_env(cls) -> ProvisioningSettings:
@@ -124,6 +125,9 @@ class ProvisioningSettings:
             ),
             ssh_command_timeout_seconds=_float(
                 "SSH_COMMAND_TIMEOUT_SECONDS", cls.ssh_command_timeout_seconds
+            ),
+            ssh_pool_max_idle_seconds=_float(
+                "SSH_POOL_MAX_IDLE_SECONDS", cls.ssh_pool_max_idle_seconds
             ),
         )
 

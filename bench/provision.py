@@ -829,7 +829,13 @@ def run(args: argparse.Namespace) -> int:
         from tests.support.happy_double import HappyDouble
 
         double = stack.enter_context(HappyDouble())
-        worker_env = {**WORKER_TEST_ENV, "HAPPY_SERVER_URL": double.url}
+        worker_env = {
+            **WORKER_TEST_ENV,
+            "HAPPY_SERVER_URL": double.url,
+            # Reuse a connection between the steps of one box (milliseconds apart) but not
+            # across runs on the same sshd box: production boxes are different servers.
+            "SSH_POOL_MAX_IDLE_SECONDS": "0.25",
+        }
         os.environ.update(
             {
                 "DATABASE_URL": scratch.database_url,

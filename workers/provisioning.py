@@ -56,7 +56,7 @@ def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], Box
         settings.happy_server_url,
         timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds),
     )
-    return happy, SessionPool(connect), connect
+    return happy, SessionPool(connect, max_idle=p.ssh_pool_max_idle_seconds), connect
 
 
 def step_context() -> StepContext:
@@ -138,7 +138,9 @@ def run_step(task: Task, box_id: str, name: str) -> str:
             from workers.maintenance import clean_server
 
             clean_server.delay(str(to_clean))
-        return "succeeded"
+        follower = RUN_AHEAD.get(name)
+        if follower is None:
+            return "succeeded"
     except TeardownCanceledError as exc:
         session.commit()
         task.request.chain = None
@@ -191,6 +193,20 @@ def run_step(task: Task, box_id: str, name: str) -> str:
             name,
             TransientError(repr(exc), safe_message="Internal error; retrying."),
         )
+    # Only a successful step with a follower gets here (every other path returned or
+    # raised). Run the next step in this process, on the warm SSH connection; its own
+    # task, next in the chain, then finds it done. Each step is still claimed, committed
+    # and retried on its own, so crash safety and the timeline are unchanged.
+    return f"succeeded; {follower}: {run_step(task, box_id, follower)}"
+
+
+# Consecutive steps that talk to the same server over SSH: the first runs ahead into the
+# next in the same worker process, so both share one connection (~110 ms saved per box).
+RUN_AHEAD: dict[str, str] = {
+    "configure_server": "start_daemon",
+    "stop_daemon": "wipe_credentials",
+    "wipe_credentials": "verify_clean",
+}
 
 
 def _fail(session: Any, box_id: uuid.UUID, name: str, safe_error: str) -> None:

@@ -429,7 +429,7 @@ class SessionPool:
         self,
         factory: Callable[[SSHTarget], BoxSession],
         *,
-        max_idle: float = 30.0,
+        max_idle: float = 10.0,
         max_size: int = 8,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -445,7 +445,14 @@ class SessionPool:
         # The pin is part of the key: a re-pinned server never gets an old connection.
         return (target.host, target.port, target.user, target.host_key_fingerprint)
 
+    def _close_expired(self) -> None:
+        """Idle connections are closed once stale, not kept open until their next use."""
+        now = self.clock()
+        for key in [k for k, (_, used) in self._idle.items() if now - used > self.max_idle]:
+            self._idle.pop(key)[0].close()
+
     def _checkout(self, target: SSHTarget) -> tuple[BoxSession, bool]:
+        self._close_expired()
         entry = self._idle.pop(self._key(target), None)
         if entry is not None:
             session, last_used = entry
@@ -456,6 +463,7 @@ class SessionPool:
         return self.factory(target), False
 
     def _checkin(self, target: SSHTarget, session: BoxSession) -> None:
+        self._close_expired()
         if not session.is_open():
             return
         self._idle[self._key(target)] = (session, self.clock())

@@ -83,3 +83,17 @@ def test_a_re_pinned_server_never_gets_an_old_connection(pool, made, box):
     with pytest.raises(HostKeyMismatchError):  # the new pin does not match: refused
         pool.run(other_pin, lambda s: s.probe())
     assert len(made) == 2 and pool.reused == 0
+
+
+def test_stale_idle_connections_are_closed_without_waiting_for_their_next_use(
+    pool, made, box_fleet
+):
+    first, second = box_fleet.new_box(), box_fleet.new_box()
+    try:
+        pool.run(first.target(), lambda s: s.probe())
+        pool.clock_.now += 31
+        pool.run(second.target(), lambda s: s.probe())  # any use sweeps the stale ones
+        assert not made[0].is_open() and made[1].is_open()
+    finally:
+        box_fleet.remove(first)
+        box_fleet.remove(second)
