@@ -28,11 +28,14 @@ def test_provision_to_running_with_honest_credentials(
     admin, make_user, add_to_pool, box, happy_double
 ):
     add_to_pool(box)
+    logins_before = box.sshd_log().count("Accepted publickey")
     user = make_user()
     box_id = provision(admin, user)
 
     doc = user.wait_for(box_id, {"running", "error"})
     assert doc["status"] == "running", doc
+    # configure_server and start_daemon shared one SSH connection.
+    assert box.sshd_log().count("Accepted publickey") - logins_before == 1
     assert doc["progress"] == {"done": 5, "total": 5}
     assert [s["state"] for s in doc["timeline"]] == ["succeeded"] * 5
     assert all(s["startedAt"] and s["finishedAt"] for s in doc["timeline"])
