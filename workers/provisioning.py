@@ -23,16 +23,13 @@ from app.errors import PermanentError, TransientError
 from app.integrations.happy import HappyClient
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
 from app.services import provisioning
-from app.services.provisioning import (
+from app.services.provisioning import STEPS, TEARDOWN_STEPS, Begin, phase_of
+from app.services.steps import (
     STEP_IMPLEMENTATIONS,
-    STEPS,
-    TEARDOWN_STEPS,
-    Begin,
     NoCapacityError,
     ServerUnusableError,
     StepContext,
     TeardownCanceledError,
-    phase_of,
 )
 from workers import celery_app, get_settings
 

@@ -27,7 +27,8 @@ from app.integrations.happy import HappyCredentials
 from app.integrations.ssh import BoxSession, SSHTarget
 from app.models import Server, VibeBox
 from app.services import happy_accounts, pool
-from app.services.provisioning import StepContext, utcnow, wait_for_daemon
+from app.services.provisioning import utcnow
+from app.services.steps import StepContext, wait_for_daemon
 
 log = logging.getLogger(__name__)
 

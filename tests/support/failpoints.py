@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from app.services import provisioning
+from app.services import steps
 from workers import celery_app
 
 app = celery_app
@@ -43,7 +43,7 @@ def _maybe_pause(step: str, user_id: Any) -> None:
 
 
 def _install() -> None:
-    for name, step in provisioning.STEP_IMPLEMENTATIONS.items():
+    for name, step in steps.STEP_IMPLEMENTATIONS.items():
         prepare, record = step.prepare, step.record
 
         def paused_prepare(session, box, ctx, _prepare=prepare, _name=name):  # type: ignore[no-untyped-def]
