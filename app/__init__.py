@@ -24,6 +24,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     app_logging.configure(settings.log_level)
 
     app = Flask(__name__)
+    trust_proxies(app, settings.trusted_proxies)
     app.config.update(settings.flask_config())
     app.config["RATELIMIT_AUTH"] = settings.ratelimit_auth
     if overrides:
@@ -46,6 +47,17 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     register_error_handlers(app)
     register_cli(app)
     return app
+
+
+def trust_proxies(app: Flask, hops: int) -> None:
+    """Behind ``hops`` reverse proxies, trust exactly that many X-Forwarded-* hops: the
+    per-IP rate limits then see the client, and a client cannot spoof its address."""
+    if hops > 0:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
 
 
 def get_settings() -> Settings:

@@ -160,6 +160,7 @@ class Settings:
     subscription_grace_seconds: float = 3 * 86400.0
     health_unhealthy_after: int = 3
     health_probe_timeout_seconds: float = 10.0
+    trusted_proxies: int = 0
 
     @property
     def is_production(self) -> bool:
@@ -239,6 +240,7 @@ class Settings:
             subscription_grace_seconds=_float("SUBSCRIPTION_GRACE_SECONDS", 3 * 86400.0),
             health_unhealthy_after=_int("HEALTH_UNHEALTHY_AFTER", 3),
             health_probe_timeout_seconds=_float("HEALTH_PROBE_TIMEOUT_SECONDS", 10.0),
+            trusted_proxies=_int("TRUSTED_PROXIES", 0),
         )
 
     def flask_config(self) -> dict[str, Any]:

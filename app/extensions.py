@@ -16,7 +16,7 @@ jwt = JWTManager()
 
 
 def _rate_limit_key() -> str:
-    # Behind a proxy configure ProxyFix (TRUSTED_PROXIES) so remote_addr is the client.
+    # Behind proxies set TRUSTED_PROXIES (ProxyFix) so remote_addr is the client's address.
     return get_remote_address() or request.remote_addr or "unknown"
 
 

@@ -56,3 +56,27 @@ def test_unknown_route_and_wrong_method_use_the_common_error_shape(client):
     assert wrong.status_code == 405
     assert wrong.get_json()["code"] == "method_not_allowed"
     assert "POST" in wrong.headers["Allow"]
+
+
+def test_behind_a_trusted_proxy_the_rate_limit_keys_on_the_forwarded_client(
+    app, client, monkeypatch
+):
+    from app import trust_proxies
+
+    monkeypatch.setattr(app, "wsgi_app", app.wsgi_app)  # restored after the test
+    trust_proxies(app, 1)
+    for i in range(3):
+        response = client.get("/api/auth/session", headers={"X-Forwarded-For": f"198.51.100.{i}"})
+        assert response.status_code == 200
+        # Each forwarded client has its own full allowance, not the proxy's shared one.
+        assert response.headers["X-RateLimit-Remaining"] == "99"
+
+
+def test_without_trusted_proxies_forwarded_headers_are_ignored(client):
+    remaining = [
+        client.get("/api/auth/session", headers={"X-Forwarded-For": f"198.51.100.{i}"}).headers[
+            "X-RateLimit-Remaining"
+        ]
+        for i in range(3)
+    ]
+    assert remaining == ["99", "98", "97"]  # one client: the socket peer
