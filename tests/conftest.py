@@ -119,7 +119,13 @@ def payment_doubles():  # type: ignore[no-untyped-def]
         "ALIPAY_GATEWAY": alipay.url,
     }
     os.environ.update(env)
-    yield SimpleNamespace(stripe=stripe, wechat=wechat, alipay=alipay, env=env)
+    yield SimpleNamespace(
+        stripe=stripe,
+        wechat=wechat,
+        alipay=alipay,
+        alipay_private_key=alipay_keys.alipay_private,
+        env=env,
+    )
     stripe.stop()
     wechat.stop()
     alipay.stop()

@@ -184,6 +184,7 @@ def describe_order(session: Session, order: Order) -> dict[str, Any]:
 class EventOutcome:
     duplicate: bool = False
     boxes_to_provision: list[uuid.UUID] = field(default_factory=list)
+    boxes_to_teardown: list[uuid.UUID] = field(default_factory=list)
     note: str | None = None
 
 
@@ -258,6 +259,7 @@ def _apply(session: Session, record: PaymentEvent, event: ProviderEvent, out: Ev
         EventKind.PAYMENT_FAILED: _on_payment_failed,
         EventKind.CANCEL_AT_PERIOD_END: _on_cancel_at_period_end,
         EventKind.CANCELED: _on_canceled,
+        EventKind.REFUNDED: _on_refunded,
     }.get(event.kind)
     if handler is None:
         _processed(record, "ignored")
@@ -308,8 +310,8 @@ def _on_paid(
     if order is None or order.provider != event.provider:
         raise UnknownOrderError(f"No order matches {event.provider} event {event.event_id}")
     record.order_id = order.id
-    if order.status == "paid":
-        _processed(record, "order already paid")
+    if order.status in ("paid", "refunded"):
+        _processed(record, f"order already {order.status}")
         out.note = record.note
         return
     if event.amount is not None and (
@@ -474,6 +476,52 @@ def _on_canceled(
         return
     _cancel_now(sub)
     _processed(record)
+
+
+def _on_refunded(
+    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+) -> None:
+    """A full refund takes back what the order bought: the period it paid for, and the box
+    with it when nothing paid is left."""
+    order = _locked_order(session, event)
+    if order is None or order.provider != event.provider:
+        raise UnknownOrderError(f"No order matches {event.provider} refund {event.event_id}")
+    record.order_id = order.id
+    if order.status == "refunded":
+        _processed(record, "order already refunded")
+        return
+    if event.amount is not None and event.amount != order.amount:
+        _processed(record, "partial refund: not applied")
+        log.warning(
+            "order %s: refund of %s of %s not applied", order.id, event.amount, order.amount
+        )
+        return
+    was_paid = order.status == "paid"
+    order.status = "refunded"
+    _processed(record)
+    log.warning("order %s refunded at %s", order.id, event.provider)
+    if not was_paid or order.subscription_id is None:
+        return  # never fulfilled: nothing to take back (and a late PAID will not fulfil it)
+    sub = session.get(Subscription, order.subscription_id, with_for_update=True)
+    if sub is None:
+        return
+    created_it = session.scalar(select(VibeBox.id).where(VibeBox.order_id == order.id)) is not None
+    shortened = sub.current_period_end - cycle_delta(order.billing_cycle)
+    if created_it or shortened <= utcnow():
+        _cancel_now(sub)
+        live = session.scalars(
+            select(VibeBox.id).where(
+                VibeBox.subscription_id == sub.id,
+                VibeBox.status.not_in(("terminating", "terminated")),
+            )
+        ).all()
+        out.boxes_to_teardown.extend(
+            box_id
+            for box_id in live
+            if provisioning.start_teardown(session, box_id, reason="payment refunded")
+        )
+    else:
+        sub.current_period_end = shortened  # an extension refunded: back to the old end
 
 
 def _replay_deferred(session: Session, provider: str, subject: str, out: EventOutcome) -> None:

@@ -306,3 +306,37 @@ def test_paid_order_whose_webhook_never_arrived_is_reconciled(
         time.sleep(0.2)
     order = order_doc(user, started["orderId"])
     assert user.wait_for(order["vibeBoxId"], {"running", "error"})["status"] == "running"
+
+
+def test_a_full_refund_takes_the_box_back_and_frees_the_server(
+    make_user, add_to_pool, box, payment_doubles
+):
+    from tests.support.payments import alipay_double as ad
+
+    add_to_pool(box)
+    user = make_user()
+    started = checkout(user, "alipay")
+    ref = started["orderId"].replace("-", "")
+    assert (
+        post_webhook(user, "alipay", payment_doubles.alipay.pay(ref), ad.NOTIFY_HEADERS).status_code
+        == 200
+    )
+    order = order_doc(user, started["orderId"])
+    assert user.wait_for(order["vibeBoxId"], {"running", "error"})["status"] == "running"
+
+    refund = ad.build_notify(
+        ref,
+        alipay_private_key=payment_doubles.alipay_private_key,
+        app_id=ad.DEFAULT_APP_ID,
+        seller_id=ad.DEFAULT_SELLER_ID,
+        total_amount="199.00",
+        trade_status="TRADE_CLOSED",
+        extra={"refund_fee": "199.00", "gmt_refund": "2026-11-26 18:00:00.123"},
+    )
+    response = post_webhook(user, "alipay", refund, ad.NOTIFY_HEADERS)
+    assert response.status_code == 200 and response.get_data() == b"success"
+    assert order_doc(user, started["orderId"])["status"] == "refunded"
+    assert user.wait_for(order["vibeBoxId"], {"terminated"}, timeout=60)["status"] == "terminated"
+    assert not box.access_key_path.exists()
+    subs = user.get("/api/subscriptions").get_json()["subscriptions"]
+    assert subs[0]["status"] == "canceled"

@@ -259,3 +259,59 @@ def test_stale_pending_orders(session):
     order.created_at = datetime.now(UTC) - timedelta(hours=2)
     session.commit()
     assert order.id in billing.stale_pending_orders(session, older_than=3600)
+
+
+def refund(order: Order, event_id: str = "evt_refund", **kw) -> ProviderEvent:
+    fields = {
+        "provider": order.provider,
+        "event_id": event_id,
+        "type": "refund",
+        "kind": EventKind.REFUNDED,
+        "order_id": str(order.id),
+        "amount": order.amount,
+        "currency": order.currency,
+    }
+    fields.update(kw)
+    return ProviderEvent(**fields)
+
+
+def test_a_full_refund_ends_the_subscription_and_its_box(session):
+    order = checkout(session, UserFactory())
+    billing.record_event(session, paid(order))
+    box = session.scalars(select(VibeBox).where(VibeBox.order_id == order.id)).one()
+    outcome = billing.record_event(session, refund(order))
+    session.commit()
+    sub = session.get(Subscription, order.subscription_id)
+    assert order.status == "refunded"
+    assert sub.status == "canceled"
+    assert box.status == "terminated"  # never got a server: nothing remote to undo
+    assert outcome.boxes_to_teardown == []
+    # A late or repeated PAID for the refunded order fulfils nothing.
+    late = billing.record_event(session, paid(order, "evt_late"))
+    assert late.boxes_to_provision == [] and order.status == "refunded"
+
+
+def test_refunding_an_extension_only_takes_back_its_period(session):
+    user = UserFactory()
+    first = checkout(session, user)
+    billing.record_event(session, paid(first, "evt_1"))
+    sub = session.get(Subscription, first.subscription_id)
+    end_before = sub.current_period_end
+    second = checkout(session, user)
+    billing.record_event(session, paid(second, "evt_2"))
+    assert sub.current_period_end > end_before
+    billing.record_event(session, refund(second))
+    session.commit()
+    assert sub.status == "active"
+    assert abs((sub.current_period_end - end_before).total_seconds()) < 5
+    assert second.status == "refunded" and first.status == "paid"
+
+
+def test_a_partial_refund_changes_nothing(session):
+    order = checkout(session, UserFactory())
+    billing.record_event(session, paid(order))
+    outcome = billing.record_event(session, refund(order, amount=100))
+    session.commit()
+    assert order.status == "paid"
+    assert session.get(Subscription, order.subscription_id).status == "active"
+    assert outcome.boxes_to_teardown == []

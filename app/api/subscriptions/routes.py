@@ -97,7 +97,7 @@ class Checkout(MethodView):
 def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Response:
     """Verify, record, apply in one transaction; enqueue boxes after commit. No remote
     calls beyond what verification needs, so the provider gets its answer fast."""
-    from workers.provisioning import enqueue_provisioning
+    from workers.provisioning import enqueue_provisioning, enqueue_teardown
 
     try:
         events = provider.handle_callback(webhook)
@@ -106,6 +106,7 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
         return _reply(provider.nack("invalid notification"))
     session = db_session()
     boxes: list[uuid.UUID] = []
+    teardowns: list[uuid.UUID] = []
     for event in events:
         try:
             outcome = billing.record_event(session, event)
@@ -117,9 +118,12 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
             log.warning("%s event %s names no known order", provider.name, event.event_id)
             return _reply(provider.nack("unknown order"))
         boxes.extend(outcome.boxes_to_provision)
+        teardowns.extend(outcome.boxes_to_teardown)
     session.commit()
     for box_id in boxes:
         enqueue_provisioning(box_id)
+    for box_id in teardowns:
+        enqueue_teardown(box_id)
     return _reply(provider.ack())
 
 

@@ -17,7 +17,8 @@ the order.
 TRADE_SUCCESS, TRADE_FINISHED     PAID (amount in fen, CNY, ``event_id`` = ``notify_id``)
 TRADE_CLOSED                      PAYMENT_FAILED (closed unpaid)
 WAIT_BUYER_PAY                    IGNORED
-any status with refund fields     IGNORED (a refund; not modelled here, kept for audit)
+refund_fee == total_amount          REFUNDED (the whole payment returned)
+other refund notifies             IGNORED (a partial refund, kept for audit)
 anything else                     IGNORED
 ================================  =========================================================
 
@@ -371,8 +372,11 @@ class AlipayProvider:
 
         status = params["trade_status"]
         refund = any(params.get(name) for name in REFUND_FIELDS)
+        refund_fee = _fen(params.get("refund_fee") or "")
         if refund:
-            kind = EventKind.IGNORED
+            # The whole amount returned takes back what the order bought; a partial refund
+            # is recorded for audit only.
+            kind = EventKind.REFUNDED if refund_fee == amount else EventKind.IGNORED
         elif status in PAID_STATUSES:
             kind = EventKind.PAID
         elif status == "TRADE_CLOSED":

@@ -62,6 +62,7 @@ class EventKind(enum.Enum):
     PAYMENT_FAILED = "payment_failed"  # a payment failed (order failed / subscription past due)
     CANCEL_AT_PERIOD_END = "cancel_at_period_end"
     CANCELED = "canceled"  # the subscription ended now
+    REFUNDED = "refunded"  # the order's payment was refunded in full: take back what it bought
     IGNORED = "ignored"  # verified, recorded, nothing to do
 
 

@@ -240,9 +240,9 @@ class WeChatPayProvider:
     def handle_callback(self, request: WebhookRequest) -> list[ProviderEvent]:
         """Verify (platform key, accepted serial, fresh timestamp), decrypt, normalize.
 
-        Only ``TRANSACTION.SUCCESS`` with ``trade_state`` SUCCESS is a payment; every other
-        verified notification (refund events included: refunds are handled by hand in the
-        merchant platform) is IGNORED, still recorded by its id.
+        ``TRANSACTION.SUCCESS`` with ``trade_state`` SUCCESS is a payment; ``REFUND.SUCCESS``
+        returning the whole amount is REFUNDED (a partial refund is recorded but IGNORED);
+        every other verified notification is IGNORED, still recorded by its id.
         """
         headers = {str(k).lower(): str(v) for k, v in request.headers.items()}
         signature = headers.get("wechatpay-signature", "")
@@ -311,6 +311,23 @@ class WeChatPayProvider:
                     payload=payload,
                 )
             ]
+        if event_type == "REFUND.SUCCESS" and resource.get("refund_status") == "SUCCESS":
+            refund = _full_refund(resource)
+            if out_trade_no is not None and refund is not None:
+                return [
+                    ProviderEvent(
+                        provider=self.name,
+                        event_id=event_id,
+                        type=event_type,
+                        kind=EventKind.REFUNDED,
+                        order_id=_order_id(out_trade_no),
+                        provider_order_id=out_trade_no,
+                        amount=refund,
+                        currency="CNY",
+                        occurred_at=occurred_at,
+                        payload=payload,
+                    )
+                ]
         log.info("WeChat Pay notification %s (%s) ignored", event_id, event_type)
         return [
             ProviderEvent(
@@ -655,3 +672,14 @@ def _error_of(response: requests.Response) -> tuple[str, str]:
         code[:64] if isinstance(code, str) else "",
         message[:200] if isinstance(message, str) else "",
     )
+
+
+def _full_refund(resource: dict[str, Any]) -> int | None:
+    """The refunded amount (fen) when a refund returns the whole payment, else None."""
+    amount = resource.get("amount")
+    if not isinstance(amount, dict):
+        return None
+    total, refund = amount.get("total"), amount.get("refund")
+    if isinstance(total, int) and isinstance(refund, int) and refund == total > 0:
+        return refund
+    return None

@@ -552,7 +552,7 @@ def test_trade_closed_is_payment_failed(keys: AlipayKeys, provider: AlipayProvid
 
 
 @pytest.mark.parametrize("trade_status", ["TRADE_SUCCESS", "TRADE_CLOSED"])
-def test_refund_notify_is_ignored_not_paid_or_failed(
+def test_a_full_refund_notify_is_refunded_not_paid_or_failed(
     keys: AlipayKeys, provider: AlipayProvider, trade_status: str
 ) -> None:
     webhook = _notify(
@@ -564,8 +564,24 @@ def test_refund_notify_is_ignored_not_paid_or_failed(
 
     [event] = provider.handle_callback(webhook)
 
-    assert event.kind is EventKind.IGNORED
+    assert event.kind is EventKind.REFUNDED
+    assert event.amount == 9900
     assert event.type == f"refund:{trade_status}"
+
+
+def test_a_partial_refund_notify_is_recorded_but_ignored(
+    keys: AlipayKeys, provider: AlipayProvider
+) -> None:
+    webhook = _notify(
+        keys,
+        uuid.uuid4().hex,
+        extra={"refund_fee": "10.00", "gmt_refund": "2026-11-26 18:00:00.123"},
+    )
+
+    [event] = provider.handle_callback(webhook)
+
+    assert event.kind is EventKind.IGNORED
+    assert event.type == "refund:TRADE_SUCCESS"
 
 
 def test_notify_subject_in_chinese_verifies(keys: AlipayKeys, provider: AlipayProvider) -> None:

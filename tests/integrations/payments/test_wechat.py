@@ -459,7 +459,7 @@ def test_notification_more_than_300_seconds_off_is_stale(
         provider.handle_callback(notification(double, timestamp=NOW + offset))
 
 
-def test_refund_notification_is_ignored_but_verified(
+def test_a_full_refund_notification_is_refunded_and_verified(
     provider: WeChatPayProvider, double: WeChatPayDouble
 ) -> None:
     out_trade_no = uuid.uuid4().hex
@@ -479,10 +479,16 @@ def test_refund_notification_is_ignored_but_verified(
     )
 
     assert len(events) == 1
-    assert events[0].kind is EventKind.IGNORED
+    assert events[0].kind is EventKind.REFUNDED
+    assert (events[0].amount, events[0].currency) == (19900, "CNY")
     assert (events[0].event_id, events[0].type) == ("R-1", "REFUND.SUCCESS")
     assert events[0].order_id == str(uuid.UUID(hex=out_trade_no))
     assert "user_received_account" not in events[0].payload
+    partial = {**refund, "amount": {**refund["amount"], "refund": 100, "payer_refund": 100}}
+    [event] = provider.handle_callback(
+        notification(double, event_type="REFUND.SUCCESS", resource=partial)
+    )
+    assert event.kind is EventKind.IGNORED  # a partial refund is recorded, not applied
     with pytest.raises(InvalidWebhookError):
         provider.handle_callback(
             notification(
