@@ -73,6 +73,30 @@ class InvalidStateError(ConflictError):
     code = "invalid_state"
 
 
+# --- payments ---------------------------------------------------------------------------
+
+
+class PaymentProviderError(VibeBoxError):
+    """The payment provider could not be reached or refused the request."""
+
+    status_code = 502
+    code = "payment_provider_error"
+
+
+class UnknownOrderError(VibeBoxError):
+    """A verified event names an order we never created."""
+
+    status_code = 400
+    code = "unknown_order"
+
+
+class AmountMismatchError(VibeBoxError):
+    """A verified payment's amount or currency differs from the order's."""
+
+    status_code = 400
+    code = "amount_mismatch"
+
+
 # --- integration faults (never shown to HTTP clients directly) -------------------------
 
 

@@ -11,7 +11,7 @@ import logging
 import uuid
 
 from app.db import db_session
-from app.errors import PermanentError, TransientError
+from app.errors import AmountMismatchError, PermanentError, TransientError
 from app.extensions import get_redis
 from app.integrations.payments.base import OrderState
 from app.integrations.payments.registry import ProviderRegistry, build_registry
@@ -97,7 +97,7 @@ def reconcile_order(order_id: uuid.UUID) -> _Result:
     if answer.state is OrderState.PAID and answer.event is not None:
         try:
             outcome = billing.record_event(session, answer.event)
-        except billing.AmountMismatchError:
+        except AmountMismatchError:
             session.commit()
             return _Result("amount mismatch")
         session.commit()

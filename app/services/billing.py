@@ -24,13 +24,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.errors import (
+    AmountMismatchError,
     ConflictError,
     InvalidStateError,
     NotFoundError,
+    PaymentProviderError,
     PermanentError,
     TransientError,
+    UnknownOrderError,
     ValidationError,
-    VibeBoxError,
 )
 from app.integrations.payments.base import (
     CheckoutRequest,
@@ -49,27 +51,6 @@ log = logging.getLogger(__name__)
 # WeChat Pay and Alipay charge CNY; Stripe and dev charge in the plan's own currency.
 PROVIDER_CURRENCY = {"wechat": "CNY", "alipay": "CNY"}
 LIVE_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminated", "error"))
-
-
-class PaymentProviderError(VibeBoxError):
-    """The payment provider could not be reached or refused the request."""
-
-    status_code = 502
-    code = "payment_provider_error"
-
-
-class UnknownOrderError(VibeBoxError):
-    """A verified event names an order we never created."""
-
-    status_code = 400
-    code = "unknown_order"
-
-
-class AmountMismatchError(VibeBoxError):
-    """A verified payment's amount or currency differs from the order's."""
-
-    status_code = 400
-    code = "amount_mismatch"
 
 
 def utcnow() -> datetime:

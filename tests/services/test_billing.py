@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.errors import ValidationError
+from app.errors import AmountMismatchError, UnknownOrderError, ValidationError
 from app.integrations.payments.base import (
     CheckoutRequest,
     CheckoutSession,
@@ -133,7 +133,7 @@ def test_unknown_order_records_nothing(session):
         amount=2900,
         currency="USD",
     )
-    with pytest.raises(billing.UnknownOrderError):
+    with pytest.raises(UnknownOrderError):
         billing.record_event(session, event)
     session.rollback()
     assert count(session, PaymentEvent, PaymentEvent.event_id == "evt_x") == 0
@@ -141,7 +141,7 @@ def test_unknown_order_records_nothing(session):
 
 def test_amount_mismatch_flags_the_order_and_provisions_nothing(session):
     order = checkout(session, UserFactory())
-    with pytest.raises(billing.AmountMismatchError):
+    with pytest.raises(AmountMismatchError):
         billing.record_event(session, paid(order, amount=1))
     session.commit()
     assert order.status == "pending"

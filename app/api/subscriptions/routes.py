@@ -21,7 +21,7 @@ from app.api.subscriptions.schemas import (
     SubscriptionListSchema,
 )
 from app.db import db_session
-from app.errors import ConflictError, NotFoundError
+from app.errors import AmountMismatchError, ConflictError, NotFoundError, UnknownOrderError
 from app.extensions import limiter
 from app.integrations.payments.base import InvalidWebhookError, PaymentProvider, WebhookRequest
 from app.integrations.payments.dev_provider import DevProvider
@@ -110,10 +110,10 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
     for event in events:
         try:
             outcome = billing.record_event(session, event)
-        except billing.AmountMismatchError:
+        except AmountMismatchError:
             session.commit()  # keep the flag and the event: operators must see it
             return _reply(provider.nack("amount mismatch"))
-        except billing.UnknownOrderError:
+        except UnknownOrderError:
             session.rollback()
             log.warning("%s event %s names no known order", provider.name, event.event_id)
             return _reply(provider.nack("unknown order"))

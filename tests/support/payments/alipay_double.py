@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.support.http_double import DoubleRequestHandler, ThreadedHTTPDouble
+from tests.support.payments.keys import rsa_key_pair
 
 BEIJING = timezone(timedelta(hours=8), "CST")  # Alipay's clock: GMT+8, no DST
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -73,25 +74,10 @@ class AlipayKeys(NamedTuple):
     alipay_public: str  # shown in the Alipay console (ALIPAY_PUBLIC_KEY)
 
 
-def _key_pair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
 def make_keys() -> AlipayKeys:
     """Fresh app and Alipay RSA 2048 key pairs (PEM: PKCS#8 private, SPKI public)."""
-    app_private, app_public = _key_pair()
-    alipay_private, alipay_public = _key_pair()
+    app_private, app_public = rsa_key_pair()
+    alipay_private, alipay_public = rsa_key_pair()
     return AlipayKeys(app_private, app_public, alipay_private, alipay_public)
 
 
@@ -667,7 +653,7 @@ class AlipayDouble(ThreadedHTTPDouble):
 @functools.cache
 def _impostor_key() -> str:
     """A private key that is not Alipay's (for forged responses)."""
-    return _key_pair()[0]
+    return rsa_key_pair()[0]
 
 
 def _valid_amount(value: str) -> bool:

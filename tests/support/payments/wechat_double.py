@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
+from tests.support.payments.keys import rsa_key_pair
 
 DEFAULT_MCHID = "1900000109"
 DEFAULT_APPID = "wxd678efh567hg6787"
@@ -71,25 +72,10 @@ class WeChatKeys:
     platform_key_id: str  # "PUB_KEY_ID_..."
 
 
-def _new_key_pair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
 def make_keys() -> WeChatKeys:
     """Fresh merchant + platform key pairs (about 0.1 s each)."""
-    merchant_private, merchant_public = _new_key_pair()
-    platform_private, platform_public = _new_key_pair()
+    merchant_private, merchant_public = rsa_key_pair()
+    platform_private, platform_public = rsa_key_pair()
     return WeChatKeys(
         merchant_private_key=merchant_private,
         merchant_public_key=merchant_public,
