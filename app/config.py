@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -101,9 +102,19 @@ class ProvisioningSettings:
     ssh_connect_timeout_seconds: float = 10.0
     ssh_command_timeout_seconds: float = 60.0
     ssh_pool_max_idle_seconds: float = 10.0
+    box_user_prefix: str = "vb-"  # + 12 hex of the box id: the box's Unix user
+    daemon_max_restarts: int = 3  # automatic restarts of a crashed daemon per window
+    daemon_restart_window_seconds: float = 3600.0
+    daemon_restart_backoff_seconds: float = 30.0  # doubles with each restart in the window
 
     @classmethod
     def from_env(cls) -> ProvisioningSettings:
+        prefix = _env("BOX_USER_PREFIX", cls.box_user_prefix) or cls.box_user_prefix
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", prefix):
+            raise ConfigError(
+                f"BOX_USER_PREFIX must be 1-16 of a-z, 0-9, '_' and '-' starting with a "
+                f"letter or '_', got {prefix!r}"
+            )
         return cls(
             max_attempts=_int("PROVISION_MAX_ATTEMPTS", cls.max_attempts),
             retry_base_seconds=_float("PROVISION_RETRY_BASE_SECONDS", cls.retry_base_seconds),
@@ -128,6 +139,14 @@ class ProvisioningSettings:
             ),
             ssh_pool_max_idle_seconds=_float(
                 "SSH_POOL_MAX_IDLE_SECONDS", cls.ssh_pool_max_idle_seconds
+            ),
+            box_user_prefix=prefix,
+            daemon_max_restarts=_int("DAEMON_MAX_RESTARTS", cls.daemon_max_restarts),
+            daemon_restart_window_seconds=_float(
+                "DAEMON_RESTART_WINDOW_SECONDS", cls.daemon_restart_window_seconds
+            ),
+            daemon_restart_backoff_seconds=_float(
+                "DAEMON_RESTART_BACKOFF_SECONDS", cls.daemon_restart_backoff_seconds
             ),
         )
 

@@ -97,6 +97,16 @@ class AmountMismatchError(VibeBoxError):
     code = "amount_mismatch"
 
 
+# --- Happy ------------------------------------------------------------------------------
+
+
+class HappyServerError(VibeBoxError):
+    """The Happy server could not be reached or refused the request."""
+
+    status_code = 502
+    code = "happy_unavailable"
+
+
 # --- integration faults (never shown to HTTP clients directly) -------------------------
 
 

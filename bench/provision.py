@@ -5,8 +5,9 @@
     says ``running`` (polled every 20 ms through the Flask test client), on the same sshd box
     every run. Baseline, interleaved run by run: a plain script doing the same remote work
     once against the same box (Happy ``create_account`` with a new secret; one SSH connection:
-    ``write_credentials``, ``start_daemon``, ``read_machine_id``; then ``list_machines``
-    every 20 ms until that machine's daemon reports running). Ratio = median / median.
+    ``check_operator``, ``ensure_user`` (a new Unix user for the box), ``write_credentials``,
+    ``start_daemon``, ``read_machine_id`` as that user; then ``list_machines`` every 20 ms
+    until that machine's daemon reports running). Ratio = median / median.
 (b) N boxes on N servers through the worker (``-c CONCURRENCY``): first provision request ->
     all N running, vs a ``ThreadPoolExecutor(max_workers=CONCURRENCY)`` doing the same raw
     work per box. Repetitions interleaved; ratio of medians and boxes/second.
@@ -71,6 +72,7 @@ BREAKDOWN_KEYS = (
 BASELINE_KEYS = (
     "create_account_s",
     "ssh_connect_s",
+    "create_user_s",
     "write_credentials_s",
     "start_daemon_s",
     "read_machine_id_s",
@@ -388,12 +390,14 @@ class Bench:
     # -- resets (outside every timed region) --
 
     def reset_remote(self, boxes: list[Any]) -> None:
-        """Stop the daemon and wipe ~/.happy (machine id included) on each box."""
+        """Remove every box user (the product's and the baseline's) from each server."""
+        from app.integrations.box_host import BoxHost
 
         def reset(box: Any) -> None:
             with self._session(box) as s:
-                s.stop_daemon()
-                s.wipe_credentials(forget_machine=True)
+                host = BoxHost(s, default_happy_server_url=self.double.url)
+                for user in host.box_users(str(self.server_ids[box.user])):
+                    host.remove_user(user)
 
         with ThreadPoolExecutor(max_workers=min(8, len(boxes))) as pool:
             list(pool.map(reset, boxes))
@@ -495,10 +499,13 @@ class Bench:
         return {**result, **CpuSnapshot.take(self.worker_pgid).since(cpu0)}
 
     def raw_work(self, box: Any) -> dict[str, Any]:
+        from app.integrations.box_host import BoxHost, BoxUser, box_gecos
         from app.integrations.happy import HappyClient, HappyCredentials, generate_secret
 
         p = self.settings.provisioning
         session = self._session(box)  # builds the pinned target; connects on enter
+        name = p.box_user_prefix + uuid.uuid4().hex[:12]
+        gecos = box_gecos(f"bench-{name}", str(self.server_ids[box.user]))
         t0 = time.perf_counter()
         happy = HappyClient(
             self.double.url, timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds)
@@ -507,12 +514,17 @@ class Bench:
         token = happy.create_account(secret)
         t_account = time.perf_counter()
         with session as s:
+            host = BoxHost(s, default_happy_server_url=self.double.url)
             t_connected = time.perf_counter()
-            s.write_credentials(HappyCredentials(secret=secret, token=token))
+            host.check_operator()
+            user = BoxUser(name, host.ensure_user(BoxUser(name), gecos))
+            t_user = time.perf_counter()
+            host.write_credentials(user, HappyCredentials(secret=secret, token=token))
             t_written = time.perf_counter()
-            s.start_daemon()
+            if host.start_daemon(user, timeout=p.ssh_command_timeout_seconds).exit_status:
+                raise BenchError(f"{box.user}: `happy daemon start` failed")
             t_started = time.perf_counter()
-            machine_id = s.read_machine_id()
+            machine_id = host.read_machine_id(user)
             t_read = time.perf_counter()
         if not machine_id:
             raise BenchError(f"{box.user}: no machine id after `happy daemon start`")
@@ -529,7 +541,8 @@ class Bench:
             "total_s": t_end - t0,
             "create_account_s": t_account - t0,
             "ssh_connect_s": t_connected - t_account,
-            "write_credentials_s": t_written - t_connected,
+            "create_user_s": t_user - t_connected,
+            "write_credentials_s": t_written - t_user,
             "start_daemon_s": t_started - t_written,
             "read_machine_id_s": t_read - t_started,
             "poll_running_s": t_end - t_read,

@@ -228,6 +228,9 @@ def missing_system_packages() -> dict[str, str]:
         "/usr/bin/python3": "python3",  # what box users run (the venv's Python may be unreadable)
         "/usr/bin/openssl": "openssl",  # password hashes for the password-login box tests
         "/usr/bin/pkill": "procps",  # cleaning up test box users' processes
+        "/usr/bin/sudo": "sudo",  # the test pool logins are passwordless sudoers
+        "/usr/bin/crontab": "cron",  # box users leave crontab entries for teardown to find
+        "/usr/bin/at": "at",  # ... and at jobs
         "/usr/bin/docker-compose": "docker-compose",  # validates docker-compose.yml offline
     }
     return {path: pkg for path, pkg in needs.items() if not Path(path).exists()}

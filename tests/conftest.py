@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from app.config import Settings, normalize_database_url
+from tests.support.sshd import box_user_prefix
 
 _REQUIRED = ("DATABASE_URL", "REDIS_URL")
 
@@ -64,6 +65,9 @@ def _isolate_environment(index: int) -> None:
             "VIBEBOX_ENV": "testing",
             "BCRYPT_ROUNDS": "4",
             "PAYMENT_PROVIDERS": "dev",
+            # The product's box users on the test servers carry this process's prefix,
+            # so the fleet removes exactly its own (tests/support/sshd.py).
+            "BOX_USER_PREFIX": box_user_prefix(),
         }
     )
     import celery_config  # re-read broker settings from the isolated environment
@@ -256,6 +260,8 @@ WORKER_TEST_ENV = {
     "SUBSCRIPTION_GRACE_SECONDS": "0",
     "HEALTH_UNHEALTHY_AFTER": "2",
     "HEALTH_PROBE_TIMEOUT_SECONDS": "2",
+    "DAEMON_MAX_RESTARTS": "2",
+    "DAEMON_RESTART_BACKOFF_SECONDS": "1",
 }
 
 

@@ -38,8 +38,8 @@ def run_action(self: Task, box_id: str) -> str:
         session.commit()
         if plan is None:
             return "nothing to do"
-        control.execute_action(plan, ctx)
-        status = control.finish_action(session, box_uuid)
+        observed = control.execute_action(plan, ctx)
+        status = control.finish_action(session, box_uuid, observed)
         session.commit()
         return status or "nothing to do"
     except TransientError as exc:

@@ -12,7 +12,8 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.extensions import get_redis
-from app.services import control, health, lifecycle, pool, provisioning
+from app.integrations.box_host import BoxHost
+from app.services import control, daemon_watch, health, lifecycle, pool, provisioning
 from workers import celery_app, get_settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def reconcile() -> int:
     ignore_result=True,
 )
 def clean_server(server_id: str) -> str:
-    """Scrub a server between owners (stop daemon, wipe, verify) and return it to the pool.
+    """Scrub a server between owners (remove every box user we created on it, verify by
+    uid) and return it to the pool.
 
     Idempotent; SSH trouble retries with backoff; a server that will not come clean is
     quarantined (``unhealthy``) for an operator.
@@ -122,7 +124,8 @@ def clean_server(server_id: str) -> str:
             connect_timeout=p.ssh_connect_timeout_seconds,
             command_timeout=p.ssh_command_timeout_seconds,
         ) as box:
-            problem = pool.scrub(box)
+            host = BoxHost(box, default_happy_server_url=settings.happy_server_url)
+            problem = pool.scrub(host, server_id)
     except PermanentError as exc:
         pool.quarantine_server(session, uuid.UUID(server_id), f"cleaning failed: {exc}")
         session.commit()
@@ -163,34 +166,59 @@ def health_sweep() -> int:
 
 @celery_app.task(name="maintenance.probe_server", acks_late=False, ignore_result=True, expires=300)
 def probe_server(server_id: str) -> str:
-    """SSH probe with timeouts; K consecutive failures make a server unhealthy."""
+    """SSH probe with timeouts (K consecutive failures make a server unhealthy); on a server
+    with a running box, also the box's daemon: alive as the box user, else restarted."""
     from app.integrations.ssh import BoxSession
+    from workers.provisioning import step_context
 
     settings = get_settings()
     session = db_session()
-    server = pool.get_server(session, uuid.UUID(server_id))
+    server_uuid = uuid.UUID(server_id)
+    server = pool.get_server(session, server_uuid)
     target = pool.ssh_target_for(server, settings.encryption_key)
+    watch = daemon_watch.plan_watch(session, server_uuid, settings)
+    # A quarantined server comes back only when it can host boxes again, not merely
+    # because SSH answers (e.g. it still cannot reach its Happy server).
+    recovering = server.state == "unhealthy"
     session.commit()
     timeout = settings.health_probe_timeout_seconds
     ok, latency_ms, error = True, None, None
+    watched: daemon_watch.WatchResult | None = None
     try:
-        with BoxSession(target, connect_timeout=timeout, command_timeout=timeout) as box:
+        with BoxSession(
+            target,
+            connect_timeout=timeout,
+            command_timeout=max(timeout, settings.provisioning.ssh_command_timeout_seconds),
+        ) as box:
             latency_ms = round(box.probe() * 1000)
+            host = BoxHost(box, default_happy_server_url=settings.happy_server_url)
+            if recovering:
+                problem = host.environment_problem()
+                if problem is not None:
+                    ok, error = False, f"still cannot host boxes: {problem}"
+            if watch is not None:
+                try:
+                    watched = daemon_watch.check_daemon(host, watch, step_context())
+                except (TransientError, PermanentError) as exc:
+                    log.warning("probe %s: daemon check failed: %s", server_id, exc)
     except (TransientError, PermanentError) as exc:
         ok, error = False, str(exc)
     server = lifecycle.record_probe(
         session,
-        uuid.UUID(server_id),
+        server_uuid,
         ok=ok,
         latency_ms=latency_ms,
         error=error,
         unhealthy_after=settings.health_unhealthy_after,
     )
     state = server.state
+    if watch is not None and watched is not None:
+        daemon_watch.record_watch(session, watch.box_id, watched, settings)
     session.commit()
     if state == "cleaning":
         clean_server.delay(server_id)
-    return f"{'ok' if ok else 'failed'} ({state})"
+    daemon = "" if watched is None else f", daemon {'alive' if watched.alive else 'down'}"
+    return f"{'ok' if ok else 'failed'} ({state}{daemon})"
 
 
 # --- subscription expiry ---------------------------------------------------------------

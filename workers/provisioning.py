@@ -22,7 +22,7 @@ from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.integrations.happy import HappyClient
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
-from app.services import provisioning
+from app.services import happy_accounts, provisioning
 from app.services.provisioning import STEPS, TEARDOWN_STEPS, Begin, phase_of
 from app.services.steps import (
     STEP_IMPLEMENTATIONS,
@@ -121,6 +121,13 @@ def run_step(task: Task, box_id: str, name: str) -> str:
         session.commit()
 
     ctx.heartbeat = heartbeat
+
+    def save_token(token: str) -> None:
+        box = provisioning.get_box(session, box_uuid)
+        happy_accounts.store_token(session, box.user_id, token, settings.encryption_key)
+        session.commit()
+
+    ctx.save_token = save_token
     try:
         box = provisioning.get_box(session, box_uuid)
         plan = step.prepare(session, box, ctx)
@@ -161,7 +168,12 @@ def run_step(task: Task, box_id: str, name: str) -> str:
     except ServerUnusableError as exc:
         session.rollback()
         moved = provisioning.move_to_another_server(
-            session, box_uuid, name, reason=str(exc.cause), max_moves=p.max_server_moves
+            session,
+            box_uuid,
+            name,
+            reason=str(exc.cause),
+            safe_reason=exc.safe_message,
+            max_moves=p.max_server_moves,
         )
         session.commit()
         task.request.chain = None

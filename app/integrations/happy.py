@@ -1,9 +1,17 @@
-"""Client of the Happy server: account creation and the account's machines.
+"""Client of the Happy server: account creation, the account's machines, device linking.
 
-Built to ``/work/shared/happy-contract.md``. A Happy account IS an ed25519 key pair whose
+Built to ``docs/happy.md``. A Happy account IS an ed25519 key pair whose
 seed is 32 random secret bytes; the server only ever sees the public key. The same secret
 also seals machine metadata / daemon state (NaCl secretbox), so we can read what a box's
 daemon reported about itself.
+
+The Happy apps sign in to an existing account in two ways, both implemented here as the
+released app does them (slopus/happy, ``packages/happy-app/sources``):
+
+- Device linking: the new device shows ``happy:///account?<its X25519 public key,
+  base64url>``; an authorized device approves it with ``POST /v1/auth/account/response``,
+  handing over the secret sealed with ``encryptBox`` (:func:`encrypt_box`).
+- Restore from the secret key in the app's backup format (:func:`secret_key_backup`).
 
 Everything returned is a small dataclass; ``requests``/PyNaCl errors never leave this
 module: they become ``TransientError`` (retry) or ``PermanentError`` (fail now). Neither
@@ -17,12 +25,16 @@ import binascii
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
+from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
+from nacl.exceptions import RuntimeError as NaClRuntimeError
+from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
@@ -33,6 +45,15 @@ log = logging.getLogger(__name__)
 SECRET_BYTES = 32
 NONCE_BYTES = SecretBox.NONCE_SIZE  # 24
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)  # (connect, read) seconds
+BOX_KEY_BYTES = PublicKey.SIZE  # 32: an X25519 (tweetnacl ``box``) public key
+BOX_MAC_BYTES = 16  # crypto_box_MACBYTES (Poly1305 tag)
+# What the app's QR code carries (restore/index.tsx) and what useConnectAccount accepts:
+# this exact prefix, then the whole rest is the key in base64url.
+DEVICE_LINK_PREFIX = "happy:///account?"
+MAX_DEVICE_LINK_CHARS = 256  # a real link is 60 characters
+_BASE64URL_KEY = re.compile(r"[A-Za-z0-9_-]{43}=?")  # 32 bytes: 43 characters, padding optional
+# RFC 4648 base32, as secretKeyBackup.ts spells it.
+_BASE32_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
 def b64encode(data: bytes) -> str:
@@ -114,6 +135,118 @@ def seal(secret: bytes, value: dict[str, Any]) -> str:
     return b64encode(bytes(SecretBox(secret).encrypt(json.dumps(value).encode())))
 
 
+# --- device linking and the secret key backup (the Happy apps' formats) ------------------
+
+
+def encrypt_box(data: bytes, recipient_public_key: bytes) -> bytes:
+    """The app's ``encryptBox``: ephemeral public key (32) + nonce (24) + ``crypto_box``
+    ciphertext of ``data`` made with the ephemeral private key for ``recipient_public_key``.
+    """
+    ephemeral = PrivateKey.generate()
+    nonce = os.urandom(Box.NONCE_SIZE)
+    try:
+        sealed = Box(ephemeral, PublicKey(recipient_public_key)).encrypt(data, nonce)
+    except (CryptoError, NaClRuntimeError, ValueError, TypeError):
+        raise ValueError("not a usable X25519 public key") from None
+    return bytes(ephemeral.public_key) + nonce + sealed.ciphertext
+
+
+def decrypt_box(bundle: bytes, recipient_private_key: bytes) -> bytes | None:
+    """The app's ``decryptBox`` (inverse of :func:`encrypt_box`); None when it does not open."""
+    header = BOX_KEY_BYTES + Box.NONCE_SIZE
+    if len(bundle) < header + BOX_MAC_BYTES or len(recipient_private_key) != PrivateKey.SIZE:
+        return None
+    ephemeral = bundle[:BOX_KEY_BYTES]
+    nonce = bundle[BOX_KEY_BYTES:header]
+    try:
+        box = Box(PrivateKey(recipient_private_key), PublicKey(ephemeral))
+        return bytes(box.decrypt(bundle[header:], nonce))
+    except (CryptoError, NaClRuntimeError, ValueError, TypeError):
+        return None
+
+
+def device_link(public_key: bytes) -> str:
+    """The link (and QR code content) a new Happy device shows: inverse of
+    :func:`parse_device_link`."""
+    if len(public_key) != BOX_KEY_BYTES:
+        raise ValueError(f"a device public key is {BOX_KEY_BYTES} bytes")
+    return DEVICE_LINK_PREFIX + base64.urlsafe_b64encode(public_key).rstrip(b"=").decode()
+
+
+def parse_device_link(link: str) -> bytes:
+    """The 32-byte X25519 public key of a ``happy:///account?<base64url key>`` link.
+
+    Raises ``ValueError`` with a message fit for the user; the message never quotes the
+    link. Surrounding whitespace (from a copy and paste) is ignored.
+    """
+    if not isinstance(link, str):
+        raise ValueError("the device link must be a string")
+    if len(link) > MAX_DEVICE_LINK_CHARS:
+        raise ValueError(
+            f"the device link is too long (at most {MAX_DEVICE_LINK_CHARS} characters)"
+        )
+    link = link.strip()
+    if not link:
+        raise ValueError("the device link is empty")
+    if link.startswith("happy://terminal?"):
+        raise ValueError(
+            "this is a terminal link (happy://terminal?...), not a device link "
+            f"({DEVICE_LINK_PREFIX}...)"
+        )
+    if not link.startswith(DEVICE_LINK_PREFIX):
+        raise ValueError(f"a device link starts with {DEVICE_LINK_PREFIX}")
+    tail = link[len(DEVICE_LINK_PREFIX) :]
+    if not tail:
+        raise ValueError("the device link carries no key")
+    if not _BASE64URL_KEY.fullmatch(tail):
+        if re.fullmatch(r"[A-Za-z0-9_-]*=*", tail):
+            raise ValueError(
+                f"the device link's key has the wrong length (expected {BOX_KEY_BYTES} bytes)"
+            )
+        raise ValueError("the device link's key is not base64url")
+    key = base64.urlsafe_b64decode(tail.rstrip("=") + "=")
+    if len(key) != BOX_KEY_BYTES:  # cannot happen after the pattern; kept as a guard
+        raise ValueError(
+            f"the device link's key has the wrong length (expected {BOX_KEY_BYTES} bytes)"
+        )
+    try:  # a low-order point (e.g. all zeros) gives no shared key: nothing could be sealed
+        crypto_scalarmult(os.urandom(32), key)
+    except (NaClRuntimeError, CryptoError, ValueError):
+        raise ValueError("the device link's key is not a usable public key") from None
+    return key
+
+
+def secret_key_backup(secret: bytes) -> str:
+    """The secret key as the app shows it under Settings -> Account -> Secret Key and reads
+    it in "Restore with Secret Key": RFC 4648 base32 of the 32 bytes, no padding (52
+    characters), in dash-separated groups of 5 (ten groups of 5, then one of 2)."""
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"a Happy secret is {SECRET_BYTES} bytes")
+    encoded = base64.b32encode(secret).decode("ascii").rstrip("=")
+    return "-".join(encoded[i : i + 5] for i in range(0, len(encoded), 5))
+
+
+def parse_secret_key_backup(text: str) -> bytes:
+    """The 32 secret bytes of a backup-format key, read as the app reads it
+    (``parseBackupSecretKey``): upper-cased, 0/1/8/9 taken for O/I/B/G, every other
+    character outside A-Z and 2-7 dropped, base32 decoded, exactly 32 bytes."""
+    normalized = text.upper().translate(str.maketrans("0189", "OIBG"))
+    cleaned = re.sub(r"[^A-Z2-7]", "", normalized)
+    if not cleaned:
+        raise ValueError("no valid characters found")
+    out = bytearray()
+    buffer = bits = 0
+    for char in cleaned:
+        buffer = ((buffer << 5) | _BASE32_ALPHABET.index(char)) & 0xFFFF
+        bits += 5
+        if bits >= 8:
+            bits -= 8
+            out.append((buffer >> bits) & 0xFF)
+    if len(out) != SECRET_BYTES:
+        raise ValueError(f"invalid key length: expected {SECRET_BYTES} bytes, got {len(out)}")
+    return bytes(out)
+
+
 class HappyAPI(Protocol):
     """What services need from Happy; tests of services pass a fake."""
 
@@ -122,6 +255,16 @@ class HappyAPI(Protocol):
     def list_machines(self, token: str, secret: bytes) -> list[HappyMachine]: ...
 
     def get_profile(self, token: str) -> str: ...
+
+    def approve_account_link(self, token: str, secret: bytes, device_public_key: bytes) -> None: ...
+
+
+class HappyRefusedError(PermanentError):
+    """Happy answered a 4xx other than 429 (``status``): retrying the same call will not help."""
+
+    def __init__(self, message: str, *, status: int, safe_message: str | None = None) -> None:
+        super().__init__(message, safe_message=safe_message)
+        self.status = status
 
 
 class HappyClient:
@@ -185,6 +328,41 @@ class HappyClient:
             )
         return account_id
 
+    def approve_account_link(self, token: str, secret: bytes, device_public_key: bytes) -> None:
+        """Approve a new device's link request, as the app's "Link New Device" does: send
+        the account secret sealed for the device (:func:`encrypt_box`).
+
+        Idempotent on Happy's side: a request already answered keeps its first answer.
+        An unknown device key (never requested, or a typo) is a ``HappyRefusedError`` 404.
+        """
+        if len(secret) != SECRET_BYTES:
+            raise ValueError(f"a Happy secret is {SECRET_BYTES} bytes")
+        if len(device_public_key) != BOX_KEY_BYTES:
+            raise ValueError(f"a device public key is {BOX_KEY_BYTES} bytes")
+        body = {
+            "publicKey": b64encode(device_public_key),
+            "response": b64encode(encrypt_box(secret, device_public_key)),
+        }
+        path = "/v1/auth/account/response"
+        try:
+            data = self._request("POST", path, token=token, json_body=body)
+        except HappyRefusedError as exc:
+            if exc.status != 404:
+                raise
+            raise HappyRefusedError(
+                str(exc),
+                status=exc.status,
+                safe_message=(
+                    "Happy has no pending sign-in for this device link. Open the link screen "
+                    "in the Happy app again and use the new link."
+                ),
+            ) from None
+        if not (isinstance(data, dict) and data.get("success") is True):
+            raise TransientError(
+                f"Happy POST {path} answered without success",
+                safe_message="The Happy server gave an unexpected answer.",
+            )
+
     def _request(
         self, method: str, path: str, *, token: str | None = None, json_body: Any = None
     ) -> Any:
@@ -230,7 +408,9 @@ class HappyClient:
                 raise TransientError(
                     message, safe_message="The Happy server is temporarily failing."
                 )
-            raise PermanentError(message, safe_message="The Happy server refused the request.")
+            raise HappyRefusedError(
+                message, status=status, safe_message="The Happy server refused the request."
+            )
         try:
             return response.json()
         except ValueError:

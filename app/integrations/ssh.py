@@ -1,4 +1,6 @@
-"""A VibeBox host over SSH: pinned host keys, Happy credentials and the Happy daemon.
+"""SSH to a pool server: pinned host keys, one connection reused per server, commands
+with their own timeouts and secrets over stdin. What runs on the server for a box (its Unix
+user, credentials, daemon, teardown) is in :mod:`app.integrations.box_host`.
 
 Plain paramiko rather than ``fabric.Connection``: Fabric reads ``~/.ssh/config`` and
 auto-adds unknown host keys (both must not happen here), and its ``run(in_stream=...)``
@@ -9,7 +11,7 @@ Every failure leaves this module as a domain error: ``HostUnreachableError`` (tr
 refused, timed out, dropped), ``SSHAuthError`` / ``HostKeyMismatchError`` (permanent), or
 ``TransientError`` / ``PermanentError`` for what a command reported.
 
-Commands run in the login user's shell and environment (the box's sshd provides ``PATH``
+Commands run in the pool login's shell and environment (the server's sshd provides ``PATH``
 and ``HAPPY_SERVER_URL``), so ``happy`` is looked up on ``PATH``, never at a fixed path.
 """
 
@@ -19,7 +21,6 @@ import base64
 import hashlib
 import hmac
 import io
-import json
 import logging
 import socket
 import time
@@ -37,7 +38,6 @@ from app.errors import (
     SSHAuthError,
     TransientError,
 )
-from app.integrations.happy import HappyCredentials
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -292,29 +292,8 @@ class BoxSession:
         )
         return CommandResult(command, exit_status, output, seconds)
 
-    # --- operations ---------------------------------------------------------------------
-
-    def write_credentials(self, creds: HappyCredentials) -> None:
-        """Write ``~/.happy/access.key`` (0600, dir 0700) atomically; the content goes over
-        stdin so ``ps`` on the box never shows it. Idempotent.
-
-        A temp file in the same directory + ``mv`` means the CLI sees the old file or the
-        new one, never half of one; the size check refuses a stream cut short.
-        """
-        payload = creds.access_key_json().encode()
-        script = (
-            f'umask 077 && {_HAPPY_DIR} && mkdir -p "$d" && chmod 700 "$d"'
-            ' && t="$d/access.key.tmp.$$" && trap \'rm -f "$t"\' EXIT'
-            f' && cat > "$t" && test "$(wc -c < "$t")" -eq {len(payload)}'
-            ' && mv -f "$t" "$d/access.key"'
-        )
-        result = self.run(script, stdin=payload)
-        if result.exit_status != 0:
-            raise TransientError(
-                f"ssh {self._where}: writing access.key failed "
-                f"(exit {result.exit_status}): {_last_line(result.output)}",
-                safe_message="Could not configure the server.",
-            )
+    # --- the login's own Happy state (boxes from before per-box users) -------------------
+    # Box work goes through app.integrations.box_host (one Unix user per box).
 
     def daemon_status(self) -> bool:
         """True when ``happy daemon status`` says the daemon runs."""
@@ -329,27 +308,6 @@ class BoxSession:
             f"(exit {result.exit_status}): {_last_line(result.output)}",
             safe_message="Could not read the Happy daemon's status.",
         )
-
-    def start_daemon(self) -> bool:
-        """Start the Happy daemon unless it already runs; True when this call started it.
-
-        Exit 0 does not prove the daemon registered with Happy: confirm with
-        ``HappyClient.list_machines`` (daemon status "running").
-        """
-        if self.daemon_status():
-            return False
-        result = self.run("happy daemon start", timeout=self.daemon_timeout)
-        if result.exit_status == 0:
-            return True
-        self._require_happy(result)
-        message = (
-            f"ssh {self._where}: `happy daemon start` exited {result.exit_status}: "
-            f"{_last_line(result.output)}"
-        )
-        if "Failed to start daemon" in result.output:
-            # The CLI found no usable credentials: retrying the same file will not help.
-            raise PermanentError(message, safe_message="The Happy daemon rejected its credentials.")
-        raise TransientError(message, safe_message="The Happy daemon did not start.")
 
     def stop_daemon(self) -> None:
         """Stop the Happy daemon (a no-op when none runs)."""
@@ -392,16 +350,6 @@ class BoxSession:
                 f"ssh {self._where}: `true` exited {result.exit_status}", safe_message=_UNREACHABLE
             )
         return result.seconds
-
-    def read_machine_id(self) -> str | None:
-        """The Happy machine id from settings.json, or None before the daemon first ran."""
-        result = self.run(f'{_HAPPY_DIR} && cat "$d/settings.json" 2>/dev/null || true')
-        try:
-            settings = json.loads(result.output)
-        except ValueError:
-            return None
-        machine_id = settings.get("machineId") if isinstance(settings, dict) else None
-        return machine_id if isinstance(machine_id, str) and machine_id else None
 
     def _require_happy(self, result: CommandResult) -> None:
         if result.exit_status == 127:

@@ -6,10 +6,11 @@ from app.models.happy import HappyAccount
 from app.models.plan import Plan
 from app.models.server import Server
 from app.models.user import User
-from app.models.vibebox import ProvisioningStep, VibeBox
+from app.models.vibebox import BoxEvent, ProvisioningStep, VibeBox
 
 __all__ = [
     "Base",
+    "BoxEvent",
     "HappyAccount",
     "Order",
     "PaymentEvent",

@@ -67,13 +67,30 @@ class VibeBox(UUIDPk, Timestamps, Base):
     happy_machine_id: Mapped[str | None] = mapped_column(String(64))
     # Where a teardown that is canceled (renewal before it began) returns the box to.
     resume_status: Mapped[str | None] = mapped_column(String(24))
-    # Set while the box's server fails health probes: the owner sees it is degraded.
+    # Set while the box's server fails health probes or its daemon is down.
     degraded_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    degraded_reason: Mapped[str | None] = mapped_column(Text)  # safe to show the owner
+    # The box's own unprivileged Unix user on its server (created by configure_server,
+    # deleted by teardown); the uid is what teardown verifies by.
+    unix_user: Mapped[str | None] = mapped_column(String(32))
+    unix_uid: Mapped[int | None] = mapped_column(Integer)
+    # sha256 of the pool login's authorized_keys when the box was configured: teardown
+    # checks that the box's tenancy left the operator's channel unchanged.
+    login_keys_digest: Mapped[str | None] = mapped_column(String(64))
+    # Automatic restarts of a crashed daemon by the health sweep (bounded, with backoff).
+    daemon_restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    daemon_restarted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     steps: Mapped[list[ProvisioningStep]] = relationship(
         back_populates="vibebox",
         order_by="ProvisioningStep.position",
         cascade="all, delete-orphan",
+    )
+    events: Mapped[list[BoxEvent]] = relationship(
+        back_populates="vibebox",
+        order_by="BoxEvent.created_at",
+        cascade="all, delete-orphan",
+        lazy="raise_on_sql",
     )
 
 
@@ -99,3 +116,21 @@ class ProvisioningStep(UUIDPk, Base):
     )
 
     vibebox: Mapped[VibeBox] = relationship(back_populates="steps")
+
+
+class BoxEvent(UUIDPk, Base):
+    """Something that happened to a running box outside its steps (the daemon crashed and
+    was restarted, sessions were ended by a stop, ...): part of the timeline owners read."""
+
+    __tablename__ = "box_events"
+    __table_args__ = (Index("ix_box_events_vibebox_id_created_at", "vibebox_id", "created_at"),)
+
+    vibebox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("vibeboxes.id", ondelete="CASCADE"))
+    # clock_timestamp(), not now(): events of one transaction keep their order.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("clock_timestamp()")
+    )
+    kind: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)  # safe to show the owner
+
+    vibebox: Mapped[VibeBox] = relationship(back_populates="events")

@@ -1,4 +1,4 @@
-"""Owner control actions on a running box: start, stop, restart (seed 3.2 controlVibeBox).
+"""Owner control actions on a running box: start, stop, restart.
 
 The API moves the box to a transitional status (one action at a time, under the box's row
 lock); a worker task does the SSH work and confirms the result against the Happy server's
@@ -23,12 +23,13 @@ from app.errors import (
     PermanentError,
     TransientError,
 )
+from app.integrations.box_host import BoxHost, BoxUser
 from app.integrations.happy import HappyCredentials
-from app.integrations.ssh import BoxSession, SSHTarget
+from app.integrations.ssh import SSHTarget
 from app.models import Server, VibeBox
-from app.services import happy_accounts, pool
+from app.services import events, happy_accounts, pool
 from app.services.provisioning import utcnow
-from app.services.steps import StepContext, wait_for_daemon
+from app.services.steps import StepContext, bring_up_daemon, wait_for_daemon
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class ActionPlan:
     box_id: uuid.UUID
     action: str
     target: SSHTarget
+    user: BoxUser
     creds: HappyCredentials
     machine_id: str
 
@@ -89,70 +91,77 @@ def plan_action(session: Session, box_id: uuid.UUID, ctx: StepContext) -> Action
     action = TRANSITIONAL[box.status]
     server = session.get(Server, box.server_id) if box.server_id else None
     creds = happy_accounts.get_credentials(session, box.user_id, ctx.settings.encryption_key)
-    if server is None or creds is None or not box.happy_machine_id:
-        raise PermanentError("box has no server/account/machine", safe_message="Internal error.")
+    if server is None or creds is None or not box.happy_machine_id or not box.unix_user:
+        raise PermanentError(
+            "box has no server/account/machine/unix user", safe_message="Internal error."
+        )
     box.attempts += 1
     return ActionPlan(
         box_id=box.id,
         action=action,
         target=pool.ssh_target_for(server, ctx.settings.encryption_key),
+        user=BoxUser(box.unix_user, box.unix_uid),
         creds=creds,
         machine_id=box.happy_machine_id,
     )
 
 
 def execute_action(plan: ActionPlan, ctx: StepContext) -> dict[str, Any]:
-    """SSH + confirmation against Happy; no database. Returns what was observed."""
+    """SSH, then confirmation; no database. Returns what was observed.
 
-    def happy_pid() -> Any:
-        machines = ctx.happy.list_machines(plan.creds.token, plan.creds.secret)
-        for machine in machines:
-            if machine.id == plan.machine_id:
-                return (machine.daemon_state or {}).get("pid")
-        return None
+    Liveness on the box is the first signal: ``stop`` ends the daemon AND every process of
+    the box user (a Happy session is a shell for whoever holds the account: stopped means
+    nobody is on the box any more) and is confirmed by uid on the box alone, so stopping a
+    crashed daemon succeeds at once. ``start``/``restart`` then wait for the Happy server
+    to list the machine running with the new daemon's pid (the second signal).
+    """
 
-    before = happy_pid() if plan.action == "restart" else None
-
-    def act(box: BoxSession) -> bool:
+    def act(host: BoxHost) -> tuple[int, int | None]:
+        ended = 0
         if plan.action in ("stop", "restart"):
-            box.stop_daemon()
-        if plan.action in ("start", "restart"):
-            box.start_daemon()
-        return box.daemon_status()
+            ended = host.end_all_processes(plan.user)
+        if plan.action == "stop":
+            return ended, None
+        bring_up_daemon(host, plan.user, plan.creds, ctx)
+        liveness = host.liveness(plan.user)
+        if not liveness.alive:
+            raise _transient("the daemon is not alive on the box after `happy daemon start`")
+        return ended, liveness.pid
 
-    running_on_box = ctx.on_box(plan.target, act)
+    ended, pid = ctx.on_host(plan.target, act)
     if plan.action == "stop":
-        if running_on_box:
-            raise _transient("the daemon still runs after `happy daemon stop`")
-        machine = wait_for_daemon(
-            ctx,
-            plan.creds,
-            plan.machine_id,
-            lambda m: m.daemon_status != "running",
-            what="stopped",
-        )
-    else:
-        machine = wait_for_daemon(
-            ctx,
-            plan.creds,
-            plan.machine_id,
-            lambda m: (
-                m.daemon_status == "running"
-                and (before is None or (m.daemon_state or {}).get("pid") != before)
-            ),
-        )
-    return {"daemonState": machine.daemon_state}
+        return {"processesEnded": ended}
+    machine = wait_for_daemon(
+        ctx,
+        plan.creds,
+        plan.machine_id,
+        lambda m: m.daemon_status == "running" and (m.daemon_state or {}).get("pid") == pid,
+    )
+    return {"processesEnded": ended, "daemonState": machine.daemon_state}
 
 
 def _transient(message: str) -> Exception:
     return TransientError(message, safe_message="The Happy daemon did not change state yet.")
 
 
-def finish_action(session: Session, box_id: uuid.UUID) -> str | None:
+def finish_action(
+    session: Session, box_id: uuid.UUID, observed: dict[str, Any] | None = None
+) -> str | None:
     box = session.get(VibeBox, box_id, with_for_update=True, populate_existing=True)
     if box is None or box.status not in TRANSITIONAL:
         return None
     action = TRANSITIONAL[box.status]
+    ended = (observed or {}).get("processesEnded", 0)
+    message = {
+        "start": "Started: the Happy daemon runs again.",
+        "stop": f"Stopped: the Happy daemon and all sessions ended ({ended} processes).",
+        "restart": f"Restarted: every process ended ({ended}), the Happy daemon started.",
+    }[action]
+    events.record(session, box, action, message)
+    if action in ("start", "restart") and box.degraded_reason and box.degraded_since:
+        box.degraded_since = None  # an owner's (re)start clears a daemon that was down
+        box.degraded_reason = None
+    box.daemon_restarts = 0
     box.status = ACTIONS[action][2]
     box.step = None
     box.attempts = 0

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 ENDED = ("terminating", "terminated")
 PROBED_STATES = ("available", "allocated", "unhealthy", "draining")
+SERVER_DOWN = "The box's server does not answer health checks; we are looking into it."
 
 
 def _live_box_exists() -> Exists:
@@ -116,10 +117,11 @@ def record_probe(
         )
     )
     if box is not None:
-        if ok and box.degraded_since is not None:
-            box.degraded_since = None
+        if ok and box.degraded_reason == SERVER_DOWN:
+            box.degraded_since = box.degraded_reason = None
             log.info("box %s: server answers again; no longer degraded", box.id)
-        elif not ok and box.degraded_since is None:
-            box.degraded_since = utcnow()
+        elif not ok and box.degraded_reason != SERVER_DOWN:
+            box.degraded_since = box.degraded_since or utcnow()
+            box.degraded_reason = SERVER_DOWN
             log.warning("box %s degraded: its server fails health probes", box.id)
     return server

@@ -62,6 +62,7 @@ from app.errors import (
     ValidationError,
 )
 from app.integrations import ssh
+from app.integrations.box_host import BoxEnvironmentError, BoxHost
 from app.integrations.ssh import SSHTarget
 from app.models import Plan, Server, VibeBox
 
@@ -160,7 +161,8 @@ def check_connection(
     target: SSHTarget, *, detect_resources: bool = False, timeout: float = 10.0
 ) -> ConnectionReport:
     """The real admission check: read the host key, compare it with the expected one (if
-    any), then log in with the key pinned and run a trivial command."""
+    any), log in with the key pinned, and check that the login can host boxes: root or
+    passwordless ``sudo -n`` (it creates one Unix user per box) and ``happy`` on its PATH."""
     actual = ssh.fetch_host_key_fingerprint(target.host, target.port, timeout=timeout)
     expected = target.host_key_fingerprint
     if expected is not None and actual != expected:
@@ -171,6 +173,12 @@ def check_connection(
     pinned = replace(target, host_key_fingerprint=actual)
     with ssh.BoxSession(pinned, connect_timeout=timeout, command_timeout=timeout) as box:
         latency = box.probe()
+        problem = BoxHost(box).check_operator().problem()
+        if problem is not None:
+            raise BoxEnvironmentError(
+                f"{target.user}@{target.host}: {problem}",
+                safe_message=f"The login cannot host boxes: {problem}.",
+            )
         resources = _detect_resources(box) if detect_resources else None
     return ConnectionReport(actual, round(latency * 1000), resources)
 
@@ -627,20 +635,32 @@ def record_probe(
 
 
 def cleanliness_problem(box: ssh.BoxSession) -> str | None:
-    """What still marks the last owner on the server (None: clean)."""
+    """What a box from before per-box users left in the pool login's ~/.happy."""
     if box.daemon_status():
-        return "the Happy daemon still runs"
+        return "the Happy daemon of the pool login still runs"
     result = box.run('d="${HAPPY_HOME_DIR:-$HOME/.happy}"; test -e "$d/access.key" && echo present')
     if "present" in result.output:
-        return "access.key is still there"
+        return "the pool login's access.key is still there"
     return None
 
 
-def scrub(box: ssh.BoxSession) -> str | None:
-    """Stop the daemon, wipe credentials and machine identity, then check (idempotent)."""
-    box.stop_daemon()
-    box.wipe_credentials()
-    return cleanliness_problem(box)
+def scrub(host: BoxHost, server_id: str) -> str | None:
+    """Remove every box user we created on the server (and a pre-per-box-user login's
+    Happy state), then check by uid; returns what is left (None: clean). Idempotent."""
+    problems = []
+    for user in host.box_users(server_id):
+        host.remove_user(user)
+        problem = host.leftovers(user)
+        if problem:
+            problems.append(problem)
+    session = host.session
+    if session.run("command -v happy >/dev/null").exit_status == 0:
+        session.stop_daemon()
+        session.wipe_credentials()
+        problem = cleanliness_problem(session)
+        if problem:
+            problems.append(problem)
+    return "; ".join(problems) if problems else None
 
 
 def servers_in_cleaning(session: Session) -> list[uuid.UUID]:

@@ -20,7 +20,7 @@ from app.config import Settings
 from app.errors import InvalidStateError, NotFoundError
 from app.integrations.happy import HappyCredentials
 from app.models import Plan, ProvisioningStep, Server, Subscription, User, VibeBox
-from app.services import happy_accounts, pool
+from app.services import events, happy_accounts, pool
 
 log = logging.getLogger(__name__)
 
@@ -126,27 +126,23 @@ def first_unfinished_step(box: VibeBox, phase: str = "provision") -> str | None:
 
 
 def web_url(settings: Settings, creds: HappyCredentials) -> str:
-    """The Happy web URL (seed 6.1.3). It carries credentials: owner-only, never logged."""
+    """The Happy web URL. It carries credentials: owner-only, never logged."""
     from urllib.parse import urlencode
 
     query = urlencode({"token": creds.token, "secret": creds.secret_b64, "embedded": "true"})
     return f"{settings.happy_web_url}?{query}"
 
 
-def ssh_command(server: Server) -> str:
-    port = f"-p {server.ssh_port} " if server.ssh_port != 22 else ""
-    return f"ssh {port}{server.ssh_user}@{server.host}"
-
-
 def connection_info(session: Session, settings: Settings, box: VibeBox) -> dict[str, str] | None:
-    """``{happyWebUrl, sshCommand}`` for a running box, else None."""
+    """``{happyWebUrl}`` for a running box, else None. (No SSH command: the pool login
+    is the operator's channel; the customer's shell on the box is a Happy session.)"""
     if box.status != "running" or box.server_id is None:
         return None
     creds = happy_accounts.get_credentials(session, box.user_id, settings.encryption_key)
     server = session.get(Server, box.server_id)
     if creds is None or server is None:
         return None
-    return {"happyWebUrl": web_url(settings, creds), "sshCommand": ssh_command(server)}
+    return {"happyWebUrl": web_url(settings, creds)}
 
 
 def connect_url(session: Session, settings: Settings, box: VibeBox) -> str:
@@ -317,13 +313,20 @@ def fail_box(
         # Credentials may be on it: scrubbed and verified before anyone else gets it.
         pool.release_server(session, server_id, to_state="cleaning")
         box.server_id = None
+        _forget_box_user(box)
         _reset_from(box, "allocate_server", keep_failed=name)
     log.warning("box %s: failed at %s: %s", box_id, name, safe_error)
     return server_id
 
 
 def move_to_another_server(
-    session: Session, box_id: uuid.UUID, name: str, *, reason: str, max_moves: int
+    session: Session,
+    box_id: uuid.UUID,
+    name: str,
+    *,
+    reason: str,
+    max_moves: int,
+    safe_reason: str = "The server did not answer.",
 ) -> bool:
     """Quarantine the box's server and send the box back to allocation.
 
@@ -339,14 +342,27 @@ def move_to_another_server(
     if allocation.attempts >= max_moves:
         session.flush()
         fail_box(
-            session, box_id, name, safe_error="No healthy server could be reached; we are on it."
+            session,
+            box_id,
+            name,
+            safe_error=f"{safe_reason} No healthy server could be used; we are on it.",
         )
         return False
     _reset_from(box, "allocate_server")
     box.status = "provisioning"
-    box.last_error = "The first server did not answer; moving your box to another one."
+    box.last_error = f"{safe_reason} Moving your box to another server."
+    events.record(session, box, "moved", box.last_error)
+    _forget_box_user(box)
     log.warning("box %s: moving off its server after %s failed: %s", box_id, name, reason)
     return True
+
+
+def _forget_box_user(box: VibeBox) -> None:
+    """The box left its server: its Unix user there goes with the server's scrub, and the
+    next server gets a user of its own."""
+    box.unix_user = None
+    box.unix_uid = None
+    box.login_keys_digest = None
 
 
 def _reset_from(box: VibeBox, name: str, *, keep_failed: str | None = None) -> None:
@@ -515,7 +531,9 @@ def describe_box(session: Session, settings: Settings, box: VibeBox) -> dict[str
             }
             for s in box.steps
         ],
+        "events": events.recent(session, box.id),
         "degraded": box.degraded_since is not None,
         "degradedSince": box.degraded_since,
+        "degradedReason": box.degraded_reason,
         "connectionInfo": connection_info(session, settings, box),
     }

@@ -26,6 +26,14 @@ from app.errors import (
     SSHAuthError,
     TransientError,
 )
+from app.integrations.box_host import (
+    BoxEnvironmentError,
+    BoxHost,
+    BoxUser,
+    box_gecos,
+    classify,
+    describe,
+)
 from app.integrations.happy import HappyAPI, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
 from app.models import Server, VibeBox
@@ -71,6 +79,9 @@ class StepContext:
     connect: Callable[[SSHTarget], BoxSession]
     heartbeat: Callable[[], None] = field(default=lambda: None)
     sessions: SessionPool | None = None  # reuse connections across steps of one box
+    # Store a refreshed Happy token at once (the runner commits it): a token the Happy
+    # server rejected is replaced on the box and in the database together.
+    save_token: Callable[[str], None] = field(default=lambda token: None)
 
     def on_box(self, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
         """Run ``work`` over SSH on ``target`` (a pooled connection when there is a pool)."""
@@ -78,6 +89,11 @@ class StepContext:
             return self.sessions.run(target, work)
         with self.connect(target) as box_session:
             return work(box_session)
+
+    def on_host(self, target: SSHTarget, work: Callable[[BoxHost], Any]) -> Any:
+        """Like :meth:`on_box`, with the server's box-user operations."""
+        url = self.settings.happy_server_url
+        return self.on_box(target, lambda s: work(BoxHost(s, default_happy_server_url=url)))
 
 
 class Step:
@@ -145,6 +161,33 @@ class AllocateServer(Step):
         return None
 
 
+@dataclass(frozen=True)
+class BoxPlan:
+    """Where a box lives and as whom: what the SSH steps and control actions need."""
+
+    box_id: str
+    server_id: str
+    target: SSHTarget
+    user: BoxUser
+    creds: HappyCredentials
+
+
+def box_user_of(box: VibeBox, ctx: StepContext) -> BoxUser:
+    """The box's Unix user on its current server: named once per (box, server) from both
+    ids and kept on the row, so a box moved to another server never meets its old user."""
+    if box.unix_user is None:
+        assert box.server_id is not None
+        suffix = box.id.hex[:8] + box.server_id.hex[:4]
+        box.unix_user = ctx.settings.provisioning.box_user_prefix + suffix
+    return BoxUser(box.unix_user, box.unix_uid)
+
+
+def box_plan(session: Session, box: VibeBox, ctx: StepContext) -> BoxPlan:
+    target, creds = _server_plan(session, box, ctx)
+    assert box.server_id is not None  # _server_plan
+    return BoxPlan(str(box.id), str(box.server_id), target, box_user_of(box, ctx), creds)
+
+
 def _server_plan(
     session: Session, box: VibeBox, ctx: StepContext
 ) -> tuple[SSHTarget, HappyCredentials]:
@@ -162,37 +205,100 @@ def _server_plan(
         ) from exc
 
 
-def _over_ssh(ctx: StepContext, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
+def _over_ssh_host(ctx: StepContext, target: SSHTarget, work: Callable[[BoxHost], Any]) -> Any:
+    """SSH trouble, or a server that cannot host boxes, moves the box elsewhere."""
     try:
-        return ctx.on_box(target, work)
-    except (HostUnreachableError, SSHAuthError, HostKeyMismatchError) as exc:
+        return ctx.on_host(target, work)
+    except (HostUnreachableError, SSHAuthError, HostKeyMismatchError, BoxEnvironmentError) as exc:
         raise ServerUnusableError(exc) from exc
 
 
 class ConfigureServer(Step):
+    """Create the box's own Unix user and write its Happy credentials as that user."""
+
     name = "configure_server"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        return _server_plan(session, box, ctx)
+        return box_plan(session, box, ctx)
 
-    def execute(self, plan: tuple[SSHTarget, HappyCredentials], ctx: StepContext) -> None:
-        target, creds = plan
-        # Atomic and idempotent: writing the same file again is harmless.
-        _over_ssh(ctx, target, lambda s: s.write_credentials(creds))
+    def execute(self, plan: BoxPlan, ctx: StepContext) -> tuple[int, str]:
+        def configure(host: BoxHost) -> tuple[int, str]:
+            operator = host.check_operator()
+            problem = operator.problem()
+            if problem is not None:
+                raise BoxEnvironmentError(
+                    f"ssh {host.where}: {problem}",
+                    safe_message=f"The server cannot host boxes: {problem}.",
+                )
+            uid = host.ensure_user(plan.user, box_gecos(plan.box_id, plan.server_id))
+            # Atomic and idempotent: writing the same file again is harmless.
+            host.write_credentials(BoxUser(plan.user.name, uid), plan.creds)
+            return uid, operator.authorized_keys_digest
+
+        return _over_ssh_host(ctx, plan.target, configure)
+
+    def record(
+        self, session: Session, box: VibeBox, result: tuple[int, str], ctx: StepContext
+    ) -> None:
+        box.unix_uid, digest = result
+        if box.login_keys_digest is None:
+            box.login_keys_digest = digest
+
+
+def bring_up_daemon(
+    host: BoxHost, user: BoxUser, creds: HappyCredentials, ctx: StepContext
+) -> tuple[bool, str | None]:
+    """Start the box user's daemon unless it runs, diagnosing a failed start before
+    classifying it. Returns (started now, machine id). Raises BoxEnvironmentError (the
+    server cannot host boxes: quarantine and move), TransientError (retry)."""
+    if host.liveness(user).alive:
+        return False, host.read_machine_id(user)
+    result = host.start_daemon(user, timeout=ctx.settings.provisioning.ssh_command_timeout_seconds)
+    if result.exit_status == 0 and host.liveness(user).alive:
+        return True, host.read_machine_id(user)
+    evidence = host.collect_evidence(user, creds)
+    found = describe(evidence)
+    kind = classify(evidence)
+    if kind == "environment":
+        raise BoxEnvironmentError(
+            f"ssh {host.where}: daemon of {user.name} did not start: {found}",
+            safe_message=f"The server could not run the Happy daemon: {found}. "
+            "It was taken out of the pool.",
+        )
+    if kind == "credentials":
+        host.write_credentials(user, creds)
+    elif _token_rejected(ctx, creds):
+        fresh = HappyCredentials(creds.secret, ctx.happy.create_account(creds.secret))
+        ctx.save_token(fresh.token)
+        host.write_credentials(user, fresh)
+        found = "the Happy server rejected the box's token; a new one was issued"
+    raise TransientError(
+        f"ssh {host.where}: daemon of {user.name} did not start: {found}",
+        safe_message=f"The Happy daemon did not start: {found}.",
+    )
+
+
+def _token_rejected(ctx: StepContext, creds: HappyCredentials) -> bool:
+    """Ask the Happy server whether the token still works (401 -> rejected)."""
+    try:
+        ctx.happy.get_profile(creds.token)
+    except PermanentError:
+        return True
+    except TransientError:
+        return False
+    return False
 
 
 class StartDaemon(Step):
     name = "start_daemon"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        return _server_plan(session, box, ctx)[0]
+        return box_plan(session, box, ctx)
 
-    def execute(self, plan: SSHTarget, ctx: StepContext) -> str:
-        def start(s: BoxSession) -> str | None:
-            s.start_daemon()  # checks `daemon status` first
-            return s.read_machine_id()
-
-        machine_id = _over_ssh(ctx, plan, start)
+    def execute(self, plan: BoxPlan, ctx: StepContext) -> str:
+        _, machine_id = _over_ssh_host(
+            ctx, plan.target, lambda host: bring_up_daemon(host, plan.user, plan.creds, ctx)
+        )
         if not machine_id:
             raise TransientError(
                 "daemon started but settings.json has no machineId yet",
@@ -222,62 +328,100 @@ class MarkRunning(Step):
         wait_for_daemon(ctx, creds, machine_id, lambda m: m.daemon_status == "running")
 
 
-def _teardown_target(session: Session, box: VibeBox, ctx: StepContext) -> SSHTarget | None:
+@dataclass(frozen=True)
+class TeardownPlan:
+    target: SSHTarget
+    user: BoxUser | None  # None: a box from before per-box users (it ran as the login)
+    login_keys_digest: str | None
+
+
+def _teardown_plan(session: Session, box: VibeBox, ctx: StepContext) -> TeardownPlan | None:
     if box.server_id is None:
         return None
     server = session.get(Server, box.server_id)
     if server is None:
         return None
     try:
-        return pool.ssh_target_for(server, ctx.settings.encryption_key)
+        target = pool.ssh_target_for(server, ctx.settings.encryption_key)
     except DecryptionError as exc:
         raise PermanentError(
             f"server {server.id} credential does not decrypt", safe_message="Internal error."
         ) from exc
+    user = BoxUser(box.unix_user, box.unix_uid) if box.unix_user else None
+    return TeardownPlan(target, user, box.login_keys_digest)
 
 
-def _over_ssh_retrying(
-    ctx: StepContext, target: SSHTarget, work: Callable[[BoxSession], Any]
-) -> Any:
+def _over_ssh_retrying(ctx: StepContext, target: SSHTarget, work: Callable[[BoxHost], Any]) -> Any:
     """Teardown must finish on *this* server: SSH trouble is retried, not moved around."""
     try:
-        return ctx.on_box(target, work)
+        return ctx.on_host(target, work)
     except (HostUnreachableError, SSHAuthError, HostKeyMismatchError) as exc:
         raise TransientError(str(exc), safe_message=exc.safe_message) from exc
 
 
 class StopDaemon(Step):
+    """End the daemon and every session of the box user: the customer's access ends."""
+
     name = "stop_daemon"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
         if subscription_renewed(session, box):
             raise TeardownCanceledError(cancel_teardown(session, box))
-        return _teardown_target(session, box, ctx)
+        return _teardown_plan(session, box, ctx)
 
-    def execute(self, plan: SSHTarget, ctx: StepContext) -> None:
-        _over_ssh_retrying(ctx, plan, lambda s: s.stop_daemon())
+    def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
+        def stop(host: BoxHost) -> None:
+            if plan.user is None:
+                legacy_login_scrub(host.session)
+            else:
+                host.end_all_processes(plan.user)
+
+        _over_ssh_retrying(ctx, plan.target, stop)
 
 
 class WipeCredentials(Step):
+    """Delete the box user: its home (credentials included), crontab, at jobs, units,
+    lingering and its files in the shared writable places."""
+
     name = "wipe_credentials"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        return _teardown_target(session, box, ctx)
+        return _teardown_plan(session, box, ctx)
 
-    def execute(self, plan: SSHTarget, ctx: StepContext) -> None:
-        _over_ssh_retrying(ctx, plan, lambda s: s.wipe_credentials())
+    def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
+        def wipe(host: BoxHost) -> None:
+            if plan.user is None:
+                legacy_login_scrub(host.session)
+            else:
+                host.remove_user(plan.user)
+
+        _over_ssh_retrying(ctx, plan.target, wipe)
 
 
 class VerifyClean(Step):
+    """Prove by uid that nothing of the box user remains (and the login is untouched)."""
+
     name = "verify_clean"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        return _teardown_target(session, box, ctx)
+        return _teardown_plan(session, box, ctx)
 
-    def execute(self, plan: SSHTarget, ctx: StepContext) -> None:
-        problem = _over_ssh_retrying(ctx, plan, pool.cleanliness_problem)
+    def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
+        def verify(host: BoxHost) -> str | None:
+            if plan.user is None:
+                return pool.cleanliness_problem(host.session)
+            return host.leftovers(plan.user, login_keys_digest=plan.login_keys_digest)
+
+        problem = _over_ssh_retrying(ctx, plan.target, verify)
         if problem:
             raise TransientError(problem, safe_message="The server is not clean yet.")
+
+
+def legacy_login_scrub(session: BoxSession) -> None:
+    """Boxes configured before per-box users ran as the pool login: stop its daemon and
+    wipe its ~/.happy (idempotent; nothing to do on a server that never had one)."""
+    session.stop_daemon()
+    session.wipe_credentials()
 
 
 STEP_IMPLEMENTATIONS: dict[str, Step] = {

@@ -14,6 +14,7 @@ from app.models import HappyAccount, Server, VibeBox
 from app.services.provisioning import STEPS
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
+from tests.support.sshd import BoxAccount
 
 
 def _wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -22,6 +23,12 @@ def _wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[n
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def _account(box_id: str) -> BoxAccount:
+    account = BoxAccount.of_box(box_id)
+    assert account is not None, f"box {box_id} has no Unix user"
+    return account
 
 
 def test_worker_sigkilled_during_each_step_still_runs_every_box_once(
@@ -70,7 +77,7 @@ def test_worker_sigkilled_during_each_step_still_runs_every_box_once(
             ).all()
             assert len(accounts) == 1
         db_session.remove()
-        keys = [json.loads(s.access_key_path.read_text()) for s in servers]
+        keys = [json.loads(_account(b).access_key_path.read_text()) for b in box_ids]
         assert len({k["secret"] for k in keys}) == len(STEPS)
     finally:
         for s in servers:
@@ -109,7 +116,7 @@ def test_twenty_concurrent_provisions_get_twenty_distinct_servers(
         ).all()
         db_session.remove()
         assert len(set(server_ids)) == 20 and None not in server_ids
-        assert all(s.access_key_path.exists() for s in servers)
+        assert all(_account(i).access_key_path.exists() for i in ids)
     finally:
         for s in servers:
             box_fleet.remove(s)

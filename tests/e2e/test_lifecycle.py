@@ -20,6 +20,7 @@ from tests.conftest import STRIPE_WEBHOOK_SECRET
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.payments import stripe_double as sd
+from tests.support.sshd import BoxAccount
 
 
 def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -33,8 +34,14 @@ def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped
         time.sleep(0.1)
 
 
-def happy_status(happy_double, sshbox) -> str | None:
-    key = json.loads(sshbox.access_key_path.read_text())
+def account_of(box_id: str) -> BoxAccount:
+    account = BoxAccount.of_box(box_id)
+    assert account is not None, f"box {box_id} has no Unix user"
+    return account
+
+
+def happy_status(happy_double, box_id: str) -> str | None:
+    key = json.loads(account_of(box_id).access_key_path.read_text())
     machines = HappyClient(happy_double.url).list_machines(
         key["token"], base64.b64decode(key["secret"])
     )
@@ -42,9 +49,12 @@ def happy_status(happy_double, sshbox) -> str | None:
     return machines[0].daemon_status
 
 
-def daemon_pid(sshbox) -> int | None:
+def daemon_pid(box_id: str) -> int | None:
+    account = BoxAccount.of_box(box_id)
+    if account is None:
+        return None
     try:
-        return int(json.loads(sshbox.daemon_state_path.read_text())["pid"])
+        return int(json.loads(account.daemon_state_path.read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -87,19 +97,19 @@ def test_stop_start_restart_are_confirmed_against_happy(
     response = control(user, box_id, "stop")
     assert response.status_code == 202 and response.get_json()["status"] == "stopping"
     assert user.wait_for(box_id, {"stopped", "error"})["status"] == "stopped"
-    assert not pid_alive(daemon_pid(box))
-    assert happy_status(happy_double, box) != "running"
+    assert not pid_alive(daemon_pid(box_id))
+    assert happy_status(happy_double, box_id) != "running"
 
     assert control(user, box_id, "start").get_json()["status"] == "starting"
     assert user.wait_for(box_id, {"running", "error"})["status"] == "running"
-    assert pid_alive(daemon_pid(box)) and happy_status(happy_double, box) == "running"
+    assert pid_alive(daemon_pid(box_id)) and happy_status(happy_double, box_id) == "running"
 
-    before = daemon_pid(box)
+    before = daemon_pid(box_id)
     assert control(user, box_id, "restart").get_json()["status"] == "restarting"
     assert user.wait_for(box_id, {"running", "error"})["status"] == "running"
-    after = daemon_pid(box)
+    after = daemon_pid(box_id)
     assert after != before and pid_alive(after) and not pid_alive(before)
-    assert happy_status(happy_double, box) == "running"
+    assert happy_status(happy_double, box_id) == "running"
 
 
 def test_invalid_double_and_foreign_actions(admin, make_user, add_to_pool, box, celery_worker):
@@ -213,7 +223,8 @@ def test_expired_subscription_is_torn_down_wiped_and_the_server_reused(
 
     user, order, _ = _paid_stripe_box(make_user, add_to_pool, box, payment_doubles)
     box_id = order["vibeBoxId"]
-    old_token = json.loads(box.access_key_path.read_text())["token"]
+    old = account_of(box_id)
+    old_pid = daemon_pid(box_id)
     _lapse(order["subscriptionId"])
     expire_subscriptions.delay()
 
@@ -223,8 +234,8 @@ def test_expired_subscription_is_torn_down_wiped_and_the_server_reused(
         "wipe_credentials",
         "verify_clean",
     ]
-    assert not box.access_key_path.exists()
-    assert not pid_alive(daemon_pid(box))
+    assert not old.access_key_path.exists() and not old.exists() and old.pids() == []
+    assert not pid_alive(old_pid)
     subs = user.get("/api/subscriptions").get_json()["subscriptions"]
     assert subs[0]["status"] == "expired"
     wait_until(lambda: server_state(box.port).state == "available", 30, "server back in the pool")
@@ -236,8 +247,9 @@ def test_expired_subscription_is_torn_down_wiped_and_the_server_reused(
     session = db_session()
     assert session.get(VibeBox, uuid.UUID(new_box)).server_id == server_state(box.port).id
     db_session.remove()
-    # The new owner's credentials, not the old ones.
-    assert json.loads(box.access_key_path.read_text())["token"] != old_token
+    # The new owner's user and credentials, nothing of the old ones.
+    new = account_of(new_box)
+    assert new.name != old.name and new.access_key_path.exists()
 
 
 def test_renewal_between_expiry_and_teardown_keeps_the_box(
@@ -247,7 +259,7 @@ def test_renewal_between_expiry_and_teardown_keeps_the_box(
 
     user, order, paid = _paid_stripe_box(make_user, add_to_pool, box, payment_doubles)
     box_id = order["vibeBoxId"]
-    pid = daemon_pid(box)
+    pid = daemon_pid(box_id)
     _lapse(order["subscriptionId"])
 
     celery_worker.stop()  # the teardown is queued but has not begun
@@ -266,7 +278,8 @@ def test_renewal_between_expiry_and_teardown_keeps_the_box(
     )
     assert doc["status"] == "running"
     assert all(s["state"] == "skipped" for s in doc["timeline"][-3:])
-    assert box.access_key_path.exists() and daemon_pid(box) == pid and pid_alive(pid)
+    assert account_of(box_id).access_key_path.exists()
+    assert daemon_pid(box_id) == pid and pid_alive(pid)
     assert user.get("/api/subscriptions").get_json()["subscriptions"][0]["status"] == "active"
 
 
@@ -276,6 +289,7 @@ def test_teardown_interrupted_by_worker_sigkill_still_completes(
     from workers.maintenance import expire_subscriptions
 
     user, order, _ = _paid_stripe_box(make_user, add_to_pool, box, payment_doubles)
+    account = account_of(order["vibeBoxId"])
     redis = get_redis(settings.redis_url)
     redis.set(PAUSE_KEY.format(user.user_id), "wipe_credentials", ex=120)
     _lapse(order["subscriptionId"])
@@ -286,7 +300,7 @@ def test_teardown_interrupted_by_worker_sigkill_still_completes(
     celery_worker.start()
 
     assert user.wait_for(order["vibeBoxId"], {"terminated"}, timeout=90)["status"] == "terminated"
-    assert not box.access_key_path.exists()
+    assert not account.exists() and account.pids() == []
     wait_until(lambda: server_state(box.port).state == "available", 30, "server back in the pool")
 
 
@@ -316,20 +330,39 @@ def test_a_lost_control_message_and_a_server_stuck_in_cleaning_are_reconciled(
         box_fleet.remove(spare)
 
 
-def test_a_control_action_that_cannot_succeed_ends_in_a_readable_error(
+def test_a_start_with_broken_credentials_on_the_box_is_diagnosed_and_repaired(
     admin, make_user, add_to_pool, box
 ):
     user, box_id = running_box(admin, make_user, add_to_pool, box)
     assert control(user, box_id, "stop").status_code == 202
     assert user.wait_for(box_id, {"stopped", "error"})["status"] == "stopped"
     # Someone broke the credentials on the box: base64url is "no credentials" to the CLI.
-    key = json.loads(box.access_key_path.read_text())
+    account = account_of(box_id)
+    good = account.access_key_path.read_text()
+    key = json.loads(good)
     key["secret"] = key["secret"].replace("+", "-").replace("/", "_").rstrip("=")
-    box.access_key_path.write_text(json.dumps(key))
+    account.access_key_path.write_text(json.dumps(key))
     assert control(user, box_id, "start").status_code == 202
     doc = user.wait_for(box_id, {"running", "error"})
+    assert doc["status"] == "running", doc  # the evidence said "key file changed": rewritten
+    assert json.loads(account.access_key_path.read_text()) == json.loads(good)
+
+
+def test_a_control_action_that_cannot_succeed_ends_in_a_readable_error(
+    admin, make_user, add_to_pool, box, happy_double
+):
+    user, box_id = running_box(admin, make_user, add_to_pool, box)
+    assert control(user, box_id, "stop").status_code == 202
+    assert user.wait_for(box_id, {"stopped", "error"})["status"] == "stopped"
+    happy_double.fail_next(10_000, status=503, path="/v1/machines")
+    try:
+        assert control(user, box_id, "start").status_code == 202
+        doc = user.wait_for(box_id, {"running", "error"}, timeout=90)
+    finally:
+        happy_double.reset_faults()
     assert doc["status"] == "error"
-    assert doc["lastError"] == "The Happy daemon rejected its credentials."
+    assert doc["lastError"].startswith("The Happy daemon did not start")
+    assert "503" in doc["lastError"]  # what the daemon's log said, for the operator
 
 
 def test_admin_terminate_tears_down_and_returns_the_server(admin, make_user, add_to_pool, box):
@@ -338,8 +371,9 @@ def test_admin_terminate_tears_down_and_returns_the_server(admin, make_user, add
     response = admin.post(f"/api/admin/vibeboxes/{box_id}/terminate")
     assert response.status_code == 202
     assert response.get_json()["vibeBox"]["status"] == "terminating"
+    account = account_of(box_id)
     assert user.wait_for(box_id, {"terminated"}, timeout=60)["status"] == "terminated"
-    assert not box.access_key_path.exists()
+    assert not account.exists() and not account.access_key_path.exists()
     wait_until(lambda: server_state(box.port).state == "available", 30, "server back in the pool")
     again = admin.post(f"/api/admin/vibeboxes/{box_id}/terminate")
     assert again.status_code == 202 and again.get_json()["vibeBox"]["status"] == "terminated"

@@ -15,6 +15,7 @@ from app.db import db_session
 from app.models import Order, PaymentEvent, Subscription, VibeBox
 from tests.conftest import STRIPE_WEBHOOK_SECRET
 from tests.support.payments import stripe_double as sd
+from tests.support.sshd import BoxAccount
 
 
 def checkout(user, provider: str, plan: str = "basic", cycle: str = "monthly") -> dict:
@@ -336,7 +337,8 @@ def test_a_full_refund_takes_the_box_back_and_frees_the_server(
     response = post_webhook(user, "alipay", refund, ad.NOTIFY_HEADERS)
     assert response.status_code == 200 and response.get_data() == b"success"
     assert order_doc(user, started["orderId"])["status"] == "refunded"
+    account = BoxAccount.of_box(order["vibeBoxId"])
     assert user.wait_for(order["vibeBoxId"], {"terminated"}, timeout=60)["status"] == "terminated"
-    assert not box.access_key_path.exists()
+    assert account is not None and not account.exists() and account.pids() == []
     subs = user.get("/api/subscriptions").get_json()["subscriptions"]
     assert subs[0]["status"] == "canceled"

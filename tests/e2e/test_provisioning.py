@@ -6,6 +6,7 @@ import base64
 import json
 import stat
 import uuid
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -13,6 +14,7 @@ from app.db import db_session
 from app.integrations.happy import HappyClient
 from app.models import HappyAccount, Server, VibeBox
 from tests.e2e.conftest import provision
+from tests.support.sshd import BoxAccount
 
 
 def _server_of(box_id: str) -> Server:
@@ -41,10 +43,21 @@ def test_provision_to_running_with_honest_credentials(
     assert all(s["startedAt"] and s["finishedAt"] for s in doc["timeline"])
     assert doc["lastError"] is None
 
-    # access.key: 0600 in a 0700 dir, parses as the CLI requires (standard padded base64).
-    assert stat.S_IMODE(box.happy_dir.stat().st_mode) == 0o700
-    assert stat.S_IMODE(box.access_key_path.stat().st_mode) == 0o600
-    key = json.loads(box.access_key_path.read_text())
+    # The box runs as its own unprivileged Unix user, not as the pool login.
+    account = BoxAccount.of_box(box_id)
+    assert account is not None and account.name != box.user and account.uid != 0
+    assert stat.S_IMODE(account.home.stat().st_mode) == 0o700
+    assert not (box.home / ".happy").exists()
+    # access.key: 0600 in a 0700 dir, owned by the box user, parses as the CLI requires.
+    assert stat.S_IMODE(account.happy_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(account.access_key_path.stat().st_mode) == 0o600
+    assert account.access_key_path.stat().st_uid == account.uid
+    daemon_pid = json.loads(account.daemon_state_path.read_text())["pid"]
+    assert Path(f"/proc/{daemon_pid}").stat().st_uid == account.uid
+    # The box user cannot read the operator's home nor use sudo.
+    assert account.run(f"ls {box.home}").returncode != 0
+    assert account.run("sudo -n true").returncode != 0
+    key = json.loads(account.access_key_path.read_text())
     assert set(key) == {"secret", "token"}
     assert len(base64.b64decode(key["secret"], validate=True)) == 32
     # ...and its token lists this machine as running on the Happy double.
@@ -54,7 +67,7 @@ def test_provision_to_running_with_honest_credentials(
 
     # Connect URL: only when running, carries the same credentials.
     info = doc["connectionInfo"]
-    assert info["sshCommand"].endswith(f"{box.user}@127.0.0.1")
+    assert "sshCommand" not in info  # the pool login is the operator's channel only
     connect = user.post(f"/api/vibeboxes/{box_id}/connect")
     assert connect.status_code == 200
     assert connect.headers["Cache-Control"] == "no-store"
@@ -191,7 +204,7 @@ def test_changed_host_key_is_refused_and_never_written_to(admin, make_user, add_
         box_id = provision(admin, user)
         doc = user.wait_for(box_id, {"waiting_for_capacity", "error", "running"})
         assert doc["status"] != "running"
-        assert not impostor.access_key_path.exists()
+        assert BoxAccount.of_box(box_id) is None  # no user was ever created for it
         session = db_session()
         server = session.scalars(select(Server)).one()
         db_session.remove()
@@ -217,8 +230,9 @@ def test_one_happy_account_per_user_across_boxes(admin, make_user, add_to_pool, 
         )
         db_session.remove()
         assert accounts == 1
-        keys = {json.loads(s.access_key_path.read_text())["secret"] for s in servers}
-        assert len(keys) == 1
+        accounts = [BoxAccount.of_box(i) for i in ids]
+        keys = {json.loads(a.access_key_path.read_text())["secret"] for a in accounts if a}
+        assert len(keys) == 1 and len({a.name for a in accounts if a}) == 2
     finally:
         for s in servers:
             box_fleet.remove(s)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import socket
-import stat
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,7 +19,6 @@ from app.errors import (
 )
 from app.integrations.happy import HappyClient, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession, SSHTarget, fetch_host_key_fingerprint
-from tests.support.happy_double import HappyDouble, make_secret
 from tests.support.sshd import BoxFleet, ClientKey, SSHBox
 
 STANDARD_PADDED_BASE64 = re.compile(
@@ -84,10 +79,10 @@ def test_host_key_mismatch_is_refused_before_login_and_nothing_runs(box: SSHBox)
     with pytest.raises(HostKeyMismatchError):
         session.connect()
     with pytest.raises(HostKeyMismatchError):
-        session.write_credentials(HappyCredentials(make_secret(), "token"))
+        session.run("touch ran")
 
     assert session.commands == []
-    assert not box.happy_dir.exists()
+    assert not (box.home / "ran").exists()
     assert "Accepted publickey" not in box.sshd_log()  # our key was never even offered
 
 
@@ -162,155 +157,16 @@ def test_probe_measures_a_round_trip(box: SSHBox) -> None:
     assert 0 < latency < 2
 
 
-# --- credentials ---------------------------------------------------------------------------
+# --- a login's own ~/.happy (boxes from before per-box users) ----------------------------
 
 
-def test_write_credentials_makes_private_dir_and_file_the_cli_accepts(
-    box: SSHBox, credentials: HappyCredentials
-) -> None:
+def test_legacy_wipe_removes_a_login_s_happy_state(box: SSHBox) -> None:
+    _write_raw_access_key(box, "{}")
+    happy = box.home / ".happy"
+    (happy / "settings.json").write_text("{}")
     with BoxSession(box.target()) as session:
-        session.write_credentials(credentials)
-        session.write_credentials(credentials)  # idempotent
-
-    uid = box.home.stat().st_uid
-    assert stat.S_IMODE(box.happy_dir.stat().st_mode) == 0o700
-    assert stat.S_IMODE(box.access_key_path.stat().st_mode) == 0o600
-    assert box.access_key_path.stat().st_uid == uid
-    content = json.loads(box.access_key_path.read_text())
-    assert STANDARD_PADDED_BASE64.match(content["secret"])
-    assert "+" in content["secret"] and "/" in content["secret"]
-    assert base64.b64decode(content["secret"]) == credentials.secret
-    assert content["token"] == credentials.token
-    assert sorted(p.name for p in box.happy_dir.iterdir()) == ["access.key"]  # no temp left
-
-
-def test_write_credentials_never_puts_secrets_on_a_command_line(
-    box: SSHBox, credentials: HappyCredentials
-) -> None:
-    with BoxSession(box.target()) as session:
-        session.write_credentials(credentials)
-        session.start_daemon()
-        session.stop_daemon()
-        session.wipe_credentials()
-        commands = "\n".join(session.commands)
-
-    for secret in (credentials.secret_b64, credentials.token, credentials.secret.hex()):
-        assert secret not in commands
-    assert "access.key" in commands  # the log did record the write
-
-
-def test_write_credentials_replaces_a_key_file_with_loose_permissions(
-    box: SSHBox, credentials: HappyCredentials
-) -> None:
-    _write_raw_access_key(box, "old")
-    box.access_key_path.chmod(0o644)
-
-    with BoxSession(box.target()) as session:
-        session.write_credentials(credentials)
-
-    assert stat.S_IMODE(box.access_key_path.stat().st_mode) == 0o600
-    assert json.loads(box.access_key_path.read_text())["token"] == credentials.token
-
-
-# --- the daemon ----------------------------------------------------------------------------
-
-
-def test_start_daemon_registers_machine_running_and_stop_reports_shutting_down(
-    box: SSHBox, happy_client: HappyClient, credentials: HappyCredentials
-) -> None:
-    with BoxSession(box.target()) as session:
-        assert session.read_machine_id() is None
-        session.write_credentials(credentials)
-        assert session.start_daemon() is True
-        machine_id = session.read_machine_id()
-        assert machine_id is not None
-        assert session.daemon_status() is True
-        running = _wait_for(_machine_with_status(happy_client, credentials, machine_id, "running"))
-        assert running.daemon_state and running.daemon_state["pid"] > 0
-
-        session.stop_daemon()
-
         assert session.daemon_status() is False
-        _wait_for(_machine_with_status(happy_client, credentials, machine_id, "shutting-down"))
-
-
-def test_start_daemon_skips_when_already_running(
-    box: SSHBox, credentials: HappyCredentials
-) -> None:
-    with BoxSession(box.target()) as session:
-        session.write_credentials(credentials)
-        assert session.start_daemon() is True
-        before = len(session.commands)
-
-        assert session.start_daemon() is False
-
-        assert session.commands[before:] == ["happy daemon status"]
-        session.stop_daemon()
-
-
-def test_daemon_survives_the_ssh_session(box: SSHBox, credentials: HappyCredentials) -> None:
-    with BoxSession(box.target()) as session:
-        session.write_credentials(credentials)
-        session.start_daemon()
-
-    with BoxSession(box.target()) as session:
-        assert session.daemon_status() is True
-        session.stop_daemon()
-
-
-def test_base64url_access_key_makes_daemon_start_fail_permanently(
-    box: SSHBox, credentials: HappyCredentials
-) -> None:
-    url_safe = base64.urlsafe_b64encode(credentials.secret).decode()
-    assert "-" in url_safe or "_" in url_safe
-    _write_raw_access_key(box, json.dumps({"secret": url_safe, "token": credentials.token}))
-
-    with BoxSession(box.target()) as session, pytest.raises(PermanentError) as caught:
-        session.start_daemon()
-    assert "Failed to start daemon" in str(caught.value)
-    assert credentials.token not in str(caught.value)
-
-
-def test_missing_credentials_make_daemon_start_fail_permanently(box: SSHBox) -> None:
-    with BoxSession(box.target()) as session, pytest.raises(PermanentError):
-        session.start_daemon()
-
-
-def test_wipe_credentials_removes_key_state_and_machine_identity(
-    box: SSHBox, credentials: HappyCredentials
-) -> None:
-    with BoxSession(box.target()) as session:
-        session.write_credentials(credentials)
-        session.start_daemon()
-        session.stop_daemon()
-
+        session.stop_daemon()  # nothing runs: still fine
         session.wipe_credentials()
         session.wipe_credentials()  # idempotent
-
-        assert session.read_machine_id() is None
-        assert session.daemon_status() is False
-    assert not box.access_key_path.exists()
-    assert not box.daemon_state_path.exists()
-
-
-def test_three_boxes_provision_concurrently(box_fleet: BoxFleet, happy_double: HappyDouble) -> None:
-    boxes = box_fleet.start(3)
-    client = HappyClient(happy_double.url)
-
-    def provision(box: SSHBox) -> None:
-        secret = make_secret()
-        creds = HappyCredentials(secret, client.create_account(secret))
-        with BoxSession(box.target()) as session:
-            session.write_credentials(creds)
-            session.start_daemon()
-            machine_id = session.read_machine_id()
-            assert machine_id is not None
-            _wait_for(_machine_with_status(client, creds, machine_id, "running"))
-            session.stop_daemon()
-
-    try:
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            list(pool.map(provision, boxes))  # re-raises the first failure here
-    finally:
-        for box in boxes:
-            box_fleet.remove(box)
+    assert not (happy / "access.key").exists() and not (happy / "settings.json").exists()

@@ -1,4 +1,4 @@
-"""A local Happy server double that speaks the real protocol (happy-contract.md).
+"""A local Happy server double that speaks the real protocol (docs/happy.md).
 
 Real HTTP on 127.0.0.1, so the code under test, a Celery worker process and the `happy`
 stand-in on the SSH test boxes all talk to it exactly as they would to happy-server:
@@ -7,6 +7,14 @@ stand-in on the SSH test boxes all talk to it exactly as they would to happy-ser
   by public key and issues a NEW ~280-char token each call (all stay valid). Wrong signature
   -> 401 ``Invalid signature``; missing fields / not JSON -> 400; malformed base64, base64url
   or wrong key/signature length -> 500, as the real server does.
+- Device linking, as ``authRoutes.ts``: ``POST /v1/auth/account/request {"publicKey"}``
+  (no auth) upserts a request for that X25519 key and answers ``{"state": "requested"}``,
+  or, once approved, ``{"state": "authorized", "token": <NEW token each call>, "response"}``;
+  ``POST /v1/auth/account/response {"publicKey", "response"}`` (Bearer) stores the first
+  answer (a later one is ignored) -> ``{"success": true}``, 404 ``Request not found`` for a
+  key never requested. Both: key not 32 bytes -> 401 ``Invalid public key``; missing fields
+  -> 400 (checked before the Bearer token, as Fastify validates before ``preHandler``);
+  malformed base64 -> 500.
 - ``GET /v1/machines``, ``POST /v1/machines`` (get-or-create by id, returned unchanged when
   it exists), ``GET /v1/machines/<id>``, ``GET /v1/account/profile``; Bearer errors as the
   real server words them.
@@ -84,6 +92,8 @@ class _State:
     accounts: dict[str, str] = field(default_factory=dict)  # public key hex -> account id
     tokens: dict[str, str] = field(default_factory=dict)  # token -> account id
     machines: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # device link requests: public key hex -> {"response": str | None, "account": str | None}
+    account_requests: dict[str, dict[str, str | None]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)  # "POST /v1/auth" -> n
 
 
@@ -183,6 +193,12 @@ class HappyDouble(ThreadedHTTPDouble):
         with self._lock:
             return self._state.accounts.get(public_key.hex())
 
+    def account_request(self, device_public_key: bytes) -> dict[str, str | None] | None:
+        """The stored device link request of ``device_public_key`` (``response``, ``account``)."""
+        with self._lock:
+            found = self._state.account_requests.get(device_public_key.hex())
+            return dict(found) if found is not None else None
+
     def machines_for_public_key(self, public_key: bytes) -> list[dict[str, Any]]:
         """Stored machines (sealed fields as sent) of the account of ``public_key``."""
         with self._lock:
@@ -195,6 +211,7 @@ class HappyDouble(ThreadedHTTPDouble):
                 "accounts": len(self._state.accounts),
                 "tokens": len(self._state.tokens),
                 "machines": len(self._state.machines),
+                "account_requests": len(self._state.account_requests),
                 "calls": dict(self._state.calls),
             }
 
@@ -234,6 +251,10 @@ class HappyDouble(ThreadedHTTPDouble):
             return 200, self.stats()
         if path == "/v1/auth" and method == "POST":
             return self._auth(body)
+        if path == "/v1/auth/account/request" and method == "POST":
+            return self._account_request(body)
+        if path == "/v1/auth/account/response" and method == "POST":
+            return self._account_response(authorization, body)
 
         parts = path.strip("/").split("/")
         known = path in ("/v1/machines", "/v1/account/profile") or (
@@ -241,12 +262,9 @@ class HappyDouble(ThreadedHTTPDouble):
         )
         if not known:
             return 404, {"error": "Not found", "path": path, "method": method}
-        if not authorization or not authorization.startswith("Bearer "):
-            return 401, {"error": "Missing authorization header"}
-        with self._lock:
-            account = self._state.tokens.get(authorization[len("Bearer ") :])
-        if account is None:
-            return 401, {"error": "Invalid token"}
+        account, refusal = self._authenticate(authorization)
+        if refusal is not None:
+            return refusal
 
         if path == "/v1/account/profile" and method == "GET":
             return 200, {
@@ -297,6 +315,54 @@ class HappyDouble(ThreadedHTTPDouble):
             token = self._new_token(account)
             self._state.tokens[token] = account
         return 200, {"success": True, "token": token}
+
+    def _authenticate(self, authorization: str | None) -> tuple[str, Response | None]:
+        """The account of a Bearer token, or the 401 the real server answers."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return "", (401, {"error": "Missing authorization header"})
+        with self._lock:
+            account = self._state.tokens.get(authorization[len("Bearer ") :])
+        if account is None:
+            return "", (401, {"error": "Invalid token"})
+        return account, None
+
+    def _account_request(self, body: bytes) -> Response:
+        payload = _json_object(body)
+        if payload is None or not isinstance(payload.get("publicKey"), str):
+            return 400, _validation_error("body must have required property 'publicKey'")
+        public_key = _b64decode_strict(payload["publicKey"])
+        if len(public_key) != 32:
+            return 401, {"error": "Invalid public key"}
+        with self._lock:
+            request = self._state.account_requests.setdefault(
+                public_key.hex(), {"response": None, "account": None}
+            )
+            response, account = request["response"], request["account"]
+            if not response or account is None:  # the server tests truthiness too
+                return 200, {"state": "requested"}
+            token = self._new_token(account)
+            self._state.tokens[token] = account
+        return 200, {"state": "authorized", "token": token, "response": response}
+
+    def _account_response(self, authorization: str | None, body: bytes) -> Response:
+        payload = _json_object(body)
+        if payload is None or not all(
+            isinstance(payload.get(k), str) for k in ("response", "publicKey")
+        ):
+            return 400, _validation_error("body must have required properties response, publicKey")
+        account, refusal = self._authenticate(authorization)
+        if refusal is not None:
+            return refusal
+        public_key = _b64decode_strict(payload["publicKey"])
+        if len(public_key) != 32:
+            return 401, {"error": "Invalid public key"}
+        with self._lock:
+            request = self._state.account_requests.get(public_key.hex())
+            if request is None:
+                return 404, {"error": "Request not found"}
+            if not request["response"]:
+                request.update(response=payload["response"], account=account)
+        return 200, {"success": True}
 
     def _create_machine(self, account: str, body: bytes) -> Response:
         payload = _json_object(body)
@@ -374,6 +440,16 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _validation_error(message: str) -> dict[str, Any]:
+    """Fastify's answer to a body its schema rejects."""
+    return {
+        "statusCode": 400,
+        "code": "FST_ERR_VALIDATION",
+        "error": "Bad Request",
+        "message": message,
+    }
 
 
 def _new_account_id() -> str:

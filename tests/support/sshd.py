@@ -20,6 +20,7 @@ import base64
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -42,6 +43,14 @@ from app.integrations.ssh import SSHTarget
 
 USER_PREFIX = "vbx_"
 GECOS_TAG = "vibebox-test pid="
+SUDOERS_DIR = Path("/etc/sudoers.d")
+# Box users the product creates (one per box) on these test servers are named with this
+# process's prefix (BOX_USER_PREFIX, see box_user_prefix()), so a run removes its own and a
+# later run removes those of a run that died, never anybody else's.
+PRODUCT_GECOS = "vibebox-box "
+PRODUCT_PREFIX_RE = re.compile(r"^vt([0-9a-z]+)-")
+# Where a box user could leave files on this machine (what teardown must empty).
+WRITABLE_TEST_PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/var/spool/cron", "/run/lock")
 DIR_PREFIX = "vbx-boxes-"
 HAPPY_CLI = Path(__file__).parent / "happy_cli" / "happy"
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
@@ -97,6 +106,40 @@ def _remove_user(user: str) -> None:
     # -f: killed daemons are orphans that this machine's init reaps only lazily; until
     # then they are zombies of the user and plain userdel refuses.
     _account_command(["userdel", "-f", "-r", user], ok=(0, 6, 12))
+    (SUDOERS_DIR / user).unlink(missing_ok=True)
+    subprocess.run(["crontab", "-r", "-u", user], capture_output=True, check=False)
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if number == 0:
+            return out
+
+
+def box_user_prefix(pid: int | None = None) -> str:
+    """BOX_USER_PREFIX for the product in this test process: ``vt<pid base 36>-``."""
+    return f"vt{_base36(os.getpid() if pid is None else pid)}-"
+
+
+def product_box_users(prefix: str | None = None) -> list[pwd.struct_passwd]:
+    """Box users the product created with ``prefix`` (any test run's when None)."""
+    return [
+        e
+        for e in pwd.getpwall()
+        if e.pw_gecos.startswith(PRODUCT_GECOS)
+        and PRODUCT_PREFIX_RE.match(e.pw_name)
+        and (prefix is None or e.pw_name.startswith(prefix))
+    ]
+
+
+def remove_product_box_users(prefix: str) -> None:
+    """Remove the product's box users of this run (what a failed teardown left)."""
+    for entry in product_box_users(prefix):
+        _remove_user(entry.pw_name)
 
 
 def sweep_stale_boxes(base_dir: str = "/tmp") -> None:
@@ -106,6 +149,16 @@ def sweep_stale_boxes(base_dir: str = "/tmp") -> None:
             owner = entry.pw_gecos[len(GECOS_TAG) :]
             if owner.isdigit() and not _pid_alive(int(owner)):
                 _remove_user(entry.pw_name)
+    for entry in product_box_users():
+        match = PRODUCT_PREFIX_RE.match(entry.pw_name)
+        if match and not _pid_alive(int(match.group(1), 36)):
+            _remove_user(entry.pw_name)
+    if SUDOERS_DIR.is_dir():
+        for path in SUDOERS_DIR.glob(f"{USER_PREFIX}*"):
+            try:
+                pwd.getpwnam(path.name)
+            except KeyError:
+                path.unlink(missing_ok=True)
     marker = f"/{DIR_PREFIX}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -123,6 +176,65 @@ def sweep_stale_boxes(base_dir: str = "/tmp") -> None:
         creator_pid = directory.name[len(DIR_PREFIX) :].split("-", 1)[0]
         if creator_pid.isdigit() and not _pid_alive(int(creator_pid)):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class BoxAccount:
+    """The Unix user the product created for one box (found by the box id in its GECOS),
+    seen from outside, as root, independently of the code under test."""
+
+    name: str
+    uid: int
+    home: Path
+
+    @classmethod
+    def of_box(cls, box_id: object) -> BoxAccount | None:
+        marker = f"{PRODUCT_GECOS.strip()} box={box_id} "
+        for entry in pwd.getpwall():
+            if entry.pw_gecos.startswith(marker):
+                return cls(entry.pw_name, entry.pw_uid, Path(entry.pw_dir))
+        return None
+
+    @property
+    def happy_dir(self) -> Path:
+        return self.home / ".happy"
+
+    @property
+    def access_key_path(self) -> Path:
+        return self.happy_dir / "access.key"
+
+    @property
+    def daemon_state_path(self) -> Path:
+        return self.happy_dir / "daemon.state.json"
+
+    def exists(self) -> bool:
+        try:
+            return pwd.getpwnam(self.name).pw_uid == self.uid
+        except KeyError:
+            return False
+
+    def pids(self) -> list[int]:
+        """Live (not zombie) processes of the uid, whatever the user database says."""
+        return _live_pids_of(self.uid)
+
+    def kill(self, pid: int) -> None:
+        """``kill -9`` one of this user's processes (a crash) and wait until it is gone."""
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def run(self, command: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` as this user (what a customer's Happy session could do)."""
+        return subprocess.run(
+            ["/usr/sbin/runuser", "-u", self.name, "--", "sh", "-c", command],
+            cwd=str(self.home),
+            env={"HOME": str(self.home), "PATH": "/usr/bin:/bin", "USER": self.name},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -180,7 +292,11 @@ class BoxRuntime:
         runtime._install_pynacl()
         happy = runtime.bin_dir / "happy"
         source = HAPPY_CLI.read_text().split("\n", 1)[1]
-        happy.write_text(f"#!{python}\n{source}")
+        # The box users' environment is built from scratch (no PYTHONPATH): the stand-in
+        # finds PyNaCl itself.
+        happy.write_text(
+            f"#!{python}\nimport sys; sys.path.insert(0, {str(runtime.lib_dir)!r})\n{source}"
+        )
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() or path == happy else 0o644)
         runtime._check_usable_by_others()
@@ -360,6 +476,12 @@ class SSHBox:
             ).stdout.strip()
             _account_command(["usermod", "-p", hashed, self.user])
         entry = pwd.getpwnam(self.user)
+        # The pool login is the operator's channel: passwordless sudo, a private home.
+        sudoers = SUDOERS_DIR / self.user
+        SUDOERS_DIR.mkdir(mode=0o755, exist_ok=True)
+        sudoers.write_text(f"{self.user} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+        Path(entry.pw_dir).chmod(0o700)
         ssh_dir = Path(entry.pw_dir) / ".ssh"
         ssh_dir.mkdir(mode=0o700)
         (ssh_dir / "authorized_keys").write_text(self.client_key.public_line + "\n")
@@ -416,8 +538,8 @@ class SSHBox:
         self._write_host_key()
         self.start()
 
-    def kill_daemon(self) -> None:
-        """Kill every process of the box user (the Happy daemon included) and wait for it."""
+    def kill_login_processes(self) -> None:
+        """Kill every process of the pool login user and wait for it."""
         uid = pwd.getpwnam(self.user).pw_uid
         subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True, check=False)
         deadline = time.monotonic() + 2
@@ -428,7 +550,7 @@ class SSHBox:
     def destroy(self) -> None:
         # The user's processes first, so the still-running sshd reaps its session processes
         # (orphans linger as zombies until init gets to them).
-        self.kill_daemon()
+        self.kill_login_processes()
         self.stop()
         _remove_user(self.user)
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -529,11 +651,13 @@ class BoxFleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def new_box(self, *, password: str | None = None) -> SSHBox:
+    def new_box(self, *, password: str | None = None, happy_url: str | None = None) -> SSHBox:
+        """A new box; ``happy_url`` overrides the HAPPY_SERVER_URL its sessions get (e.g. an
+        address nothing listens on, for a server that cannot reach Happy)."""
         box = SSHBox(
             self.directory / "boxes",
             self.runtime,
-            self.happy_url,
+            happy_url or self.happy_url,
             self.client_key,
             password=password,
         )
@@ -559,5 +683,8 @@ class BoxFleet:
         if boxes:
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda b: b.destroy(), boxes))
+        prefix = os.environ.get("BOX_USER_PREFIX", "")
+        if PRODUCT_PREFIX_RE.match(prefix):
+            remove_product_box_users(prefix)
         shutil.rmtree(self.directory, ignore_errors=True)
         atexit.unregister(self.close)

@@ -1,4 +1,4 @@
-"""Accounts: register, log in, log out, current session (seed 5.1)."""
+"""Accounts: register, log in, log out, current session."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plans, checkout, payment webhooks, subscriptions (seed 5.2, 6.2)."""
+"""Plans, checkout, payment webhooks, subscriptions."""
 
 from __future__ import annotations
 

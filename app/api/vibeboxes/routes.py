@@ -1,29 +1,60 @@
-"""A user's VibeBoxes: status polling (with ETag), connect URL (seed 5.3)."""
+"""A user's VibeBoxes: status polling (with ETag), connect, control."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
+from flask import Response, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
+from werkzeug.exceptions import UnsupportedMediaType
 
 from app import get_settings
 from app.api.vibeboxes.schemas import (
+    ConnectRequestSchema,
     ConnectResponseSchema,
     ControlRequestSchema,
     ControlResponseSchema,
     VibeBoxEnvelopeSchema,
     VibeBoxListSchema,
 )
+from app.config import Settings
 from app.db import db_session
-from app.services import control, provisioning
+from app.integrations.happy import HappyClient
+from app.services import connect, control, provisioning
 
 blp = Blueprint("vibeboxes", __name__, url_prefix="/api/vibeboxes", description="VibeBoxes")
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 # Running boxes' documents carry the connect URL: never in shared caches; revalidate by ETag.
 PRIVATE = {"Cache-Control": "private, no-cache"}
+NO_STORE = {"Cache-Control": "no-store"}
+CONNECT_ENDPOINT = "vibeboxes.VibeBoxConnect"
+
+_happy_clients = threading.local()  # per thread: a requests.Session is not thread-safe
+
+
+def happy_client(settings: Settings) -> HappyClient:
+    """The API process's Happy client (one HTTP session per thread and server URL), with the
+    timeouts the workers use."""
+    timeout = settings.provisioning.happy_timeout_seconds
+    key = (settings.happy_server_url, timeout)
+    cache: dict[tuple[str, float], HappyClient] = _happy_clients.__dict__.setdefault("by_url", {})
+    client = cache.get(key)
+    if client is None:
+        client = HappyClient(key[0], timeout=(min(3.05, timeout), timeout))
+        cache[key] = client
+    return client
+
+
+@blp.after_request
+def _connect_is_never_stored(response: Response) -> Response:
+    """Every answer of the connect route (errors too) is ``no-store``: it carries credentials."""
+    if request.endpoint == CONNECT_ENDPOINT:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blp.route("")
@@ -63,15 +94,33 @@ class VibeBoxDetail(MethodView):
 class VibeBoxConnect(MethodView):
     decorators = [jwt_required()]
 
+    @blp.arguments(ConnectRequestSchema, required=False)
     @blp.response(200, ConnectResponseSchema)
-    @blp.alt_response(409, description="The box is not running")
+    @blp.alt_response(404, description="No such box (or not yours)")
+    @blp.alt_response(409, description="The box is not running (`vibebox_not_running`)")
+    @blp.alt_response(415, description="A body that is not JSON")
+    @blp.alt_response(422, description="Malformed `deviceLink` or unknown fields")
+    @blp.alt_response(
+        502,
+        description="Happy refused the link (`happy_link_failed`, e.g. no pending request for "
+        "that device) or could not be reached (`happy_unavailable`)",
+    )
     @blp.doc(security=SECURITY)
-    def post(self, box_id: uuid.UUID):
-        """The Happy web URL of a running box (it carries credentials: keep it private)"""
-        session = db_session()
+    def post(self, data: dict[str, Any], box_id: uuid.UUID):
+        """Get into the box's Happy account from the Happy apps (answers are credentials)
+
+        No body (or `{}`): `happyWebUrl` (embedded web app) and `secretKey` (the Happy app's
+        "Restore with Secret Key"). `{"deviceLink": "happy:///account?..."}`: sign in the
+        Happy app that shows that link (its "Login with mobile app" / "Link or restore
+        account" screen); answers `{"linked": true}`."""
+        if request.content_length and not request.is_json:  # would be silently ignored
+            raise UnsupportedMediaType("Send the body as application/json (or no body).")
+        session, settings = db_session(), get_settings()
         box = provisioning.get_box(session, box_id, owner_id=current_user.id)
-        url = provisioning.connect_url(session, get_settings(), box)
-        return {"happyWebUrl": url}, 200, {"Cache-Control": "no-store"}
+        if "deviceLink" in data:
+            connect.link_device(session, settings, box, data["deviceLink"], happy_client(settings))
+            return {"linked": True}, 200, NO_STORE
+        return connect.connect_info(session, settings, box), 200, NO_STORE
 
 
 @blp.route("/<uuid:box_id>/control")

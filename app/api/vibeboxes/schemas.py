@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import RAISE, Schema, fields, validate
 
 
 class ProgressSchema(Schema):
@@ -17,9 +17,20 @@ class TimelineEntrySchema(Schema):
     lastError = fields.String(allow_none=True)
 
 
+class BoxEventSchema(Schema):
+    at = fields.DateTime(required=True)
+    kind = fields.String(
+        required=True,
+        metadata={
+            "description": "start, stop, restart, daemon_down, daemon_restarted, "
+            "daemon_gave_up, daemon_recovered"
+        },
+    )
+    message = fields.String(required=True)
+
+
 class ConnectionInfoSchema(Schema):
     happyWebUrl = fields.String(required=True)
-    sshCommand = fields.String(required=True)
 
 
 class VibeBoxSchema(Schema):
@@ -34,10 +45,17 @@ class VibeBoxSchema(Schema):
     createdAt = fields.DateTime(required=True)
     updatedAt = fields.DateTime(required=True)
     timeline = fields.List(fields.Nested(TimelineEntrySchema), required=True)
+    events = fields.List(
+        fields.Nested(BoxEventSchema),
+        required=True,
+        metadata={"description": "What happened to the box besides its steps, oldest first"},
+    )
     degraded = fields.Boolean(
-        required=True, metadata={"description": "The box's server fails health checks"}
+        required=True,
+        metadata={"description": "The box's server fails health checks or its daemon is down"},
     )
     degradedSince = fields.DateTime(allow_none=True)
+    degradedReason = fields.String(allow_none=True)
     connectionInfo = fields.Nested(ConnectionInfoSchema, allow_none=True)
 
 
@@ -49,8 +67,43 @@ class VibeBoxListSchema(Schema):
     vibeBoxes = fields.List(fields.Nested(VibeBoxSchema), required=True)
 
 
+class ConnectRequestSchema(Schema):
+    """Optional body of ``POST /api/vibeboxes/<id>/connect``."""
+
+    class Meta:
+        unknown = RAISE
+
+    deviceLink = fields.String(
+        metadata={
+            "description": "The `happy:///account?<key>` link (QR code) a Happy app shows under "
+            '"Login with mobile app" / "Link or restore account". Sent: that device is signed '
+            'in to your Happy account and the answer is `{"linked": true}`. Omitted (or no '
+            "body): the answer is the web URL and the secret key.",
+            "example": "happy:///account?fY5D6e5FneF8fzl5omztEbWtXQk7bkz0tnOUksJB8Fk",
+        }
+    )
+
+
 class ConnectResponseSchema(Schema):
-    happyWebUrl = fields.String(required=True)
+    """Without ``deviceLink``: ``happyWebUrl`` and ``secretKey``; with it: ``linked``."""
+
+    happyWebUrl = fields.String(
+        metadata={
+            "description": "Happy web app URL carrying the credentials, for clients that embed "
+            "it (the released Happy web app does not read them). Keep it private."
+        }
+    )
+    secretKey = fields.String(
+        metadata={
+            "description": "Your Happy account's secret key in the Happy app's backup format "
+            "(XXXXX-XXXXX-...): paste it into the Happy app's Restore account (\"Restore with "
+            'Secret Key Instead"). Anyone holding it owns the account: never store or log it.',
+            "example": "AAAQE-AYEAU-DAOCA-JBIFQ-YDIOB-4IBCE-QTCQK-RMFYY-DENBW-HA5DY-PQ",
+        }
+    )
+    linked = fields.Boolean(
+        metadata={"description": "True: the device of `deviceLink` is now signed in."}
+    )
 
 
 class ProvisionRequestSchema(Schema):

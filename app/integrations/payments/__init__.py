@@ -1,1 +1,1 @@
-"""Payment providers behind one small interface (seed 6.2); one module per provider."""
+"""Payment providers behind one small interface; one module per provider."""
