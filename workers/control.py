@@ -15,7 +15,7 @@ from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.services import control
 from workers import celery_app, get_settings
-from workers.provisioning import _backoff, step_context
+from workers.provisioning import _backoff, step_context, token_saver
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def run_action(self: Task, box_id: str) -> str:
     box_uuid = uuid.UUID(box_id)
     session = db_session()
     ctx = step_context()
+    ctx.save_token = token_saver(session, box_uuid)
     try:
         plan = control.plan_action(session, box_uuid, ctx)
         session.commit()

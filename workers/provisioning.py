@@ -61,6 +61,19 @@ def step_context() -> StepContext:
     return StepContext(settings=get_settings(), happy=happy, connect=connect, sessions=sessions)
 
 
+def token_saver(session: Any, box_id: uuid.UUID) -> Callable[[str, str], None]:
+    """``StepContext.save_token`` for one box: store a fresh Happy token in place of the
+    rejected one and commit."""
+
+    def save_token(token: str, rejected: str) -> None:
+        box = provisioning.get_box(session, box_id)
+        key = get_settings().encryption_key
+        happy_accounts.replace_token(session, box.user_id, token, key, rejected=rejected)
+        session.commit()
+
+    return save_token
+
+
 def workflow(box_id: uuid.UUID | str, start_at: str) -> Any:
     """The chain of ``start_at``'s phase from that step to the end: the one place the
     workflows (provisioning, teardown) are defined."""
@@ -121,13 +134,7 @@ def run_step(task: Task, box_id: str, name: str) -> str:
         session.commit()
 
     ctx.heartbeat = heartbeat
-
-    def save_token(token: str) -> None:
-        box = provisioning.get_box(session, box_uuid)
-        happy_accounts.store_token(session, box.user_id, token, settings.encryption_key)
-        session.commit()
-
-    ctx.save_token = save_token
+    ctx.save_token = token_saver(session, box_uuid)
     try:
         box = provisioning.get_box(session, box_uuid)
         plan = step.prepare(session, box, ctx)

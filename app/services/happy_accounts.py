@@ -68,6 +68,21 @@ def store_token(session: Session, user_id: uuid.UUID, token: str, key: bytes) ->
         account.token_encrypted = crypto.encrypt_str(key, token, aad=_aad(user_id, "token"))
 
 
+def replace_token(
+    session: Session, user_id: uuid.UUID, token: str, key: bytes, *, rejected: str
+) -> bool:
+    """Store ``token`` in place of ``rejected`` (a token the Happy server refused). A no-op
+    when the stored token is no longer ``rejected`` (another worker replaced it first)."""
+    account = session.scalars(
+        select(HappyAccount).where(HappyAccount.user_id == user_id).with_for_update()
+    ).one()
+    current = _open(account, key).token
+    if current is not None and current != rejected:
+        return False
+    account.token_encrypted = crypto.encrypt_str(key, token, aad=_aad(user_id, "token"))
+    return True
+
+
 def get_credentials(session: Session, user_id: uuid.UUID, key: bytes) -> HappyCredentials | None:
     """The user's Happy credentials, or None while the account is not created yet."""
     account = session.scalar(select(HappyAccount).where(HappyAccount.user_id == user_id))

@@ -81,7 +81,7 @@ class StepContext:
     sessions: SessionPool | None = None  # reuse connections across steps of one box
     # Store a refreshed Happy token at once (the runner commits it): a token the Happy
     # server rejected is replaced on the box and in the database together.
-    save_token: Callable[[str], None] = field(default=lambda token: None)
+    save_token: Callable[[str, str], None] = field(default=lambda token, rejected: None)
 
     def on_box(self, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
         """Run ``work`` over SSH on ``target`` (a pooled connection when there is a pool)."""
@@ -269,7 +269,7 @@ def bring_up_daemon(
         host.write_credentials(user, creds)
     elif _token_rejected(ctx, creds):
         fresh = HappyCredentials(creds.secret, ctx.happy.create_account(creds.secret))
-        ctx.save_token(fresh.token)
+        ctx.save_token(fresh.token, creds.token)
         host.write_credentials(user, fresh)
         found = "the Happy server rejected the box's token; a new one was issued"
     raise TransientError(

@@ -22,6 +22,7 @@ from tests.pool_fixtures import (  # noqa: F401 - fixtures used by name
     password_box,
     pool_fleet,
 )
+from tests.support.sshd import SUDOERS_DIR
 
 SERVER_FIELDS = {
     "id",
@@ -119,6 +120,26 @@ def test_wrong_password_is_a_clear_422(client, admin, session, password_box):
     assert response.status_code == 422
     assert response.get_json()["code"] == "ssh_auth_failed"
     assert "login" in response.get_json()["message"]
+    assert server_count(session) == 0
+
+
+def test_a_login_without_passwordless_sudo_cannot_join_the_pool(client, admin, session, key_box):
+    (SUDOERS_DIR / key_box.user).unlink()
+    response = client.post("/api/admin/servers", json=key_body(key_box), headers=admin)
+    assert response.status_code == 422, response.get_json()
+    body = response.get_json()
+    assert body["code"] == "server_check_failed"
+    assert "passwordless sudo" in body["message"]
+    assert server_count(session) == 0
+
+
+def test_a_login_without_happy_on_its_path_cannot_join_the_pool(client, admin, session, key_box):
+    key_box.path_override = "/usr/local/bin:/usr/bin:/bin"
+    key_box.restart()  # its sessions now get a PATH without `happy`
+    response = client.post("/api/admin/servers", json=key_body(key_box), headers=admin)
+    assert response.status_code == 422, response.get_json()
+    body = response.get_json()
+    assert body["code"] == "server_check_failed" and "`happy` is not on" in body["message"]
     assert server_count(session) == 0
 
 

@@ -254,3 +254,22 @@ def test_server_that_cannot_reach_happy_is_quarantined_and_the_box_moves(
     finally:
         box_fleet.remove(broken)
         box_fleet.remove(good)
+
+
+def test_a_rejected_token_is_diagnosed_replaced_and_the_box_starts(
+    admin, make_user, add_to_pool, box, happy_double
+):
+    user, box_id = running_box(admin, make_user, add_to_pool, box)
+    account = _account(box_id)
+    assert control(user, box_id, "stop").status_code == 202
+    assert user.wait_for(box_id, {"stopped", "error"})["status"] == "stopped"
+    old_token = json.loads(account.access_key_path.read_text())["token"]
+    happy_double.revoke_token(old_token)  # the daemon's registration now gets a 401
+
+    assert control(user, box_id, "start").status_code == 202
+    doc = user.wait_for(box_id, {"running", "error"}, timeout=90)
+    assert doc["status"] == "running", doc
+    new_token = json.loads(account.access_key_path.read_text())["token"]
+    assert new_token != old_token and happy_double.account_for_token(new_token) is not None
+    # The database holds the new token too: the connect URL carries it.
+    assert new_token in doc["connectionInfo"]["happyWebUrl"].replace("%2B", "+")

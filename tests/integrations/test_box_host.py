@@ -362,4 +362,3 @@ def test_three_box_users_on_three_servers_run_concurrently(
             remove_product_box_users(name)
         for box in boxes:
             box_fleet.remove(box)
-

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -17,35 +15,8 @@ from app.errors import (
     SSHAuthError,
     TransientError,
 )
-from app.integrations.happy import HappyClient, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession, SSHTarget, fetch_host_key_fingerprint
 from tests.support.sshd import BoxFleet, ClientKey, SSHBox
-
-STANDARD_PADDED_BASE64 = re.compile(
-    r"^([0-9a-zA-Z+/]{4})*(([0-9a-zA-Z+/]{2}==)|([0-9a-zA-Z+/]{3}=))?$"
-)
-
-
-def _wait_for(predicate: Callable[[], HappyMachine | None], timeout: float = 10.0) -> HappyMachine:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found is not None:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def _machine_with_status(
-    client: HappyClient, creds: HappyCredentials, machine_id: str, status: str
-) -> Callable[[], HappyMachine | None]:
-    def check() -> HappyMachine | None:
-        for machine in client.list_machines(creds.token, creds.secret):
-            if machine.id == machine_id and machine.daemon_status == status:
-                return machine
-        return None
-
-    return check
 
 
 def _write_raw_access_key(box: SSHBox, content: str) -> None:

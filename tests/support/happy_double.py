@@ -185,6 +185,12 @@ class HappyDouble(ThreadedHTTPDouble):
         with self._lock:
             return len(self._state.tokens)
 
+    def revoke_token(self, token: str) -> None:
+        """Make ``token`` invalid (401 Invalid token), as a server-side revocation would;
+        the account and its other tokens stay."""
+        with self._lock:
+            self._state.tokens.pop(token, None)
+
     def account_for_token(self, token: str) -> str | None:
         with self._lock:
             return self._state.tokens.get(token)

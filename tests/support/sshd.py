@@ -398,25 +398,17 @@ class SSHBox:
         self.client_key = client_key
         self.password = password
         self.port = 0
+        # PATH the login's sessions get (None: the runtime's, with `happy` on it); takes
+        # effect on the next (re)start.
+        self.path_override: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     # --- paths ---------------------------------------------------------------------------
 
     @property
     def home(self) -> Path:
+        """The pool login's home (the product keeps nothing of a box here)."""
         return Path(pwd.getpwnam(self.user).pw_dir)
-
-    @property
-    def happy_dir(self) -> Path:
-        return self.home / ".happy"
-
-    @property
-    def access_key_path(self) -> Path:
-        return self.happy_dir / "access.key"
-
-    @property
-    def daemon_state_path(self) -> Path:
-        return self.happy_dir / "daemon.state.json"
 
     @property
     def host_key_path(self) -> Path:
@@ -545,7 +537,6 @@ class SSHBox:
         deadline = time.monotonic() + 2
         while _live_pids_of(uid) and time.monotonic() < deadline:
             time.sleep(0.01)
-        self.daemon_state_path.unlink(missing_ok=True)
 
     def destroy(self) -> None:
         # The user's processes first, so the still-running sshd reaps its session processes
@@ -578,7 +569,10 @@ class SSHBox:
         )
 
     def _config(self) -> str:
-        env = " ".join(f"{k}={v}" for k, v in self.runtime.env(self.happy_url).items())
+        values = self.runtime.env(self.happy_url)
+        if self.path_override is not None:
+            values["PATH"] = self.path_override
+        env = " ".join(f"{k}={v}" for k, v in values.items())
         return "\n".join(
             [
                 f"Port {self.port}",
