@@ -95,6 +95,21 @@ class DaemonLiveness:
 
 
 @dataclass(frozen=True)
+class DaemonStart:
+    """What :meth:`BoxHost.ensure_daemon` saw."""
+
+    started: bool  # `happy daemon start` ran (the daemon was not alive before)
+    exit_status: int  # of `happy daemon start` (0 when it did not run)
+    output: str  # its last output line
+    liveness: DaemonLiveness
+    machine_id: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and self.liveness.alive
+
+
+@dataclass(frozen=True)
 class DaemonEvidence:
     """What a failed daemon start left behind, for :func:`classify`. No secrets inside."""
 
@@ -261,24 +276,39 @@ class BoxHost:
 
     def liveness(self, user: BoxUser) -> DaemonLiveness:
         """Is the pid in the box user's daemon.state.json a live process of that user?"""
-        script = self._user_vars(user) + (
-            'H=$(getent passwd "$U" | cut -d: -f6) || { echo none; exit 0; }; '
-            'uid=$(id -u "$U"); f="$H/.happy/daemon.state.json"; '
-            "pid=$(sed -n 's/.*\"pid\"[[:space:]]*:[[:space:]]*\\([0-9][0-9]*\\).*/\\1/p' "
-            '"$f" 2>/dev/null | head -n 1); '
-            '[ -n "$pid" ] || { echo none; exit 0; }; '
-            'owner=$(stat -c %u "/proc/$pid" 2>/dev/null || echo x); '
-            "state=$(sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f1); "
-            'if [ "$owner" = "$uid" ] && [ -n "$state" ] && [ "$state" != Z ]; then'
-            ' echo "alive $pid"; else echo "dead $pid"; fi'
-        )
+        script = self._user_vars(user) + _LIVENESS + "live"
         result = self._checked(
             self._as_root(script), "reading the daemon's pid", "Could not read the daemon."
         )
-        words = result.output.split()
-        if len(words) >= 2 and words[0] in ("alive", "dead") and words[1].isdigit():
-            return DaemonLiveness(words[0] == "alive", int(words[1]))
-        return DaemonLiveness(False, None)
+        return _parse_liveness(result.output)
+
+    def ensure_daemon(self, user: BoxUser, *, timeout: float) -> DaemonStart:
+        """One round trip: start the box user's daemon unless its pid is alive, then report
+        liveness and the machine id (the hot path of provisioning and ``start``)."""
+        start = self._run_as(user, "happy daemon start")
+        script = (
+            self._user_vars(user)
+            + _LIVENESS
+            + 'case "$(live)" in alive*) echo started=0; rc=0;; *) echo started=1;'
+            f" out=$({start} 2>&1); rc=$?;"
+            ' echo "out=$(echo "$out" | tail -n 1)";; esac; '
+            'echo "rc=$rc"; echo "live=$(live)"; ' + _MACHINE_ID
+        )
+        result = self._as_root(script, timeout=timeout)
+        values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
+        if "rc" not in values:
+            raise TransientError(
+                f"ssh {self.where}: starting the daemon of {user.name} gave no report "
+                f"(exit {result.exit_status}): {_last_line(result.output)}",
+                safe_message="Could not start the Happy daemon.",
+            )
+        return DaemonStart(
+            started=values.get("started") == "1",
+            exit_status=int(values["rc"]) if values["rc"].isdigit() else -1,
+            output=values.get("out", ""),
+            liveness=_parse_liveness(values.get("live", "")),
+            machine_id=values.get("machine") or None,
+        )
 
     def start_daemon(self, user: BoxUser, *, timeout: float) -> CommandResult:
         """``happy daemon start`` as the box user (rc 0 also when it already runs)."""
@@ -442,6 +472,35 @@ class BoxHost:
             log_tail=log_tail[-15:],
         )
 
+
+# Defines `live` (needs $U): prints "alive PID", "dead PID" or "none" for the pid in the box
+# user's daemon.state.json (alive = a non-zombie process of that uid). Sets $H and $uid.
+_LIVENESS = (
+    'H=$(getent passwd "$U" | cut -d: -f6); uid=$(id -u "$U" 2>/dev/null); '
+    'live() { [ -n "$uid" ] || { echo none; return; }; '
+    "pid=$(sed -n 's/.*\"pid\"[[:space:]]*:[[:space:]]*\\([0-9][0-9]*\\).*/\\1/p' "
+    '"$H/.happy/daemon.state.json" 2>/dev/null | head -n 1); '
+    '[ -n "$pid" ] || { echo none; return; }; '
+    'owner=$(stat -c %u "/proc/$pid" 2>/dev/null || echo x); '
+    "state=$(sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f1); "
+    'if [ "$owner" = "$uid" ] && [ -n "$state" ] && [ "$state" != Z ]; then'
+    ' echo "alive $pid"; else echo "dead $pid"; fi; }; '
+)
+
+
+def _parse_liveness(text: str) -> DaemonLiveness:
+    words = text.split()
+    for i, word in enumerate(words[:-1]):
+        if word in ("alive", "dead") and words[i + 1].isdigit():
+            return DaemonLiveness(word == "alive", int(words[i + 1]))
+    return DaemonLiveness(False, None)
+
+
+# Prints "machine=<id>" from the box user's settings.json (needs $H).
+_MACHINE_ID = (
+    r"""m=$(sed -n 's/.*"machineId"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' """
+    r""""$H/.happy/settings.json" 2>/dev/null | head -n 1); echo "machine=$m" """
+)
 
 # Does $u answer HTTP at all (any status is an answer)? curl, else python3; prints
 # "reach=ok", "reach=unreachable: <error>" or "reach=unknown".

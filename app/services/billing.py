@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 # WeChat Pay and Alipay charge CNY; Stripe and dev charge in the plan's own currency.
 PROVIDER_CURRENCY = {"wechat": "CNY", "alipay": "CNY"}
+LIVE_SUBSCRIPTION_STATUSES = ("active", "past_due")
 LIVE_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminated", "error"))
 
 
@@ -295,14 +297,19 @@ def _on_paid(
         _processed(record, f"order already {order.status}")
         out.note = record.note
         return
-    if event.amount is not None and (
-        event.amount != order.amount or (event.currency or "").upper() != order.currency
+    missing = event.amount is None or not event.currency
+    if (missing and event.amount_required) or (
+        not missing
+        and (event.amount != order.amount or (event.currency or "").upper() != order.currency)
     ):
         order.flag = (
-            f"amount mismatch: paid {event.amount} {event.currency}, "
+            f"amount missing: the {event.provider} event does not say what was paid, "
+            f"expected {order.amount} {order.currency}"
+            if missing
+            else f"amount mismatch: paid {event.amount} {event.currency}, "
             f"expected {order.amount} {order.currency}"
         )
-        _processed(record, "flagged: amount mismatch")
+        _processed(record, "flagged: amount missing" if missing else "flagged: amount mismatch")
         log.error("order %s: %s (event %s)", order.id, order.flag, event.event_id)
         raise AmountMismatchError("The paid amount does not match the order")
     # A payment for an order we had given up on is still money taken: fulfil it.
@@ -320,19 +327,31 @@ def _on_paid(
         _replay_deferred(session, event.provider, subscription.payment_subscription_id, out)
 
 
+def _subscription_lock_key(user_id: uuid.UUID, plan_id: str) -> int:
+    """A signed 64-bit advisory-lock key for (user, plan)."""
+    digest = hashlib.blake2b(f"subscription:{user_id}:{plan_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
 def _fulfil(
     session: Session, order: Order, event: ProviderEvent
 ) -> tuple[Subscription, VibeBox | None]:
     """Create the subscription and its box, or extend the user's active one for this plan."""
     now = utcnow()
     delta = cycle_delta(order.billing_cycle)
+    # One live subscription per (user, plan), extended by every further order: two orders
+    # paid at the same moment must not both see "none yet" and create two: a
+    # transaction-scoped advisory lock per (user, plan) serializes them (a row lock cannot:
+    # the row to lock may not exist yet).
+    session.execute(
+        select(func.pg_advisory_xact_lock(_subscription_lock_key(order.user_id, order.plan_id)))
+    )
     current = session.scalar(
         select(Subscription)
         .where(
             Subscription.user_id == order.user_id,
             Subscription.plan_id == order.plan_id,
-            Subscription.status.in_(("active", "past_due")),
-            Subscription.current_period_end > now,
+            Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES),
         )
         .order_by(Subscription.current_period_end.desc())
         .with_for_update()

@@ -251,11 +251,10 @@ def bring_up_daemon(
     """Start the box user's daemon unless it runs, diagnosing a failed start before
     classifying it. Returns (started now, machine id). Raises BoxEnvironmentError (the
     server cannot host boxes: quarantine and move), TransientError (retry)."""
-    if host.liveness(user).alive:
-        return False, host.read_machine_id(user)
-    result = host.start_daemon(user, timeout=ctx.settings.provisioning.ssh_command_timeout_seconds)
-    if result.exit_status == 0 and host.liveness(user).alive:
-        return True, host.read_machine_id(user)
+    timeout = ctx.settings.provisioning.ssh_command_timeout_seconds
+    outcome = host.ensure_daemon(user, timeout=timeout)
+    if outcome.ok:
+        return outcome.started, outcome.machine_id
     evidence = host.collect_evidence(user, creds)
     found = describe(evidence)
     kind = classify(evidence)

@@ -83,6 +83,9 @@ class ProviderEvent:
     occurred_at: datetime | None = None
     period_end: datetime | None = None  # for RENEWED: the new end of the paid period
     payload: dict[str, Any] = field(default_factory=dict)  # verified data, for audit
+    # A PAID event must say what was paid (amount + currency), checked against the order;
+    # only the dev provider, which pays exactly the order by construction, is exempt.
+    amount_required: bool = True
 
 
 @dataclass(frozen=True)

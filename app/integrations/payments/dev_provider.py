@@ -70,6 +70,7 @@ class DevProvider:
                 order_id=order_id,
                 provider_order_id=f"dev_{order_id.replace('-', '')}",
                 payload={"orderId": order_id},
+                amount_required=False,  # the local checkout page pays exactly the order
             )
         ]
 
