@@ -114,19 +114,17 @@ def reconcile_orders(older_than: float | None) -> None:
     """Ask the providers about pending orders now; fulfil the paid ones."""
     from app import get_settings
     from app.db import db_session
+    from app.integrations.payments.registry import build_registry
     from app.services import billing
-    from workers.billing import reconcile_order
-    from workers.provisioning import enqueue_provisioning
 
     settings = get_settings()
     threshold = settings.order_reconcile_after_seconds if older_than is None else older_than
     ids = billing.stale_pending_orders(db_session(), older_than=threshold)
     db_session.commit()
+    registry = build_registry(settings)
     for order_id in ids:
-        result = reconcile_order(order_id)
-        for box_id in result.boxes:
-            enqueue_provisioning(box_id)
-        click.echo(f"{order_id}: {result.state}")
+        state = billing.reconcile_order(db_session(), order_id, registry, settings)
+        click.echo(f"{order_id}: {state}")
     click.echo(f"{len(ids)} pending order(s) checked")
 
 

@@ -179,14 +179,19 @@ def db(app: Any, migrated_engine: Engine) -> Iterator[Connection]:
     """Per-test transaction: everything a test (and the app under test) writes is rolled
     back, while the code's own commits become savepoint releases."""
     from app.db import SessionFactory, db_session
+    from app.services import jobs
 
     connection = migrated_engine.connect()
     outer = connection.begin()
     db_session.remove()
     SessionFactory.configure(bind=connection, join_transaction_mode="create_savepoint")
+    # No worker runs here: what the code enqueues is collected, never sent to a broker.
+    published: list[object] = []
+    jobs.set_publisher(published.append)
     try:
         yield connection
     finally:
+        jobs.set_publisher(None)
         db_session.remove()
         SessionFactory.kw.pop("join_transaction_mode", None)  # back to the default
         SessionFactory.configure(bind=migrated_engine)

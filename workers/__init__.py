@@ -43,7 +43,7 @@ def _end_session(**_: Any) -> None:
     db_session.remove()
 
 
-from workers import billing, control, maintenance, provisioning  # noqa: E402,F401  - register tasks
+from workers import billing, boxes, maintenance  # noqa: E402,F401  - register tasks
 
 app = celery_app
 __all__ = ["app", "celery_app", "get_settings"]

@@ -11,10 +11,10 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from app.db import db_session
 from app.errors import PermanentError, TransientError
-from app.extensions import get_redis
 from app.integrations.box_host import BoxHost
-from app.services import control, daemon_watch, health, lifecycle, pool, provisioning
+from app.services import daemon_watch, engine, health, jobs, lifecycle, pool
 from workers import celery_app, get_settings
+from workers.base import sweeper
 
 log = logging.getLogger(__name__)
 
@@ -49,47 +49,23 @@ def check_worker_roundtrip(timeout: float = 5.0) -> str:
 
 
 @celery_app.task(name="maintenance.reconcile", acks_late=False, ignore_result=True)
+@sweeper("reconcile")
 def reconcile() -> int:
-    """Re-enqueue boxes whose step made no progress within STUCK_STEP_SECONDS.
-
-    Covers a worker killed mid-step, a message lost between commit and publish, and a
-    wiped broker: PostgreSQL is the record, the queue is rebuilt from it. Runs alone
-    (Redis lock); each box gets its chain again from its first unfinished step, and the
-    steps' idempotency makes a duplicate harmless.
-    """
-    from workers.control import enqueue_action
-    from workers.provisioning import enqueue_step
-
+    """Keep the lifecycle invariant: every box that is not settled (running, stopped,
+    error, terminated) is held by a step with a live lease or scheduled for a retry.
+    Boxes that are neither (a killed worker, a lost message, a wiped broker) are sent on
+    again from PostgreSQL, the record; a box that broke the invariant is logged as a bug.
+    Servers left in ``cleaning`` get another pass."""
     settings = get_settings()
-    lock = get_redis(settings.redis_url).lock("vibebox:lock:reconcile", timeout=300, blocking=False)
-    if not lock.acquire():
-        return 0
-    try:
-        session = db_session()
-        due = provisioning.stuck_boxes(
-            session, older_than=settings.provisioning.stuck_after_seconds
-        )
-        for box_id, _ in due:
-            provisioning.note_reenqueued(session, box_id)
-        session.commit()
-        for box_id, step in due:
-            log.warning("reconcile: box %s stuck at %s; re-enqueued", box_id, step)
-            enqueue_step(box_id, step)
-        stuck_controls = control.stuck_actions(
-            session, older_than=settings.provisioning.stuck_after_seconds
-        )
-        for box_id in stuck_controls:
-            control.retry_action(session, box_id, safe_error="Retrying.", delay=0)
-        session.commit()
-        for box_id in stuck_controls:
-            log.warning("reconcile: control action of box %s stuck; re-enqueued", box_id)
-            enqueue_action(box_id)
-        # Servers left in `cleaning` (a lost clean task, a crash) get another pass.
-        for server_id in pool.servers_in_cleaning(session):
-            clean_server.delay(str(server_id))
-        return len(due) + len(stuck_controls)
-    finally:
-        lock.release()
+    session = db_session()
+    repairs = engine.stranded(session, older_than=settings.provisioning.stuck_after_seconds)
+    for repair in repairs:
+        engine.resend(session, repair)
+        log.warning("reconcile: box %s resent at %s", repair.box_id, repair.step)
+    for server_id in pool.servers_in_cleaning(session):
+        jobs.enqueue_server(session, "maintenance.clean_server", server_id)
+    session.commit()  # publishes what was enqueued
+    return len(repairs)
 
 
 @celery_app.task(
@@ -147,21 +123,15 @@ def clean_server(server_id: str) -> str:
 
 
 @celery_app.task(name="maintenance.health_sweep", acks_late=False, ignore_result=True)
+@sweeper("health", timeout=120)
 def health_sweep() -> int:
     """Fan out one probe per non-retired server; the maintenance queue's worker
     concurrency bounds how many run at once."""
-    settings = get_settings()
-    lock = get_redis(settings.redis_url).lock("vibebox:lock:health", timeout=120, blocking=False)
-    if not lock.acquire():
-        return 0
-    try:
-        ids = lifecycle.servers_to_probe(db_session())
-        db_session.commit()
-        for server_id in ids:
-            probe_server.delay(str(server_id))
-        return len(ids)
-    finally:
-        lock.release()
+    ids = lifecycle.servers_to_probe(db_session())
+    db_session.commit()
+    for server_id in ids:
+        probe_server.delay(str(server_id))
+    return len(ids)
 
 
 @celery_app.task(name="maintenance.probe_server", acks_late=False, ignore_result=True, expires=300)
@@ -169,7 +139,7 @@ def probe_server(server_id: str) -> str:
     """SSH probe with timeouts (K consecutive failures make a server unhealthy); on a server
     with a running box, also the box's daemon: alive as the box user, else restarted."""
     from app.integrations.ssh import BoxSession
-    from workers.provisioning import step_context
+    from workers.boxes import step_context
 
     settings = get_settings()
     session = db_session()
@@ -225,35 +195,27 @@ def probe_server(server_id: str) -> str:
 
 
 @celery_app.task(name="maintenance.expire_subscriptions", acks_late=False, ignore_result=True)
+@sweeper("expiry", timeout=120)
 def expire_subscriptions() -> int:
     """Fan out one expiry per subscription past its period (+ grace)."""
     settings = get_settings()
-    lock = get_redis(settings.redis_url).lock("vibebox:lock:expiry", timeout=120, blocking=False)
-    if not lock.acquire():
-        return 0
-    try:
-        ids = lifecycle.due_subscriptions(
-            db_session(), grace_seconds=settings.subscription_grace_seconds
-        )
-        db_session.commit()
-        for sub_id in ids:
-            expire_subscription.delay(str(sub_id))
-        return len(ids)
-    finally:
-        lock.release()
+    ids = lifecycle.due_subscriptions(
+        db_session(), grace_seconds=settings.subscription_grace_seconds
+    )
+    db_session.commit()
+    for sub_id in ids:
+        expire_subscription.delay(str(sub_id))
+    return len(ids)
 
 
 @celery_app.task(name="maintenance.expire_subscription", ignore_result=True)
 def expire_subscription(subscription_id: str) -> int:
-    """End one subscription and start its boxes' teardown (idempotent)."""
-    from workers.provisioning import enqueue_teardown
-
+    """End one subscription and start its boxes' teardown (idempotent; the teardowns are
+    enqueued when this commits)."""
     settings = get_settings()
     session = db_session()
     boxes = lifecycle.expire_subscription(
         session, uuid.UUID(subscription_id), grace_seconds=settings.subscription_grace_seconds
     )
     session.commit()
-    for box_id in boxes:
-        enqueue_teardown(box_id)
     return len(boxes)

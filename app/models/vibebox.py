@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -65,8 +67,18 @@ class VibeBox(UUIDPk, Timestamps, Base):
     last_error: Mapped[str | None] = mapped_column(Text)  # safe to show the owner
     next_retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     happy_machine_id: Mapped[str | None] = mapped_column(String(64))
-    # Where a teardown that is canceled (renewal before it began) returns the box to.
+    # Where a teardown that is cancelled (renewal before it began) returns the box to, and
+    # the status a control action started from.
     resume_status: Mapped[str | None] = mapped_column(String(24))
+    # The owner's control action in progress, or the one that failed (admin retry resumes it).
+    action: Mapped[str | None] = mapped_column(String(16))
+    # An expiry teardown may be cancelled by a renewal; an admin terminate or a refund not.
+    teardown_cancellable: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # Capacity waits so far (the exponent of their backoff) and servers tried.
+    capacity_waits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    moves: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Set while the box's server fails health probes or its daemon is down.
     degraded_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     degraded_reason: Mapped[str | None] = mapped_column(Text)  # safe to show the owner

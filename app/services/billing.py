@@ -40,12 +40,13 @@ from app.integrations.payments.base import (
     CheckoutSession,
     EventKind,
     OrderRef,
+    OrderState,
     PaymentProvider,
     ProviderEvent,
 )
 from app.models import Order, PaymentEvent, Plan, Subscription, User, VibeBox
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services import provisioning
+from app.services import engine, provisioning
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +519,7 @@ def _on_refunded(
         out.boxes_to_teardown.extend(
             box_id
             for box_id in live
-            if provisioning.start_teardown(session, box_id, reason="payment refunded")
+            if engine.start_teardown(session, box_id, reason="payment refunded", cancellable=False)
         )
     else:
         sub.current_period_end = shortened  # an extension refunded: back to the old end
@@ -642,3 +643,46 @@ def mark_order_failed(session: Session, order_id: uuid.UUID) -> None:
     order = session.get(Order, order_id, with_for_update=True)
     if order is not None and order.status == "pending":
         order.status = "failed"
+
+
+def reconcile_order(session: Session, order_id: uuid.UUID, registry: Any, settings: Any) -> str:
+    """Ask the provider about one pending order and apply what it says, through the same
+    path as a webhook (``record_event``); commits its own work (no transaction is open
+    during the provider call). Returns what was found. Shared by the beat task and
+    ``vibebox orders reconcile``."""
+    order = session.get(Order, order_id)
+    if order is None or order.status != "pending":
+        return "not pending"
+    provider = registry.get(order.provider)
+    if provider is None:
+        return "provider disabled"
+    ref = order_ref(order)
+    session.rollback()
+    try:
+        answer = provider.query_order(ref)
+    except PermanentError as exc:
+        log.error("order %s: query at %s refused: %s", order_id, provider.name, exc)
+        return "query refused"
+    if answer.state is OrderState.PAID and answer.event is not None:
+        try:
+            record_event(session, answer.event)
+        except AmountMismatchError:
+            session.commit()
+            return "amount mismatch"
+        session.commit()
+        log.warning("order %s was paid but no webhook arrived: fulfilled", order_id)
+        return "paid"
+    age = (utcnow() - order.created_at).total_seconds()
+    if answer.state is OrderState.FAILED:
+        mark_order_failed(session, order_id)
+        session.commit()
+        return "failed"
+    if age > settings.order_expiry_seconds:
+        try:
+            provider.cancel_order(ref)
+        except (TransientError, PermanentError) as exc:
+            log.warning("order %s: close at %s failed: %s", order_id, provider.name, exc)
+        expire_order(session, order_id)
+        session.commit()
+        return "expired"
+    return answer.state.value

@@ -16,7 +16,7 @@ from sqlalchemy import Exists, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import Server, Subscription, VibeBox
-from app.services import pool, provisioning
+from app.services import engine, pool
 from app.services.provisioning import utcnow
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,9 @@ def due_subscriptions(
 def expire_subscription(
     session: Session, subscription_id: uuid.UUID, *, grace_seconds: float
 ) -> list[uuid.UUID]:
-    """Apply the end of a subscription; returns the boxes whose teardown must be enqueued
-    (after commit). Idempotent: a renewed subscription is left alone."""
+    """Apply the end of a subscription and start its boxes' teardowns (enqueued when the
+    caller commits); returns those boxes. Idempotent: a renewed subscription is left
+    alone."""
     sub = session.get(Subscription, subscription_id, with_for_update=True, populate_existing=True)
     if sub is None:
         return []
@@ -89,7 +90,9 @@ def expire_subscription(
     return [
         box_id
         for box_id in boxes
-        if provisioning.start_teardown(session, box_id, reason=f"subscription {sub.status}")
+        if engine.start_teardown(
+            session, box_id, reason=f"subscription {sub.status}", cancellable=True
+        )
     ]
 
 

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from app.models import ProvisioningStep, Server, VibeBox
 from app.models.server import SERVER_STATES
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services.provisioning import IN_PROGRESS, utcnow
+from app.services.engine import PROVISIONING_STATUSES
+from app.services.provisioning import utcnow
 
 
 def fleet_metrics(session: Session) -> list[Metric]:
@@ -49,7 +50,9 @@ def fleet_metrics(session: Session) -> list[Metric]:
         failures.add_metric([name], n)
 
     oldest = session.scalar(
-        select(func.min(VibeBox.created_at)).where(VibeBox.status.in_(IN_PROGRESS))
+        select(func.min(VibeBox.created_at)).where(
+            VibeBox.status.in_([str(s) for s in PROVISIONING_STATUSES])
+        )
     )
     age = GaugeMetricFamily(
         "vibebox_oldest_in_progress_box_age_seconds",

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -65,6 +65,7 @@ from app.integrations import ssh
 from app.integrations.box_host import BoxEnvironmentError, BoxHost
 from app.integrations.ssh import SSHTarget
 from app.models import Plan, Server, VibeBox
+from app.services import jobs
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,7 @@ def add_server(
         if constraint == UNIQUE_CONSTRAINT:
             raise ConflictError(f"{where} is already in the pool", code="server_exists") from None
         raise
+    wake_waiting_boxes(session)
     log.info(
         "pool: server %s added (%s, %s auth, host key %s)",
         server.id,
@@ -474,6 +476,8 @@ def _change_state(session: Session, server: Server, wanted: str) -> None:
         if wanted == "available":
             wanted = "allocated"  # un-draining a server that still hosts its box
     server.state = wanted
+    if wanted == "available":
+        wake_waiting_boxes(session)
     log.info("pool: server %s state %s -> %s (operator)", server.id, current, wanted)
 
 
@@ -549,6 +553,54 @@ def allocate_server(session: Session, box: VibeBox) -> Server | None:
     return server
 
 
+def capacity_shortfall(session: Session, plan_id: str) -> str:
+    """Why no server can take a box of ``plan_id`` now, in words the owner can read."""
+    plan = session.get(Plan, plan_id)
+    if plan is None:
+        return "Waiting for a free server."
+    needs = f"{plan.cpu_cores} CPU / {plan.ram_gb} GB RAM / {plan.disk_gb} GB disk"
+    fitting = session.scalar(
+        select(func.count())
+        .select_from(Server)
+        .where(
+            Server.state.in_(("available", "allocated", "cleaning", "draining")),
+            Server.cpu_cores >= plan.cpu_cores,
+            Server.ram_gb >= plan.ram_gb,
+            Server.disk_gb >= plan.disk_gb,
+        )
+    )
+    if fitting:
+        return (
+            f"All {fitting} server(s) that fit the {plan.id} plan ({needs}) are busy; "
+            "waiting for one to free up."
+        )
+    largest = session.execute(
+        select(Server.cpu_cores, Server.ram_gb, Server.disk_gb)
+        .where(Server.state == "available")
+        .order_by(Server.cpu_cores.desc(), Server.ram_gb.desc(), Server.disk_gb.desc())
+        .limit(1)
+    ).first()
+    have = (
+        f"the largest free one has {largest[0]} CPU / {largest[1]} GB RAM / {largest[2]} GB disk"
+        if largest
+        else "no server is free"
+    )
+    return (
+        f"No server in the pool fits the {plan.id} plan (needs {needs}; {have}); waiting for one."
+    )
+
+
+def wake_waiting_boxes(session: Session) -> int:
+    """A server became available: boxes waiting for capacity try allocation at once (after
+    commit) instead of waiting out their backoff."""
+    waiting = list(
+        session.scalars(select(VibeBox.id).where(VibeBox.status == "waiting_for_capacity"))
+    )
+    for box_id in waiting:
+        jobs.enqueue(session, box_id, "allocate_server")
+    return len(waiting)
+
+
 def release_server(
     session: Session,
     server_id: uuid.UUID,
@@ -571,6 +623,8 @@ def release_server(
         box.server_id = None
     if server.state not in _STICKY_ON_RELEASE:
         server.state = to_state
+        if to_state == "available":
+            wake_waiting_boxes(session)
     session.flush()
     log.info("pool: server %s released (%s)", server.id, server.state)
     return server
@@ -674,5 +728,6 @@ def finish_cleaning(session: Session, server_id: uuid.UUID) -> Server:
         server.state = "available"
         server.last_error = None
         server.consecutive_failures = 0
+        wake_waiting_boxes(session)
         log.info("pool: server %s cleaned and available", server.id)
     return server

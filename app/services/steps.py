@@ -2,9 +2,9 @@
 
 A step is three phases so no database transaction stays open across a remote call:
 ``prepare`` (DB: read state; return None when the work is already done), ``execute``
-(remote only: Happy, SSH; no session), ``record`` (DB: write the outcome). The runner in
-``workers.provisioning`` claims the step (``provisioning.begin_step``), commits between the
-phases and owns retries. Every ``prepare`` reads what is already true and skips done work,
+(remote only: Happy, SSH; no session), ``record`` (DB: write the outcome). The engine's
+runner (``app.services.engine.StepRunner``) claims the step, commits between the phases
+and owns retries. Every ``prepare`` reads what is already true and skips done work,
 which is what makes redeliveries and duplicates safe.
 """
 
@@ -38,27 +38,21 @@ from app.integrations.happy import HappyAPI, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
 from app.models import Server, VibeBox
 from app.services import happy_accounts, pool
-from app.services.provisioning import (
-    STEPS,
-    TEARDOWN_STEPS,
-    cancel_teardown,
-    subscription_renewed,
-)
+from app.services.provisioning import STEPS, TEARDOWN_STEPS
 
 
 class NoCapacityError(TransientError):
-    """No available server fits the box's plan (yet)."""
+    """No available server fits the box's plan (yet); the message says why."""
 
-    def __init__(self) -> None:
-        super().__init__("no available server fits", safe_message="Waiting for a free server.")
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"no capacity: {reason}", safe_message=reason)
 
 
 class TeardownCanceledError(Exception):
-    """The subscription was renewed before the teardown began: the box stays."""
+    """The subscription was renewed before its expiry teardown began: the box stays."""
 
-    def __init__(self, resume_at: str | None) -> None:
-        super().__init__("teardown canceled by a renewal")
-        self.resume_at = resume_at  # provisioning step to resume, if it was interrupted
+    def __init__(self) -> None:
+        super().__init__("teardown cancelled by a renewal")
 
 
 class ServerUnusableError(Exception):
@@ -157,7 +151,7 @@ class AllocateServer(Step):
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
         if pool.allocate_server(session, box) is None:
-            raise NoCapacityError()
+            raise NoCapacityError(pool.capacity_shortfall(session, box.plan_id))
         return None
 
 
@@ -364,8 +358,11 @@ class StopDaemon(Step):
     name = "stop_daemon"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        if subscription_renewed(session, box):
-            raise TeardownCanceledError(cancel_teardown(session, box))
+        from app.services import engine
+
+        if engine.teardown_cancelled_by_renewal(session, box):
+            engine.cancel_teardown(session, box)
+            raise TeardownCanceledError()
         return _teardown_plan(session, box, ctx)
 
     def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
@@ -436,4 +433,4 @@ STEP_IMPLEMENTATIONS: dict[str, Step] = {
         VerifyClean(),
     )
 }
-assert tuple(STEP_IMPLEMENTATIONS) == STEPS + TEARDOWN_STEPS
+assert tuple(STEP_IMPLEMENTATIONS) == STEPS + TEARDOWN_STEPS  # + control, in engine

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.models import Server, Subscription, VibeBox
-from app.services import lifecycle, provisioning
+from app.services import engine, lifecycle, provisioning
 from tests.factories import UserFactory
 
 DAY = timedelta(days=1)
@@ -107,7 +107,7 @@ def test_cancel_teardown_restores_the_previous_status(session):
     sub = subscription(session, end_offset=-4 * DAY)
     box = box_on_server(session, sub)
     lifecycle.expire_subscription(session, sub.id, grace_seconds=0)
-    assert provisioning.cancel_teardown(session, box) is None
+    assert engine.cancel_teardown(session, box) is None
     assert box.status == "running" and box.resume_status is None
     assert all(s.state == "skipped" for s in box.steps if s.name in provisioning.TEARDOWN_STEPS)
 

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from flask.views import MethodView
+from flask_jwt_extended import current_user
 from flask_smorest import Blueprint
 
 from app import get_settings
@@ -14,7 +15,7 @@ from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchem
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, billing, provisioning
+from app.services import accounts, billing, engine, provisioning
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)
@@ -39,12 +40,9 @@ class Provision(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self, data: dict[str, Any]):
         """Provision a VibeBox for a user without a payment (support, manual fixes)"""
-        from workers.provisioning import enqueue_provisioning
-
         session = db_session()
         box = provisioning.create_vibebox(session, user_id=data["userId"], plan_id=data["planId"])
         db_session.commit()
-        enqueue_provisioning(box.id)
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
 
 
@@ -54,13 +52,10 @@ class RetryBox(MethodView):
     @blp.alt_response(409, description="The box is not in error")
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self, box_id: uuid.UUID):
-        """Resume a failed VibeBox from its failed step"""
-        from workers.provisioning import enqueue_provisioning
-
+        """Resume a failed VibeBox: the workflow that failed, from its failed step"""
         session = db_session()
-        box, start_at = provisioning.retry_failed_box(session, box_id)
+        engine.retry_failed_box(session, box_id, by=f"admin {current_user.username}")
         db_session.commit()
-        enqueue_provisioning(box.id, start_at)
         box = provisioning.get_box(session, box_id)
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
 
@@ -94,16 +89,17 @@ class TerminateBox(MethodView):
     @blp.alt_response(404, description="No such box")
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self, box_id: uuid.UUID):
-        """Tear a box down now (stop daemon, wipe credentials, verify), e.g. after support
-        cancels, or for a box provisioned by hand"""
-        from workers.provisioning import enqueue_teardown
-
+        """Tear a box down now (forced: a renewal never cancels it; the subscription is left
+        as it is — cancel it separately), e.g. after support cancels, or for a box
+        provisioned by hand"""
         session = db_session()
         provisioning.get_box(session, box_id)
-        if provisioning.start_teardown(session, box_id, reason="terminated by an admin"):
-            db_session.commit()
-            enqueue_teardown(box_id)
-        else:
-            db_session.commit()
+        engine.start_teardown(
+            session,
+            box_id,
+            reason=f"terminated by admin {current_user.username}",
+            cancellable=False,
+        )
+        db_session.commit()
         box = provisioning.get_box(session, box_id)
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}

@@ -95,9 +95,9 @@ class Checkout(MethodView):
 
 
 def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Response:
-    """Verify, record, apply in one transaction; enqueue boxes after commit. No remote
-    calls beyond what verification needs, so the provider gets its answer fast."""
-    from workers.provisioning import enqueue_provisioning, enqueue_teardown
+    """Verify, record, apply in one transaction (boxes to provision or tear down are
+    enqueued when it commits). No remote calls beyond what verification needs, so the
+    provider gets its answer fast."""
 
     try:
         events = provider.handle_callback(webhook)
@@ -105,11 +105,9 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
         log.warning("%s webhook rejected: %s", provider.name, exc.reason)
         return _reply(provider.nack("invalid notification"))
     session = db_session()
-    boxes: list[uuid.UUID] = []
-    teardowns: list[uuid.UUID] = []
     for event in events:
         try:
-            outcome = billing.record_event(session, event)
+            billing.record_event(session, event)
         except AmountMismatchError:
             session.commit()  # keep the flag and the event: operators must see it
             return _reply(provider.nack("amount mismatch"))
@@ -117,13 +115,7 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
             session.rollback()
             log.warning("%s event %s names no known order", provider.name, event.event_id)
             return _reply(provider.nack("unknown order"))
-        boxes.extend(outcome.boxes_to_provision)
-        teardowns.extend(outcome.boxes_to_teardown)
     session.commit()
-    for box_id in boxes:
-        enqueue_provisioning(box_id)
-    for box_id in teardowns:
-        enqueue_teardown(box_id)
     return _reply(provider.ack())
 
 

@@ -24,7 +24,7 @@ from app.api.vibeboxes.schemas import (
 from app.config import Settings
 from app.db import db_session
 from app.integrations.happy import HappyClient
-from app.services import connect, control, provisioning
+from app.services import connect, engine, provisioning
 
 blp = Blueprint("vibeboxes", __name__, url_prefix="/api/vibeboxes", description="VibeBoxes")
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -133,14 +133,9 @@ class VibeBoxControl(MethodView):
     @blp.doc(security=SECURITY)
     def post(self, data: dict[str, Any], box_id: uuid.UUID):
         """Start, stop or restart a box; poll the box until it is running or stopped"""
-        from workers.control import enqueue_action
-
         session = db_session()
-        box = control.request_action(
-            session, box_id, owner_id=current_user.id, action=data["action"]
-        )
+        engine.request_action(session, box_id, owner_id=current_user.id, action=data["action"])
         db_session.commit()
-        enqueue_action(box.id)
         box = provisioning.get_box(session, box_id)
         document = provisioning.describe_box(session, get_settings(), box)
         return {"status": box.status, "vibeBox": document}

@@ -44,6 +44,10 @@ class VibeBoxSchema(Schema):
     planId = fields.String(required=True)
     createdAt = fields.DateTime(required=True)
     updatedAt = fields.DateTime(required=True)
+    action = fields.String(
+        allow_none=True,
+        metadata={"description": "The owner's control action in progress, or the one that failed"},
+    )
     timeline = fields.List(fields.Nested(TimelineEntrySchema), required=True)
     events = fields.List(
         fields.Nested(BoxEventSchema),

@@ -1,0 +1,77 @@
+"""Box step tasks (queues ``provisioning`` and ``control``): one thin task per step, all
+running the lifecycle engine's one runner (``app.services.engine.StepRunner``).
+
+Task names: ``provisioning.<step>``, ``teardown.<step>``, ``control.run_action``. Payload:
+the box id only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from functools import cache
+
+from celery import Task
+
+from app.db import db_session
+from app.integrations.happy import HappyClient
+from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
+from app.services import engine
+from app.services.provisioning import TEARDOWN_STEPS
+from app.services.steps import StepContext
+from workers import celery_app, get_settings
+from workers.base import BoxFailedError, BoxStepTask
+
+
+@cache
+def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], BoxSession]]:
+    """Per worker process: one HTTP session to Happy, one pool of SSH connections."""
+    settings = get_settings()
+    p = settings.provisioning
+
+    def connect(target: SSHTarget) -> BoxSession:
+        return BoxSession(
+            target,
+            connect_timeout=p.ssh_connect_timeout_seconds,
+            command_timeout=p.ssh_command_timeout_seconds,
+        )
+
+    happy = HappyClient(
+        settings.happy_server_url,
+        timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds),
+    )
+    return happy, SessionPool(connect, max_idle=p.ssh_pool_max_idle_seconds), connect
+
+
+def step_context() -> StepContext:
+    happy, sessions, connect = _integrations()
+    return StepContext(settings=get_settings(), happy=happy, connect=connect, sessions=sessions)
+
+
+def run_box_step(task: Task, box_id: str, step: str) -> str:
+    """Run one step; a retry is a Celery RETRY, a final failure a FAILURE."""
+    ctx = step_context()  # first: it initialises this process's settings and database
+    outcome = engine.StepRunner(db_session(), ctx).run(uuid.UUID(box_id), step)
+    if outcome.kind in ("retry", "waiting"):
+        raise task.retry(countdown=outcome.delay, max_retries=None)
+    if outcome.kind == "failed":
+        raise BoxFailedError(f"box {box_id} failed at {step}: {outcome.detail}")
+    return outcome.kind
+
+
+def _task_name(step: str) -> str:
+    if step == engine.CONTROL_STEP:
+        return "control.run_action"
+    return f"{'teardown' if step in TEARDOWN_STEPS else 'provisioning'}.{step}"
+
+
+def _step_task(step: str) -> Task:
+    @celery_app.task(bind=True, base=BoxStepTask, name=_task_name(step))
+    def step_task(self: Task, box_id: str) -> str:
+        return run_box_step(self, box_id, step)
+
+    step_task.__doc__ = f"Step `{step}` of one box (idempotent; the engine's runner)."
+    return step_task
+
+
+TASKS: dict[str, Task] = {step: _step_task(step) for step in engine.POSITIONS}
