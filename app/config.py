@@ -1,25 +1,48 @@
 """Settings from the environment.
 
 Every variable is documented in README.md and .env.example. In development and testing
-secrets fall back to fixed, clearly-marked defaults; in production a missing secret is a
-start-up error, never a silent default.
+secrets fall back to fixed, clearly-marked defaults; in production a missing, publicly known
+or weak secret is a start-up error (README, Security), never a silent default.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import math
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - development only, refused in production
-# 32 zero-ish bytes, base64; development/testing only.
+DEV_JWT_SECRET = DEV_SECRET + "-jwt"
+# A fixed, public 32-byte key, base64; development/testing only, refused in production.
 DEV_ENCRYPTION_KEY = base64.b64encode(b"vibebox-dev-encryption-key-32by!").decode()
 
 
 PRODUCTION_SECRETS = ("SECRET_KEY", "JWT_SECRET_KEY", "ENCRYPTION_KEY")
+
+# --- production secret checks -------------------------------------------------------------
+# How to make a good value; quoted in every refusal.
+GENERATE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(48))"'  # noqa: S105
+GENERATE_ENCRYPTION_KEY = (
+    'python -c "import base64,os; print(base64.b64encode(os.urandom(32)).decode())"'
+)
+MIN_SECRET_LENGTH = 32
+# Shannon entropy of the characters; random hex is ~3.4-4 bits, token_urlsafe ~4.5-6.
+MIN_SECRET_BITS_PER_CHAR = 2.5
+# zxcvbn's guess estimate: repeats, sequences, keyboard walks and a few dictionary words fall
+# far below this; random strings of 32+ characters are far above it.
+MIN_SECRET_GUESSES_LOG10 = 20
+# Random keys never contain these; copied placeholders do.
+PLACEHOLDER_MARKERS = ("changeme", "change-me", "change_me", "insecure", "placeholder")
+ENV_EXAMPLE = Path(__file__).resolve().parents[1] / ".env.example"
+KNOWN_WHERE = "a development default or a value from .env.example"
 
 
 class ConfigError(RuntimeError):
@@ -60,6 +83,90 @@ def _bool(name: str, default: bool) -> bool:
     return raw.lower() in {"1", "true", "yes", "on"}
 
 
+@lru_cache(maxsize=1)
+def known_public_values() -> frozenset[str]:
+    """Values anyone can read in this repository: the development defaults and every value in
+    .env.example. None of them is a secret, so production refuses them as secrets."""
+    values = {DEV_SECRET, DEV_JWT_SECRET, DEV_ENCRYPTION_KEY}
+    try:
+        lines = ENV_EXAMPLE.read_text().splitlines()
+    except OSError:  # not shipped with this installation: the constants above still apply
+        lines = []
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if line.lstrip().startswith("#") or not sep or not name.strip():
+            continue
+        value = value.strip().strip("'\"").strip()
+        if value:
+            values.add(value)
+    return frozenset(values)
+
+
+def _bits_per_char(value: str) -> float:
+    counts = Counter(value)
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def secret_problem(name: str, value: str) -> str | None:
+    """Why ``value`` is not fit as the production ``name`` (SECRET_KEY, JWT_SECRET_KEY), or
+    None. The message never repeats the value."""
+    fix = f"generate one with: {GENERATE_SECRET}"
+    if value in known_public_values():
+        return f"{name} is a publicly known value ({KNOWN_WHERE}); {fix}"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"{name} is too short ({len(value)} characters, at least {MIN_SECRET_LENGTH}); {fix}"
+    lowered = value.lower()
+    if any(marker in lowered for marker in PLACEHOLDER_MARKERS):
+        return f"{name} looks like a placeholder; {fix}"
+    if _bits_per_char(value) < MIN_SECRET_BITS_PER_CHAR:
+        return f"{name} has too little entropy (too few distinct characters); {fix}"
+    from zxcvbn import zxcvbn
+
+    if zxcvbn(value, max_length=len(value))["guesses_log10"] < MIN_SECRET_GUESSES_LOG10:
+        return f"{name} is guessable (repeats, sequences or common words); {fix}"
+    return None
+
+
+def _decode_key(value: str) -> bytes | None:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, binascii.Error):
+        return None
+
+
+def encryption_key_problem(value: str, key: bytes) -> str | None:
+    """Why the (valid, 32-byte) ENCRYPTION_KEY is not fit for production, or None."""
+    fix = f"generate one with: {GENERATE_ENCRYPTION_KEY}"
+    known = {_decode_key(v) for v in known_public_values()} - {None}
+    if value in known_public_values() or key in known:
+        return f"ENCRYPTION_KEY is a publicly known value ({KNOWN_WHERE}); {fix}"
+    if len(set(key)) == 1:
+        return f"ENCRYPTION_KEY is one byte repeated (e.g. all zero); {fix}"
+    if len(set(key)) < 16:  # 32 random bytes have ~31 distinct values; < 16 is ~impossible
+        return f"ENCRYPTION_KEY is degenerate ({len(set(key))} distinct bytes of 32); {fix}"
+    return None
+
+
+def production_secret_problems(
+    secret_key: str, jwt_secret_key: str, key_b64: str, key: bytes
+) -> list[str]:
+    problems = [
+        p
+        for p in (
+            secret_problem("SECRET_KEY", secret_key),
+            secret_problem("JWT_SECRET_KEY", jwt_secret_key),
+            encryption_key_problem(key_b64, key),
+        )
+        if p
+    ]
+    if secret_key == jwt_secret_key:
+        problems.append(
+            f"JWT_SECRET_KEY must differ from SECRET_KEY; generate one with: {GENERATE_SECRET}"
+        )
+    return problems
+
+
 def normalize_database_url(url: str) -> str:
     """Accept plain ``postgres://``/``postgresql://`` URLs and pick the psycopg 3 driver."""
     if url.startswith("postgres://"):
@@ -84,6 +191,27 @@ def _providers(env: str) -> tuple[str, ...]:
     if "dev" in names and env == "production":
         raise ConfigError("the dev payment provider cannot be enabled in production")
     return names
+
+
+def _login_throttle() -> dict[str, Any]:
+    free = _int("LOGIN_FREE_FAILURES", 5)
+    base = _float("LOGIN_DELAY_BASE_SECONDS", 1.0)
+    cap = _float("LOGIN_DELAY_MAX_SECONDS", 900.0)
+    reset = _float("LOGIN_FAILURE_RESET_SECONDS", 3600.0)
+    if free < 0:
+        raise ConfigError(f"LOGIN_FREE_FAILURES must be 0 or more, got {free}")
+    if not (0 < base <= cap):
+        raise ConfigError(
+            "LOGIN_DELAY_BASE_SECONDS must be above 0 and at most LOGIN_DELAY_MAX_SECONDS"
+        )
+    if reset < cap:
+        raise ConfigError("LOGIN_FAILURE_RESET_SECONDS must be at least LOGIN_DELAY_MAX_SECONDS")
+    return {
+        "login_free_failures": free,
+        "login_delay_base_seconds": base,
+        "login_delay_max_seconds": cap,
+        "login_failure_reset_seconds": reset,
+    }
 
 
 @dataclass(frozen=True)
@@ -180,6 +308,11 @@ class Settings:
     health_unhealthy_after: int = 3
     health_probe_timeout_seconds: float = 10.0
     trusted_proxies: int = 0
+    # Per-account login throttling (app/services/login_throttle.py).
+    login_free_failures: int = 5
+    login_delay_base_seconds: float = 1.0
+    login_delay_max_seconds: float = 900.0
+    login_failure_reset_seconds: float = 3600.0
 
     @property
     def is_production(self) -> bool:
@@ -217,12 +350,28 @@ class Settings:
                 "or point REDIS_URL at a Redis server"
             )
         key_b64 = secret("ENCRYPTION_KEY", DEV_ENCRYPTION_KEY)
-        try:
-            encryption_key = base64.b64decode(key_b64, validate=True)
-        except ValueError as exc:
-            raise ConfigError("ENCRYPTION_KEY must be standard base64 of 32 bytes") from exc
+        decoded = _decode_key(key_b64)
+        if decoded is None:
+            raise ConfigError(
+                "ENCRYPTION_KEY must be standard base64 of 32 bytes; generate one with: "
+                + GENERATE_ENCRYPTION_KEY
+            )
+        encryption_key = decoded
         if len(encryption_key) != 32:
-            raise ConfigError("ENCRYPTION_KEY must decode to exactly 32 bytes (AES-256)")
+            raise ConfigError(
+                f"ENCRYPTION_KEY must decode to exactly 32 bytes (AES-256), got "
+                f"{len(encryption_key)}; generate one with: {GENERATE_ENCRYPTION_KEY}"
+            )
+        secret_key = secret("SECRET_KEY", DEV_SECRET)
+        jwt_secret_key = secret("JWT_SECRET_KEY", DEV_JWT_SECRET)
+        if production:
+            problems = production_secret_problems(
+                secret_key, jwt_secret_key, key_b64, encryption_key
+            )
+            if problems:
+                raise ConfigError(
+                    "refusing to start with VIBEBOX_ENV=production: " + "; ".join(problems)
+                )
 
         broker = _env("CELERY_BROKER_URL", redis_url) or redis_url
         default_base = f"http://{_env('HOST', '127.0.0.1')}:{_env('PORT', '5000')}"
@@ -233,8 +382,8 @@ class Settings:
             redis_url=redis_url,
             celery_broker_url=broker,
             celery_result_backend=_env("CELERY_RESULT_BACKEND", broker) or broker,
-            secret_key=secret("SECRET_KEY", DEV_SECRET),
-            jwt_secret_key=secret("JWT_SECRET_KEY", DEV_SECRET + "-jwt"),
+            secret_key=secret_key,
+            jwt_secret_key=jwt_secret_key,
             encryption_key=encryption_key,
             jwt_access_expires=timedelta(
                 seconds=_int("JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 7 * 24 * 3600)
@@ -260,6 +409,7 @@ class Settings:
             health_unhealthy_after=_int("HEALTH_UNHEALTHY_AFTER", 3),
             health_probe_timeout_seconds=_float("HEALTH_PROBE_TIMEOUT_SECONDS", 10.0),
             trusted_proxies=_int("TRUSTED_PROXIES", 0),
+            **_login_throttle(),
         )
 
     def flask_config(self) -> dict[str, Any]:

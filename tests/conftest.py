@@ -211,6 +211,11 @@ def client_ip() -> str:
 
 @pytest.fixture
 def client(app: Any, db: Connection, client_ip: str):  # type: ignore[no-untyped-def]
+    from app.services import login_throttle
+
+    # Per-account login throttling counts by account name, whatever the address: start each
+    # test with no failed logins left over from an earlier one in this process.
+    login_throttle.clear_all(app.config["VIBEBOX_SETTINGS"])
     test_client = app.test_client()
     test_client.environ_base["REMOTE_ADDR"] = client_ip
     return test_client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import bcrypt
 from sqlalchemy import func, or_, select
@@ -16,20 +17,50 @@ log = logging.getLogger(__name__)
 
 INVALID_CREDENTIALS = "Invalid username/email or password"
 
-# Compared against when the user does not exist, so an unknown user costs the same bcrypt
-# work as a wrong password and response timing does not reveal which accounts exist.
-_DUMMY_HASH = bcrypt.hashpw(b"vibebox-timing-equalizer", bcrypt.gensalt(4))
+# bcrypt reads at most 72 bytes of a password (bcrypt >= 5 raises beyond that). Registration
+# refuses longer passwords (422), so no stored hash belongs to one: at login such a password
+# is simply wrong (401), after the same bcrypt work as any other wrong password.
+BCRYPT_MAX_BYTES = 72
+
+
+@cache
+def dummy_hash(rounds: int) -> bytes:
+    """A hash of a password nobody has, at cost ``rounds``: checked against when there is no
+    real hash to check (unknown user, over-long password), so that path costs the same bcrypt
+    work as a wrong password and response timing does not reveal which accounts exist.
+    Computed once per process and cost, on first use."""
+    return bcrypt.hashpw(b"vibebox-timing-equalizer", bcrypt.gensalt(rounds))
+
+
+def hash_cost(password_hash: str) -> int | None:
+    """The cost encoded in a ``$2b$12$...`` hash."""
+    parts = password_hash.split("$")
+    if len(parts) >= 4 and parts[2].isdigit() and 4 <= int(parts[2]) <= 31:
+        return int(parts[2])
+    return None
 
 
 def hash_password(password: str, rounds: int = 12) -> str:
-    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).decode()
+    secret = password.encode("utf-8")
+    if len(secret) > BCRYPT_MAX_BYTES:
+        raise ValueError(f"password is longer than {BCRYPT_MAX_BYTES} bytes")
+    return bcrypt.hashpw(secret, bcrypt.gensalt(rounds)).decode()
 
 
-def verify_password(password: str, password_hash: str | None) -> bool:
-    if not password_hash:
-        bcrypt.checkpw(password.encode(), _DUMMY_HASH)
+def verify_password(password: str, password_hash: str | None, *, rounds: int = 12) -> bool:
+    """Check ``password`` against ``password_hash``; exactly one bcrypt check in every case,
+    at the hash's own cost (or ``rounds`` when there is no hash). Never raises for any input
+    a client can send."""
+    secret = password.encode("utf-8", "surrogatepass")
+    cost = (hash_cost(password_hash) if password_hash else None) or rounds
+    if not password_hash or len(secret) > BCRYPT_MAX_BYTES or b"\0" in secret:
+        bcrypt.checkpw(secret[:BCRYPT_MAX_BYTES].replace(b"\0", b"?"), dummy_hash(cost))
         return False
-    return bcrypt.checkpw(password.encode(), password_hash.encode())
+    try:
+        return bcrypt.checkpw(secret, password_hash.encode())
+    except ValueError:  # a stored hash bcrypt cannot read
+        log.error("unreadable password hash; login refused")
+        return False
 
 
 def register_user(
@@ -64,17 +95,20 @@ def register_user(
     return user
 
 
-def authenticate(session: Session, *, login: str, password: str) -> User:
-    """Find a user by username or email and check the password; one message for all failures."""
+def authenticate(session: Session, *, login: str, password: str, bcrypt_rounds: int = 12) -> User:
+    """Find a user by username or email and check the password; one message for all failures.
+
+    An unknown user costs one bcrypt check at ``bcrypt_rounds`` (the cost new hashes get), a
+    known one a check at its hash's cost: the same work."""
     login = login.strip()
     user = session.scalars(
         select(User).where(or_(User.username == login.lower(), User.email == login.lower()))
     ).first()
     if user is None:
-        verify_password(password, None)
+        verify_password(password, None, rounds=bcrypt_rounds)
         log.info("login failed: unknown user")
         raise AuthenticationError(INVALID_CREDENTIALS, code="invalid_credentials")
-    if not verify_password(password, user.password_hash):
+    if not verify_password(password, user.password_hash, rounds=bcrypt_rounds):
         log.info("login failed: wrong password for user %s", user.id)
         raise AuthenticationError(INVALID_CREDENTIALS, code="invalid_credentials")
     log.info("login ok: user %s", user.id)

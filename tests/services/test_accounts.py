@@ -98,3 +98,48 @@ def test_create_admin_rejects_weak_password(app, db, monkeypatch):
     )
     assert result.exit_code != 0
     assert "password" in result.output
+
+
+def test_dummy_hash_is_made_once_per_cost_and_has_that_cost():
+    assert accounts.dummy_hash(5) is accounts.dummy_hash(5)
+    assert accounts.dummy_hash(5).startswith(b"$2b$05$")
+    assert accounts.dummy_hash(6).startswith(b"$2b$06$")
+
+
+def test_verify_password_never_raises(session):
+    good = accounts.hash_password("long-enough-1", rounds=4)
+    assert accounts.verify_password("long-enough-1", good, rounds=4)
+    for password in ("é" * 72, "a" * 1000, "nul\x00byte", "lone\ud800surrogate", ""):
+        assert accounts.verify_password(password, good, rounds=4) is False
+        assert accounts.verify_password(password, None, rounds=4) is False
+    assert accounts.verify_password("long-enough-1", "not-a-bcrypt-hash", rounds=4) is False
+    with pytest.raises(ValueError, match="72 bytes"):
+        accounts.hash_password("é" * 40, rounds=4)
+
+
+@pytest.mark.parametrize(
+    ("password", "problem"),
+    [
+        ("short-1", "at least 12"),
+        ("password1234", "Too common"),
+        ("Password123!", "Too common"),
+        ("iloveyou1234", "Too common"),
+        ("kay-the-user", "username or email"),
+        ("KAY-THE-USER", "username or email"),
+        ("kay@example.com", "username or email"),
+        ("kay-the-user2024", "Too common"),
+        ("ü" * 37, "72 bytes"),
+    ],
+)
+def test_password_policy(password, problem):
+    from app.services.password_policy import password_problems
+
+    problems = password_problems(password, username="kay-the-user", email="kay@example.com")
+    assert len(problems) == 1 and problem in problems[0]
+
+
+def test_password_policy_accepts_strong_passwords():
+    from app.services.password_policy import password_problems
+
+    for password in ("correct horse battery", "violet-Harbor-tangent-42", "Zürich-Fondue-Abend-17"):
+        assert password_problems(password, username="kay", email="kay@example.com") == [], password

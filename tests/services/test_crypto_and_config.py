@@ -3,11 +3,24 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
+import secrets
+from pathlib import Path
 
 import pytest
 
 from app import crypto
-from app.config import ConfigError, Settings, normalize_database_url
+from app.config import (
+    DEV_ENCRYPTION_KEY,
+    DEV_JWT_SECRET,
+    DEV_SECRET,
+    ConfigError,
+    Settings,
+    encryption_key_problem,
+    known_public_values,
+    normalize_database_url,
+    secret_problem,
+)
 from app.logging import RedactingFilter, redact
 
 KEY = os.urandom(32)
@@ -42,8 +55,8 @@ def test_production_refuses_missing_secrets(prod_env):
 
 
 def test_production_with_secrets_and_bad_encryption_key(prod_env):
-    prod_env.setenv("SECRET_KEY", "s" * 32)
-    prod_env.setenv("JWT_SECRET_KEY", "j" * 32)
+    prod_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
+    prod_env.setenv("JWT_SECRET_KEY", secrets.token_urlsafe(48))
     prod_env.setenv("ENCRYPTION_KEY", base64.b64encode(b"too short").decode())
     with pytest.raises(ConfigError, match="32 bytes"):
         Settings.from_env()
@@ -55,14 +68,138 @@ def test_production_with_secrets_and_bad_encryption_key(prod_env):
 
 
 def test_dev_payments_are_refused_in_production(prod_env):
-    prod_env.setenv("SECRET_KEY", "s" * 32)
-    prod_env.setenv("JWT_SECRET_KEY", "j" * 32)
+    prod_env.setenv("SECRET_KEY", secrets.token_urlsafe(48))
+    prod_env.setenv("JWT_SECRET_KEY", secrets.token_urlsafe(48))
     prod_env.setenv("ENCRYPTION_KEY", base64.b64encode(os.urandom(32)).decode())
     prod_env.setenv("PAYMENT_PROVIDERS", "stripe,dev")
     with pytest.raises(ConfigError, match="dev payment provider"):
         Settings.from_env()
     prod_env.setenv("PAYMENT_PROVIDERS", "stripe,paypal")
     with pytest.raises(ConfigError, match="paypal"):
+        Settings.from_env()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# A fixed random-looking value: parameter ids must be the same in every xdist worker.
+GOOD_SECRET = "Qm9Xr2Lk8VtB1nZ4pW7sD3fH6jY0aC5eUo-Ti_gE"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (DEV_SECRET, "publicly known"),
+        (DEV_JWT_SECRET, "publicly known"),
+        ("a", "too short"),
+        ("x" * 31, "too short"),
+        ("a" * 64, "entropy"),
+        ("ab" * 32, "entropy"),
+        ("abcd" * 16, "entropy"),
+        ("abcdefghijklmnopqrstuvwxyz012345", "guessable"),
+        ("abcdefghijkl" * 4, "guessable"),
+        ("correcthorsebatterystaple" * 2, "guessable"),
+        ("change-me-" + GOOD_SECRET, "placeholder"),
+        ("INSECURE" + GOOD_SECRET, "placeholder"),
+    ],
+)
+def test_weak_or_known_secrets_are_refused(value, reason):
+    problem = secret_problem("JWT_SECRET_KEY", value)
+    assert problem is not None and reason in problem
+    assert problem.startswith("JWT_SECRET_KEY ")
+    assert "secrets.token_urlsafe(48)" in problem
+    if len(value) > 3:
+        assert value not in problem  # the refusal never repeats the value
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: secrets.token_urlsafe(48),
+        lambda: secrets.token_urlsafe(24),
+        lambda: secrets.token_hex(16),
+        lambda: secrets.token_hex(32),
+        lambda: base64.b64encode(os.urandom(48)).decode(),
+    ],
+    ids=["urlsafe48", "urlsafe24", "hex16", "hex32", "base64"],
+)
+def test_random_secrets_are_accepted(make):
+    for _ in range(50):
+        assert secret_problem("SECRET_KEY", make()) is None
+
+
+def test_every_value_in_env_example_is_refused_as_a_secret():
+    values = [
+        line.partition("=")[2].strip()
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if re.match(r"^[A-Z][A-Z0-9_]*=", line)
+    ]
+    values = [v for v in values if v]
+    assert "https://api.cluster-fluster.com" in values
+    assert set(values) <= known_public_values()
+    for value in values:
+        assert "publicly known" in (secret_problem("SECRET_KEY", value) or "")
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (bytes(32), "one byte repeated"),
+        (b"\xff" * 32, "one byte repeated"),
+        (bytes(range(8)) * 4, "degenerate"),
+        (base64.b64decode(DEV_ENCRYPTION_KEY), "publicly known"),
+    ],
+)
+def test_degenerate_or_known_encryption_keys_are_refused(key, reason):
+    problem = encryption_key_problem(base64.b64encode(key).decode(), key)
+    assert problem is not None and reason in problem
+    assert "os.urandom(32)" in problem
+    assert encryption_key_problem(base64.b64encode(KEY).decode(), KEY) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"ENCRYPTION_KEY": base64.b64encode(os.urandom(16)).decode()}, "exactly 32 bytes"),
+        ({"ENCRYPTION_KEY": base64.b64encode(bytes(32)).decode()}, "ENCRYPTION_KEY is one byte"),
+        ({"ENCRYPTION_KEY": "not base64!"}, "ENCRYPTION_KEY must be standard base64"),
+        ({"SECRET_KEY": "a"}, "SECRET_KEY is too short"),
+        ({"SECRET_KEY": "a" * 40}, "SECRET_KEY has too little entropy"),
+        ({"JWT_SECRET_KEY": GOOD_SECRET, "SECRET_KEY": GOOD_SECRET}, "must differ"),
+    ],
+)
+def test_production_start_up_refuses_weak_values(prod_env, env, match):
+    good = {
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "JWT_SECRET_KEY": secrets.token_urlsafe(48),
+        "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+    }
+    for name, value in {**good, **env}.items():
+        prod_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=match):
+        Settings.from_env()
+
+
+def test_weak_values_are_fine_outside_production(monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "a")
+    monkeypatch.setenv("ENCRYPTION_KEY", base64.b64encode(bytes(32)).decode())
+    assert Settings.from_env().secret_key == "a"
+
+
+def test_login_throttle_settings_from_env(monkeypatch):
+    monkeypatch.setenv("LOGIN_FREE_FAILURES", "2")
+    monkeypatch.setenv("LOGIN_DELAY_BASE_SECONDS", "0.05")
+    monkeypatch.setenv("LOGIN_DELAY_MAX_SECONDS", "0.4")
+    monkeypatch.setenv("LOGIN_FAILURE_RESET_SECONDS", "10")
+    settings = Settings.from_env()
+    assert settings.login_free_failures == 2
+    assert settings.login_delay_base_seconds == 0.05
+    assert settings.login_delay_max_seconds == 0.4
+    assert settings.login_failure_reset_seconds == 10
+    monkeypatch.setenv("LOGIN_DELAY_BASE_SECONDS", "0")
+    with pytest.raises(ConfigError, match="LOGIN_DELAY_BASE_SECONDS"):
+        Settings.from_env()
+    monkeypatch.setenv("LOGIN_DELAY_BASE_SECONDS", "0.1")
+    monkeypatch.setenv("LOGIN_FAILURE_RESET_SECONDS", "0.2")
+    with pytest.raises(ConfigError, match="LOGIN_FAILURE_RESET_SECONDS"):
         Settings.from_env()
 
 
@@ -73,6 +210,9 @@ def test_defaults(monkeypatch):
     assert settings.bcrypt_rounds == 12
     assert settings.jwt_access_expires.days == 7
     assert settings.ratelimit_default == "100 per minute"
+    assert settings.login_free_failures == 5
+    assert settings.login_delay_base_seconds == 1.0
+    assert settings.login_delay_max_seconds == 900.0
 
 
 def test_missing_database_url_names_the_fix(monkeypatch):

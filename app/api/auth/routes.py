@@ -25,11 +25,12 @@ from app.api.auth.schemas import (
     RegisterRequestSchema,
     SessionResponseSchema,
 )
+from app.api.errors import error_response
 from app.db import db_session
 from app.extensions import limiter
 from app.models import User
 from app.security import revoke_token
-from app.services import accounts
+from app.services import accounts, login_throttle
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="User accounts")
 
@@ -78,12 +79,40 @@ class Login(MethodView):
     @blp.arguments(LoginRequestSchema)
     @blp.response(200, AuthResponseSchema)
     @blp.alt_response(401, description="Invalid credentials")
+    @blp.alt_response(
+        429,
+        description="Too many requests from this address, or too many failed logins for "
+        "this account (`login_throttled`; wait `Retry-After` seconds)",
+    )
     def post(self, data: dict[str, Any]):
         """Log in with username or email and password"""
+        settings = get_settings()
+        verdict = login_throttle.begin_attempt(settings, data["username"])
+        if not verdict.allowed:
+            # Refused without looking at the password: during the delay even the right one
+            # is refused, else the delay would not slow a guesser down.
+            return _throttled(verdict.retry_after_seconds)
         user = accounts.authenticate(
-            db_session(), login=data["username"], password=data["password"]
+            db_session(),
+            login=data["username"],
+            password=data["password"],
+            bcrypt_rounds=settings.bcrypt_rounds,
         )
+        login_throttle.succeeded(settings, data["username"])
         return _session_response(user, 200)
+
+
+def _throttled(retry_after: int):
+    response = error_response(
+        429,
+        "login_throttled",
+        f"Too many failed logins for this account; try again in {retry_after} s",
+        extra={"retryAfter": retry_after},
+    )
+    # flask-limiter (headers on) then sets Retry-After to the later of this and the per-IP
+    # window's reset; ``retryAfter`` in the body is the account's own delay.
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @blp.route("/logout")

@@ -1,8 +1,24 @@
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from app.services.password_policy import password_problems
 
 USERNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"
+# A sanity bound on what a login form may send as a password; anything past 72 bytes is
+# simply a wrong password (401), see app/services/accounts.py.
+LOGIN_PASSWORD_MAX_CHARS = 1024
+
+
+def plain_text(value: str) -> None:
+    """Refuse NUL characters and unpaired surrogates: PostgreSQL cannot store the first, and
+    the second is not Unicode text at all (it cannot be encoded to UTF-8)."""
+    if "\x00" in value:
+        raise ValidationError("Must not contain NUL characters.")
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        raise ValidationError("Must be valid Unicode text (no unpaired surrogates).")
 
 
 class UserSchema(Schema):
@@ -24,33 +40,52 @@ class AuthResponseSchema(Schema):
 
 
 class RegisterRequestSchema(Schema):
-    email = fields.Email(required=True, validate=validate.Length(max=254))
+    email = fields.Email(required=True, validate=[validate.Length(max=254), plain_text])
     username = fields.String(
         required=True,
-        validate=validate.Regexp(
-            USERNAME_RE,
-            error="3-32 characters: letters, digits, '_', '.', '-'; starting with a letter "
-            "or digit",
-        ),
+        validate=[
+            plain_text,
+            validate.Regexp(
+                USERNAME_RE,
+                error="3-32 characters: letters, digits, '_', '.', '-'; starting with a letter "
+                "or digit",
+            ),
+        ],
     )
-    password = fields.String(required=True, load_only=True)
+    password = fields.String(
+        required=True,
+        load_only=True,
+        validate=plain_text,
+        metadata={
+            "description": "12+ characters, at most 72 bytes (UTF-8); not common, guessable, "
+            "or your username/email"
+        },
+    )
 
-    @validates("password")
-    def _password(self, value: str, **_: object) -> None:
-        if len(value) < 8:
-            raise ValidationError("Must be at least 8 characters long.")
-        # bcrypt only reads 72 bytes; refuse rather than silently ignore the rest.
-        if len(value.encode()) > 72:
-            raise ValidationError("Must be at most 72 bytes long.")
+    @validates_schema(skip_on_field_errors=False)
+    def _password_policy(self, data: dict[str, Any], **_: object) -> None:
+        # Runs even when another field is invalid, so every problem is reported at once;
+        # ``data`` holds only the fields that passed their own checks.
+        if "password" not in data:
+            return
+        problems = password_problems(
+            data["password"], username=data.get("username"), email=data.get("email")
+        )
+        if problems:
+            raise ValidationError({"password": problems})
 
 
 class LoginRequestSchema(Schema):
     username = fields.String(
         required=True,
-        validate=validate.Length(min=1, max=254),
+        validate=[validate.Length(min=1, max=254), plain_text],
         metadata={"description": "Username or email"},
     )
-    password = fields.String(required=True, load_only=True, validate=validate.Length(max=72))
+    password = fields.String(
+        required=True,
+        load_only=True,
+        validate=[validate.Length(max=LOGIN_PASSWORD_MAX_CHARS), plain_text],
+    )
 
 
 class SessionResponseSchema(Schema):
