@@ -65,7 +65,7 @@ from app.integrations import ssh
 from app.integrations.box_host import BoxEnvironmentError, BoxHost
 from app.integrations.ssh import SSHTarget
 from app.models import Plan, Server, VibeBox
-from app.services import jobs
+from app.services import events, jobs
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +475,19 @@ def _change_state(session: Session, server: Server, wanted: str) -> None:
             )
         if wanted == "available":
             wanted = "allocated"  # un-draining a server that still hosts its box
+        box = session.get(VibeBox, box_id)
+        if box is not None and wanted != current:
+            events.record(
+                session,
+                box,
+                f"server_{wanted}",
+                f"An operator set this box's server to {wanted}"
+                + (
+                    " (no new boxes on it; this one keeps running)."
+                    if wanted == "draining"
+                    else "."
+                ),
+            )
     server.state = wanted
     if wanted == "available":
         wake_waiting_boxes(session)

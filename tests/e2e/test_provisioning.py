@@ -136,6 +136,19 @@ def test_three_boxes_two_servers_third_waits_then_runs(admin, make_user, add_to_
             box_fleet.remove(s)
 
 
+def _failed_task_for(box_id: str) -> bool:
+    """A FAILURE in the result backend whose exception names this box."""
+    from app.config import Settings
+    from app.extensions import get_redis
+
+    redis = get_redis(Settings.from_env().redis_url)
+    for key in redis.scan_iter("celery-task-meta-*"):
+        meta = json.loads(redis.get(key) or b"{}")
+        if meta.get("status") == "FAILURE" and box_id in str(meta.get("result")):
+            return meta["result"].get("exc_type") == "BoxFailedError"
+    return False
+
+
 def test_happy_503_for_a_while_is_retried_then_runs(
     admin, make_user, add_to_pool, box, happy_double
 ):
@@ -162,6 +175,8 @@ def test_happy_401_fails_fast_with_a_reason_and_admin_retry_resumes(
     assert doc["timeline"][0]["attempts"] == 1  # permanent: no retries
     assert doc["lastError"]
     assert "401" not in doc["lastError"] and "token" not in doc["lastError"].lower()
+    # The failing task ended as FAILURE (Flower's "Failed"), not as a green SUCCESS.
+    assert _failed_task_for(box_id), "no FAILURE result recorded for the box's last task"
 
     # Not an admin: 403. Not failed: 409.
     assert user.post(f"/api/admin/vibeboxes/{box_id}/retry").status_code == 403

@@ -1,0 +1,296 @@
+"""The lifecycle engine: its transition table, the six defects it was built to end (each
+reproduced as the operator found it), and its failure policy. Real PostgreSQL, the real
+engine and allocation; the remote side of each step is scripted (engine_harness)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.models import Server, Subscription, VibeBox
+from app.services import engine, lifecycle, pool, provisioning
+from app.services.engine import BoxStatus as S
+from tests.factories import UserFactory
+from tests.services.engine_harness import PERMANENT, TRANSIENT, UNUSABLE, Harness
+
+
+@pytest.fixture
+def h(session, settings):
+    harness = Harness(session, settings)
+    yield harness
+    harness.close()
+
+
+def _subscribed_box(h: Harness, plan: str = "basic", days: int = 30) -> VibeBox:
+    user = UserFactory()
+    now = datetime.now(UTC)
+    sub = Subscription(
+        id=uuid.uuid4(),
+        user_id=user.id,
+        plan_id=plan,
+        status="active",
+        billing_cycle="monthly",
+        payment_provider="dev",
+        current_period_start=now - timedelta(days=1),
+        current_period_end=now + timedelta(days=days),
+    )
+    h.session.add(sub)
+    h.session.flush()
+    box = provisioning.create_vibebox(
+        h.session, user_id=user.id, plan_id=plan, subscription_id=sub.id
+    )
+    h.session.commit()
+    return box
+
+
+def _running_box(h: Harness) -> VibeBox:
+    h.add_server()
+    box = _subscribed_box(h)
+    assert h.drive(box.id).status == S.RUNNING
+    return box
+
+
+# --- the transition table -----------------------------------------------------------------------
+
+
+def test_every_transition_moves_only_from_its_allowed_statuses():
+    for name, (allowed, target) in engine.TRANSITIONS.items():
+        for status in S:
+            box = VibeBox(status=str(status))
+            to = target or sorted(engine.TO_ANY[name])[0]
+            if status in allowed:
+                assert engine.transition(box, name, to if target is None else None) == to
+                assert box.status == to
+            else:
+                with pytest.raises(engine.IllegalTransitionError):
+                    engine.transition(box, name, to if target is None else None)
+                assert box.status == status
+
+
+def test_a_caller_given_target_must_be_one_the_table_allows():
+    box = VibeBox(status="starting")
+    with pytest.raises(ValueError):
+        engine.transition(box, "action_done", S.TERMINATED)
+
+
+def test_no_module_but_the_engine_assigns_a_box_status():
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    offenders = []
+    for path in [*root.joinpath("app").rglob("*.py"), *root.joinpath("workers").rglob("*.py")]:
+        if path.name == "engine.py":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\bbox\.status\s*=[^=]", line):
+                offenders.append(f"{path.relative_to(root)}:{n}")
+    assert offenders == []
+
+
+# --- the six defects ------------------------------------------------------------------------------
+
+
+def test_defect1_a_box_that_failed_in_a_control_action_comes_back_after_admin_retry(h):
+    box = _running_box(h)
+    engine.request_action(h.session, box.id, owner_id=box.user_id, action="restart")
+    h.session.commit()
+    h.world.script["control"] = [TRANSIENT] * 50  # the server stopped answering
+    assert h.drive(box.id).status == S.ERROR
+    assert h.box(box.id).action == "restart"
+
+    engine.retry_failed_box(h.session, box.id)  # the server is back
+    h.session.commit()
+    assert h.box(box.id).status == S.RESTARTING
+    assert "control" in h.jobs_for(box.id)
+    h.world.script["control"] = []
+    done = h.drive(box.id)
+    assert done.status == S.RUNNING and done.action is None
+    # ...and it is not stranded: connect and control work again.
+    engine.request_action(h.session, box.id, owner_id=box.user_id, action="stop")
+
+
+def test_defect2_admin_terminate_is_never_cancelled_by_an_active_subscription(h):
+    box = _running_box(h)
+    assert engine.start_teardown(h.session, box.id, reason="admin", cancellable=False)
+    h.session.commit()
+    done = h.drive(box.id)
+    assert done.status == S.TERMINATED
+    server = h.session.get(Server, done.server_id)
+    assert server is not None and server.state == "cleaning"
+
+
+def test_an_expiry_teardown_is_cancelled_by_a_renewal_that_lands_before_it_begins(h):
+    box = _running_box(h)
+    assert engine.start_teardown(h.session, box.id, reason="expired", cancellable=True)
+    h.session.commit()
+    h.run(box.id)  # the subscription is still active: a renewal landed
+    back = h.box(box.id)
+    assert back.status == S.RUNNING
+    assert [e.kind for e in engine_events(h, box.id)][-1] == "teardown_cancelled"
+
+
+def engine_events(h: Harness, box_id: uuid.UUID):  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from app.models import BoxEvent
+
+    return list(
+        h.session.scalars(
+            select(BoxEvent).where(BoxEvent.vibebox_id == box_id).order_by(BoxEvent.created_at)
+        )
+    )
+
+
+def test_defect3_failures_stay_in_the_history_and_progress_does_not_go_back(h):
+    server = h.add_server()
+    box = _subscribed_box(h)
+    h.world.script["start_daemon"] = [PERMANENT]
+    failed = h.drive(box.id)
+    assert failed.status == S.ERROR
+    done_before, _ = provisioning.progress(failed)
+    assert done_before == 3  # account, allocation, configure: not reset by the failure
+    failed_step = next(s for s in failed.steps if s.name == "start_daemon")
+    assert failed_step.state == "failed" and failed_step.last_error
+
+    engine.retry_failed_box(h.session, box.id)
+    h.session.commit()
+    retried = h.box(box.id)
+    assert retried.status == S.PROVISIONING
+    kinds = [e.kind for e in engine_events(h, box.id)]
+    assert "failed" in kinds and "retried" in kinds  # who did what stays
+    assert any("start_daemon cannot work" in e.message for e in engine_events(h, box.id))
+    assert h.session.get(Server, server.id).state == "cleaning"  # left for its scrub
+    pool.finish_cleaning(h.session, server.id)
+    h.session.commit()
+    assert h.drive(box.id).status == S.RUNNING
+
+
+def test_defect4_capacity_waits_back_off_and_say_why(h, settings):
+    h.add_server(cpu=2, ram=4, disk=40)  # too small for pro
+    box = _subscribed_box(h, plan="pro")
+    h.run(box.id)  # account
+    delays = []
+    for _ in range(6):
+        outcome = h.run(box.id)
+        assert outcome.kind == "waiting"
+        delays.append(outcome.delay)
+    waiting = h.box(box.id)
+    assert waiting.status == S.WAITING_FOR_CAPACITY
+    assert "No server in the pool fits the pro plan (needs 4 CPU / 8 GB RAM" in waiting.last_error
+    assert "the largest free one has 2 CPU" in waiting.last_error
+    assert waiting.capacity_waits == 6
+    assert next(s for s in waiting.steps if s.name == "allocate_server").attempts == 0
+    p = settings.provisioning
+    ceilings = [
+        min(p.capacity_retry_max_seconds, p.retry_base_seconds * 2 ** (n - 1)) for n in range(1, 7)
+    ]
+    assert all(d <= c + 1e-9 for d, c in zip(delays, ceilings, strict=True))
+    assert max(ceilings) > p.retry_base_seconds  # the exponent grows
+
+    # A fitting server added wakes the waiting box at once.
+    h.published.clear()
+    pool_server = h.add_server(cpu=4, ram=8, disk=80)
+    pool.wake_waiting_boxes(h.session)
+    h.session.commit()
+    assert "allocate_server" in h.jobs_for(box.id)
+    assert h.drive(box.id).server_id == pool_server.id
+
+
+def test_defect5_a_final_failure_is_reported_as_failed(h):
+    h.add_server()
+    box = _subscribed_box(h)
+    h.world.script["create_happy_account"] = [PERMANENT]
+    assert h.run(box.id).kind == "failed"
+
+
+def test_defect6_a_retry_landing_after_terminate_does_not_resurrect_the_box(h):
+    box = _subscribed_box(h)  # no server at all: it waits for capacity
+    h.run(box.id)
+    assert h.run(box.id).kind == "waiting"
+    # The allocation retry is claimed by a worker...
+    assert engine.claim(h.session, box.id, "allocate_server", lease_seconds=60) is engine.Claim.RUN
+    h.session.commit()
+    # ...while an admin terminates the box...
+    engine.start_teardown(h.session, box.id, reason="admin", cancellable=False)
+    h.session.commit()
+    assert h.box(box.id).status == S.TERMINATED
+    # ...and then the worker's attempt ends in "no capacity" and would schedule a retry.
+    assert (
+        engine.wait_for_capacity(
+            h.session, box.id, "allocate_server", reason="x", base=1, maximum=2
+        )
+        is None
+    )
+    assert (
+        engine.schedule_retry(h.session, box.id, "allocate_server", safe_error="x", delay=1)
+        is False
+    )
+    h.session.commit()
+    assert h.box(box.id).status == S.TERMINATED and h.box(box.id).next_retry_at is None
+
+
+# --- the policy -------------------------------------------------------------------------------
+
+
+def test_transient_faults_retry_with_growing_delays_then_fail_readably(h, settings):
+    h.add_server()
+    box = _subscribed_box(h)
+    h.world.script["create_happy_account"] = [TRANSIENT] * 100
+    kinds = [h.run(box.id).kind for _ in range(settings.provisioning.max_attempts)]
+    assert kinds[:-1] == ["retry"] * (settings.provisioning.max_attempts - 1)
+    assert kinds[-1] == "failed"
+    failed = h.box(box.id)
+    assert failed.status == S.ERROR and failed.last_error == "create_happy_account failed for now."
+    attempts = [e for e in engine_events(h, box.id) if e.kind == "attempt_failed"]
+    assert len(attempts) == settings.provisioning.max_attempts  # every attempt kept
+
+
+def test_an_unusable_server_is_quarantined_and_the_box_moves(h):
+    first = h.add_server()
+    box = _subscribed_box(h)
+    h.world.script["configure_server"] = [UNUSABLE]
+    h.run(box.id)
+    h.run(box.id)
+    assert h.run(box.id).kind == "moved"
+    assert h.session.get(Server, first.id).state == "unhealthy"
+    second = h.add_server()
+    assert h.drive(box.id).status == S.RUNNING
+    assert h.box(box.id).server_id == second.id
+    assert "moved" in [e.kind for e in engine_events(h, box.id)]
+
+
+def test_the_reconciler_resends_a_box_whose_worker_died_and_one_whose_message_was_lost(h):
+    h.add_server()
+    crashed = _subscribed_box(h)
+    lost = _subscribed_box(h)
+    h.add_server()
+    assert engine.claim(h.session, crashed.id, "create_happy_account", lease_seconds=60) is (
+        engine.Claim.RUN
+    )
+    h.session.commit()
+    h.published.clear()
+    assert engine.stranded(h.session, older_than=3600) == []  # a live lease, a fresh box
+    h.expire_leases()
+    h.age_everything()
+    repairs = {r.box_id: r for r in engine.stranded(h.session, older_than=60)}
+    assert set(repairs) >= {crashed.id, lost.id}
+    for repair in repairs.values():
+        engine.resend(h.session, repair)
+    h.session.commit()
+    assert h.jobs_for(crashed.id) == ["create_happy_account"]
+    assert h.jobs_for(lost.id) == ["create_happy_account"]
+    assert h.drive(crashed.id).status == h.drive(lost.id).status == S.RUNNING
+
+
+def test_expiry_tears_down_and_the_server_goes_to_cleaning(h):
+    box = _running_box(h)
+    sub = h.session.get(Subscription, box.subscription_id)
+    sub.current_period_start = datetime.now(UTC) - timedelta(days=35)
+    sub.current_period_end = datetime.now(UTC) - timedelta(days=5)
+    h.session.commit()
+    assert lifecycle.expire_subscription(h.session, sub.id, grace_seconds=0) == [box.id]
+    h.session.commit()
+    assert h.drive(box.id).status == S.TERMINATED
