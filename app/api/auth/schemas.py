@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
+from app.api.validation import RequestSchema
+
 USERNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"
 
 
@@ -23,7 +25,7 @@ class AuthResponseSchema(Schema):
     session = fields.Nested(SessionTokenSchema, required=True)
 
 
-class RegisterRequestSchema(Schema):
+class RegisterRequestSchema(RequestSchema):
     email = fields.Email(required=True, validate=validate.Length(max=254))
     username = fields.String(
         required=True,
@@ -44,13 +46,19 @@ class RegisterRequestSchema(Schema):
             raise ValidationError("Must be at most 72 bytes long.")
 
 
-class LoginRequestSchema(Schema):
+class LoginRequestSchema(RequestSchema):
     username = fields.String(
         required=True,
         validate=validate.Length(min=1, max=254),
         metadata={"description": "Username or email"},
     )
     password = fields.String(required=True, load_only=True, validate=validate.Length(max=72))
+
+    @validates("password")
+    def _password(self, value: str, **_: object) -> None:
+        # bcrypt refuses more than 72 bytes (ValueError): no stored password is longer.
+        if len(value.encode()) > 72:
+            raise ValidationError("Must be at most 72 bytes long.")
 
 
 class SessionResponseSchema(Schema):
