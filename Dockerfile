@@ -26,4 +26,4 @@ RUN pip install --no-deps -e . \
 
 USER vibebox
 EXPOSE 5000 5555
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "2", "--access-logfile", "-", "app:create_app()"]
+CMD ["gunicorn", "-c", "python:app.gunicorn_config", "--bind", "0.0.0.0:5000", "--workers", "2", "--access-logfile", "-", "app:create_app()"]

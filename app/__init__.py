@@ -15,6 +15,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     from app import logging as app_logging
     from app.api import register_blueprints
     from app.api.errors import register_error_handlers
+    from app.api.request_guard import init_request_guard
     from app.cli import register_cli
     from app.db import db_session, init_db
     from app.extensions import api, jwt, limiter
@@ -42,6 +43,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     api.init_app(app)
     jwt.init_app(app)
     limiter.init_app(app)
+    init_request_guard(app)  # after the limiter: a rate-limited client is refused first
     register_jwt_callbacks(jwt)
     register_blueprints(app, api)
     register_error_handlers(app)

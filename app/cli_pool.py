@@ -114,8 +114,12 @@ def pool_add(
         raise click.ClickException(f"invalid input: {exc.messages}") from None
     session = db_session()
     with _domain_errors():
+        settings = get_settings()
         server = pool.add_server(
-            session, pool.ServerSpec(**data), encryption_key=get_settings().encryption_key
+            session,
+            pool.ServerSpec(**data),
+            encryption_key=settings.encryption_key,
+            allowed_networks=settings.limits.pool_allowed_networks,
         )
         session.commit()
     click.echo(f"added server {server.id} ({server.ssh_user}@{server.host}:{server.ssh_port})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 import os
 import re
@@ -279,6 +280,46 @@ class ProvisioningSettings:
         )
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(name: str) -> tuple[IPNetwork, ...]:
+    """Comma- or space-separated CIDRs (a bare address is a /32 or /128); empty: none."""
+    raw = _env(name, "") or ""
+    networks = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not an IP network (CIDR)") from None
+    return tuple(networks)
+
+
+def _positive(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """What a request may carry, and where pool servers may be (README "Security")."""
+
+    max_content_length: int = 1024 * 1024  # any request body, bytes
+    webhook_max_bytes: int = 256 * 1024  # payment webhook bodies, bytes
+    # Networks a pool server's addresses must all be in; empty: any address.
+    pool_allowed_networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> LimitSettings:
+        return cls(
+            max_content_length=_positive("MAX_CONTENT_LENGTH", cls.max_content_length),
+            webhook_max_bytes=_positive("WEBHOOK_MAX_BYTES", cls.webhook_max_bytes),
+            pool_allowed_networks=_networks("POOL_ALLOWED_NETWORKS"),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str
@@ -299,6 +340,7 @@ class Settings:
     happy_web_url: str
     log_level: str
     provisioning: ProvisioningSettings = field(default_factory=lambda: ProvisioningSettings())
+    limits: LimitSettings = field(default_factory=lambda: LimitSettings())
     payment_providers: tuple[str, ...] = ()
     public_base_url: str = "http://127.0.0.1:5000"
     checkout_return_url: str = "http://127.0.0.1:5000/"
@@ -399,6 +441,7 @@ class Settings:
             or "https://app.happy.engineering",
             log_level=(_env("LOG_LEVEL", "INFO") or "INFO").upper(),
             provisioning=ProvisioningSettings.from_env(),
+            limits=LimitSettings.from_env(),
             payment_providers=_providers(env),
             public_base_url=public_base_url,
             checkout_return_url=_env("CHECKOUT_RETURN_URL", public_base_url + "/")
@@ -417,6 +460,7 @@ class Settings:
         return {
             "SECRET_KEY": self.secret_key,
             "TESTING": self.env == "testing",
+            "MAX_CONTENT_LENGTH": self.limits.max_content_length,
             "VIBEBOX_SETTINGS": self,
             # flask-smorest / OpenAPI
             "API_TITLE": "VibeBox API",

@@ -39,6 +39,20 @@ class ValidationError(VibeBoxError):
     code = "validation_error"
 
 
+class InvalidJSONError(VibeBoxError):
+    """The request body is not valid JSON."""
+
+    status_code = 400
+    code = "invalid_json"
+
+
+class PayloadTooLargeError(VibeBoxError):
+    """The request body is too large."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
 class AuthenticationError(VibeBoxError):
     """Authentication failed."""
 

@@ -9,9 +9,10 @@ from flask import request
 from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_smorest import Api
 
-api = Api()
+from app.api.openapi import ErrorResponsesPlugin, VibeBoxApi
+
+api = VibeBoxApi(spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})
 jwt = JWTManager()
 
 

@@ -65,6 +65,9 @@ def _isolate_environment(index: int) -> None:
             "VIBEBOX_ENV": "testing",
             "BCRYPT_ROUNDS": "4",
             "PAYMENT_PROVIDERS": "dev",
+            # Pool servers only on this machine: nothing a test (or the fuzzer) adds to the
+            # pool is ever looked for beyond loopback.
+            "POOL_ALLOWED_NETWORKS": "127.0.0.0/8",
             # The product's box users on the test servers carry this process's prefix,
             # so the fleet removes exactly its own (tests/support/sshd.py).
             "BOX_USER_PREFIX": box_user_prefix(),

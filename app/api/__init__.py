@@ -22,9 +22,11 @@ def register_blueprints(app: Flask, api: Api) -> None:
     from app.api.orders.routes import blp as orders_blp
     from app.api.servers.routes import blp as servers_blp
     from app.api.subscriptions.routes import blp as subscriptions_blp
+    from app.api.subscriptions.routes import dev_checkout_bp
     from app.api.vibeboxes.routes import blp as vibeboxes_blp
 
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(dev_checkout_bp)
     app.register_blueprint(
         Blueprint(
             "swagger_ui_assets",

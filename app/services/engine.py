@@ -689,6 +689,7 @@ class StepRunner:
         if claimed is Claim.DONE:
             return Outcome("done")  # whoever did it enqueued what follows
         step = self.implementations[name]
+
         def beat() -> None:
             heartbeat(session, box_id, name)
             session.commit()

@@ -36,8 +36,10 @@ transaction; functions flush when they need ids or constraint checks.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -99,6 +101,71 @@ class SSHLoginFailedError(ValidationError):
     """The server refused the SSH credentials."""
 
     code = "ssh_auth_failed"
+
+
+class HostNotAllowedError(ValidationError):
+    """The server's address is outside POOL_ALLOWED_NETWORKS."""
+
+    code = "server_host_not_allowed"
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# ``resolve(host, port)``: every address the name stands for (getaddrinfo semantics).
+Resolver = Callable[[str, int], list[IPAddress]]
+
+
+def resolve_addresses(host: str, port: int) -> list[IPAddress]:
+    """The addresses ``host`` resolves to, as the SSH client will look them up."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def _plain(address: IPAddress) -> IPAddress:
+    """``::ffff:10.0.0.1`` is 10.0.0.1."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_host_allowed(
+    host: str,
+    port: int,
+    allowed_networks: Iterable[IPNetwork],
+    *,
+    resolve: Resolver | None = None,
+) -> list[IPAddress]:
+    """Refuse (422 ``server_host_not_allowed``) a host any of whose addresses is outside
+    ``allowed_networks`` (empty: any address), or is unspecified (0.0.0.0, ::) or
+    multicast. A name is resolved and every address it resolves to is checked; a name that
+    does not resolve is 422 ``server_unreachable``. Returns the addresses."""
+    networks = list(allowed_networks)
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        addresses: list[IPAddress] = [ipaddress.ip_address(literal)]
+    except ValueError:
+        try:
+            addresses = (resolve or resolve_addresses)(literal, port)
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise ServerUnreachableError(f"Could not resolve {host}: {exc}") from None
+    if not addresses:
+        raise ServerUnreachableError(f"{host} resolves to no address")
+    for address in map(_plain, addresses):
+        refused = address.is_unspecified or address.is_multicast
+        if not refused and networks:
+            refused = not any(address in network for network in networks)
+        if refused:
+            raise HostNotAllowedError(
+                f"{host} ({address}) is not in the networks pool servers may be in "
+                "(POOL_ALLOWED_NETWORKS)",
+                errors={"host": ["This address is not allowed for pool servers."]},
+            )
+    return addresses
 
 
 # --- inputs and outputs ------------------------------------------------------------------
@@ -245,8 +312,14 @@ def add_server(
     *,
     encryption_key: bytes,
     connect_check: ConnectCheck = check_connection,
+    allowed_networks: Iterable[IPNetwork] | None = None,
+    resolve: Resolver | None = None,
 ) -> Server:
     """Admit a server to the pool (state ``available``) after one successful SSH login.
+
+    ``allowed_networks`` (the API and CLI pass POOL_ALLOWED_NETWORKS): every address of the
+    host must be in one of them (empty: any address), checked before any connection, else
+    422 ``server_host_not_allowed`` (:func:`check_host_allowed`); None skips the check.
 
     The host key is pinned as presented, or compared with ``spec.host_key_fingerprint``
     (mismatch -> 409 ``host_key_mismatch``, nothing stored, credentials never offered).
@@ -261,6 +334,8 @@ def add_server(
     where = f"{user}@{host}:{spec.port}"
     if _find(session, host, spec.port, user) is not None:
         raise ConflictError(f"{where} is already in the pool", code="server_exists")
+    if allowed_networks is not None:
+        check_host_allowed(host, spec.port, allowed_networks, resolve=resolve)
 
     target = SSHTarget(
         host=host,

@@ -8,6 +8,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_jwt_extended import current_user
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app import get_settings
 from app.api.admin.schemas import PageArgsSchema, UserPageSchema
@@ -23,7 +24,7 @@ blp.before_request(require_admin)
 
 @blp.route("/users")
 class Users(MethodView):
-    @blp.arguments(PageArgsSchema, location="query")
+    @blp.arguments(PageArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, UserPageSchema)
     @blp.doc(security=[{"bearerAuth": []}])
     def get(self, args: dict[str, Any]):

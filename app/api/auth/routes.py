@@ -132,7 +132,7 @@ class Logout(MethodView):
 class CurrentSession(MethodView):
     @jwt_required(optional=True)
     @blp.response(200, SessionResponseSchema)
-    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.doc(security=[{"bearerAuth": []}, {}])  # {}: anonymous is fine too
     def get(self):
         """The logged-in user, or null"""
         return {"user": current_user if get_jwt() else None}

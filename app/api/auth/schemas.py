@@ -4,6 +4,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from app.api.validation import RequestSchema
 from app.services.password_policy import password_problems
 
 USERNAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{2,31}$"
@@ -39,7 +40,7 @@ class AuthResponseSchema(Schema):
     session = fields.Nested(SessionTokenSchema, required=True)
 
 
-class RegisterRequestSchema(Schema):
+class RegisterRequestSchema(RequestSchema):
     email = fields.Email(required=True, validate=[validate.Length(max=254), plain_text])
     username = fields.String(
         required=True,
@@ -75,7 +76,7 @@ class RegisterRequestSchema(Schema):
             raise ValidationError({"password": problems})
 
 
-class LoginRequestSchema(Schema):
+class LoginRequestSchema(RequestSchema):
     username = fields.String(
         required=True,
         validate=[validate.Length(min=1, max=254), plain_text],

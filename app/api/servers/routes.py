@@ -7,6 +7,7 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from app import get_settings
 from app.api.servers.schemas import (
@@ -32,7 +33,7 @@ _ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 @blp.route("")
 class Servers(MethodView):
-    @blp.arguments(ServerListArgsSchema, location="query")
+    @blp.arguments(ServerListArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, ServerSchema(many=True))
     @blp.doc(security=_ADMIN)
     def get(self, args: dict[str, Any]):
@@ -43,13 +44,20 @@ class Servers(MethodView):
     @blp.arguments(ServerCreateSchema)
     @blp.response(201, ServerSchema)
     @blp.alt_response(409, description="host_key_mismatch or server_exists")
-    @blp.alt_response(422, description="Invalid fields, server_unreachable or ssh_auth_failed")
+    @blp.alt_response(
+        422,
+        description="Invalid fields, server_host_not_allowed (POOL_ALLOWED_NETWORKS), "
+        "server_unreachable, ssh_auth_failed or server_check_failed",
+    )
     @blp.doc(security=_ADMIN)
     def post(self, data: dict[str, Any]):
         """Add a server: pins its host key and proves the credentials with one SSH login"""
-        session = db_session()
+        session, settings = db_session(), get_settings()
         server = pool.add_server(
-            session, pool.ServerSpec(**data), encryption_key=get_settings().encryption_key
+            session,
+            pool.ServerSpec(**data),
+            encryption_key=settings.encryption_key,
+            allowed_networks=settings.limits.pool_allowed_networks,
         )
         session.commit()
         return pool.view_server(session, server)

@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from app.api.validation import RequestSchema
 from app.models.server import SERVER_STATES
 from app.services.pool import FINGERPRINT_RE, OPERATOR_STATES, PRIVATE_KEY_RE
 
@@ -55,11 +56,11 @@ class ServerSchema(Schema):
     createdAt = fields.DateTime(attribute="server.created_at", dump_only=True)
 
 
-class ServerListArgsSchema(Schema):
+class ServerListArgsSchema(RequestSchema):
     state = fields.String(validate=validate.OneOf(SERVER_STATES))
 
 
-class ServerCreateSchema(Schema):
+class ServerCreateSchema(RequestSchema):
     host = fields.String(
         required=True, validate=[validate.Length(min=1, max=255), validate.Regexp(HOST_RE)]
     )
@@ -95,7 +96,7 @@ class ServerCreateSchema(Schema):
             raise ValidationError("Not a PEM or OpenSSH private key.", "privateKey")
 
 
-class ServerUpdateSchema(Schema):
+class ServerUpdateSchema(RequestSchema):
     label = fields.String(allow_none=True, validate=validate.Length(max=128))
     region = fields.String(allow_none=True, validate=validate.Length(max=64))
     cpu_cores = fields.Integer(data_key="cpuCores", validate=_cpu)

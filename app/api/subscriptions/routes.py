@@ -8,12 +8,14 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any, cast
 
+from flask import Blueprint as FlaskBlueprint
 from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from app import get_settings
+from app.api.openapi import WEBHOOK_DOC
 from app.api.subscriptions.schemas import (
     CheckoutRequestSchema,
     CheckoutResponseSchema,
@@ -129,8 +131,8 @@ class Webhook(MethodView):
     decorators = [limiter.exempt]
 
     @blp.response(200)
-    @blp.alt_response(400, description="Verification failed, unknown order, amount mismatch")
-    @blp.alt_response(409, description="Provider not enabled")
+    @blp.alt_response(409, description="`payment_provider_unavailable`: provider not enabled")
+    @blp.doc(**WEBHOOK_DOC)
     def post(self, provider_name: str):
         """Payment provider callback (Stripe, WeChat Pay, Alipay, dev)"""
         provider = _provider(provider_name)
@@ -158,26 +160,30 @@ def _dev_provider(order_id: uuid.UUID) -> DevProvider:
     return provider
 
 
-@blp.route("/dev/checkout/<uuid:order_id>")
-class DevCheckout(MethodView):
-    @blp.doc(hide=True)
-    def get(self, order_id: uuid.UUID):
-        """Development checkout page (dev provider only)"""
-        _dev_provider(order_id)
-        order = billing.get_order(db_session(), order_id)
-        page = (
-            "<!doctype html><title>VibeBox dev checkout</title>"
-            f"<h1>Pay {order.amount / 100:.2f} {escape(order.currency)} for "
-            f"{escape(order.plan_id)} ({escape(order.billing_cycle)})</h1>"
-            "<p>Development payments: no money moves.</p>"
-            f'<form method="post" action="{escape(request.full_path)}">'
-            '<button type="submit">Pay</button></form>'
-        )
-        return Response(page, content_type="text/html; charset=utf-8")
+# The dev checkout page is HTML for a browser, not part of the API: a plain Flask blueprint,
+# so it is not in the OpenAPI document (flask-smorest has no "hidden" operations).
+dev_checkout_bp = FlaskBlueprint("dev_checkout", __name__, url_prefix="/api/subscriptions")
 
-    @blp.doc(hide=True)
-    def post(self, order_id: uuid.UUID):
-        """Complete a dev checkout through the webhook code path"""
-        provider = _dev_provider(order_id)
-        body = provider.completion_body(str(order_id))
-        return handle_webhook(provider, WebhookRequest(headers={}, body=body))
+
+@dev_checkout_bp.get("/dev/checkout/<uuid:order_id>")
+def dev_checkout_page(order_id: uuid.UUID) -> Response:
+    """Development checkout page (dev provider only)"""
+    _dev_provider(order_id)
+    order = billing.get_order(db_session(), order_id)
+    page = (
+        "<!doctype html><title>VibeBox dev checkout</title>"
+        f"<h1>Pay {order.amount / 100:.2f} {escape(order.currency)} for "
+        f"{escape(order.plan_id)} ({escape(order.billing_cycle)})</h1>"
+        "<p>Development payments: no money moves.</p>"
+        f'<form method="post" action="{escape(request.full_path)}">'
+        '<button type="submit">Pay</button></form>'
+    )
+    return Response(page, content_type="text/html; charset=utf-8")
+
+
+@dev_checkout_bp.post("/dev/checkout/<uuid:order_id>")
+def dev_checkout_pay(order_id: uuid.UUID) -> Response:
+    """Complete a dev checkout through the webhook code path"""
+    provider = _dev_provider(order_id)
+    body = provider.completion_body(str(order_id))
+    return handle_webhook(provider, WebhookRequest(headers={}, body=body))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from app.api.validation import RequestSchema
 from app.config import KNOWN_PROVIDERS
 from app.models.plan import BILLING_CYCLES
 
@@ -26,7 +27,7 @@ class PlanListSchema(Schema):
     plans = fields.List(fields.Nested(PlanSchema), required=True)
 
 
-class CheckoutRequestSchema(Schema):
+class CheckoutRequestSchema(RequestSchema):
     planId = fields.String(required=True, validate=validate.Length(min=1, max=32))
     billingCycle = fields.String(required=True, validate=validate.OneOf(BILLING_CYCLES))
     provider = fields.String(required=True, validate=validate.OneOf(KNOWN_PROVIDERS))
@@ -56,5 +57,5 @@ class SubscriptionListSchema(Schema):
     subscriptions = fields.List(fields.Nested(SubscriptionSchema), required=True)
 
 
-class CancelRequestSchema(Schema):
+class CancelRequestSchema(RequestSchema):
     atPeriodEnd = fields.Boolean(load_default=True)

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
+from app.api.validation import RequestSchema
+
 
 class ProgressSchema(Schema):
     done = fields.Integer(required=True)
@@ -71,7 +73,7 @@ class VibeBoxListSchema(Schema):
     vibeBoxes = fields.List(fields.Nested(VibeBoxSchema), required=True)
 
 
-class ConnectRequestSchema(Schema):
+class ConnectRequestSchema(RequestSchema):
     """Optional body of ``POST /api/vibeboxes/<id>/connect``."""
 
     class Meta:
@@ -110,12 +112,12 @@ class ConnectResponseSchema(Schema):
     )
 
 
-class ProvisionRequestSchema(Schema):
+class ProvisionRequestSchema(RequestSchema):
     userId = fields.UUID(required=True)
     planId = fields.String(required=True, validate=validate.Length(min=1, max=32))
 
 
-class ControlRequestSchema(Schema):
+class ControlRequestSchema(RequestSchema):
     action = fields.String(required=True, validate=validate.OneOf(("start", "stop", "restart")))
 
 
