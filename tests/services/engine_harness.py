@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.crypto import encrypt_str
 from app.errors import HostUnreachableError, PermanentError, TransientError
-from app.models import ProvisioningStep, Server, VibeBox
-from app.services import engine, jobs
+from app.models import ProvisioningStep, Server, Subscription, VibeBox
+from app.services import engine, jobs, provisioning
 from app.services.jobs import Job
 from app.services.provisioning import utcnow
 from app.services.steps import (
@@ -135,6 +135,30 @@ class Harness:
         self.session.add(server)
         self.session.flush()
         return server
+
+    def pay(self, plan: str = "basic") -> VibeBox:
+        """A new user with an active subscription and its new (pending) box."""
+        from tests.factories import UserFactory
+
+        user = UserFactory()
+        now = datetime.now(UTC)
+        sub = Subscription(
+            id=uuid.uuid4(),
+            user_id=user.id,
+            plan_id=plan,
+            status="active",
+            billing_cycle="monthly",
+            payment_provider="dev",
+            current_period_start=now - timedelta(days=1),
+            current_period_end=now + timedelta(days=30),
+        )
+        self.session.add(sub)
+        self.session.flush()
+        box = provisioning.create_vibebox(
+            self.session, user_id=user.id, plan_id=plan, subscription_id=sub.id
+        )
+        self.session.commit()
+        return box
 
     def next_step(self, box_id: uuid.UUID) -> str | None:
         box = self.box(box_id)

@@ -12,7 +12,6 @@ import pytest
 from app.models import Server, Subscription, VibeBox
 from app.services import engine, lifecycle, pool, provisioning
 from app.services.engine import BoxStatus as S
-from tests.factories import UserFactory
 from tests.services.engine_harness import PERMANENT, TRANSIENT, UNUSABLE, Harness
 
 
@@ -23,26 +22,8 @@ def h(session, settings):
     harness.close()
 
 
-def _subscribed_box(h: Harness, plan: str = "basic", days: int = 30) -> VibeBox:
-    user = UserFactory()
-    now = datetime.now(UTC)
-    sub = Subscription(
-        id=uuid.uuid4(),
-        user_id=user.id,
-        plan_id=plan,
-        status="active",
-        billing_cycle="monthly",
-        payment_provider="dev",
-        current_period_start=now - timedelta(days=1),
-        current_period_end=now + timedelta(days=days),
-    )
-    h.session.add(sub)
-    h.session.flush()
-    box = provisioning.create_vibebox(
-        h.session, user_id=user.id, plan_id=plan, subscription_id=sub.id
-    )
-    h.session.commit()
-    return box
+def _subscribed_box(h: Harness, plan: str = "basic") -> VibeBox:
+    return h.pay(plan)
 
 
 def _running_box(h: Harness) -> VibeBox:

@@ -32,7 +32,6 @@ from app.models import BoxEvent, ProvisioningStep, Server, Subscription, User, V
 from app.services import engine, lifecycle, provisioning
 from app.services.engine import BoxStatus as S
 from app.services.jobs import Job
-from tests.factories import UserFactory
 from tests.services.engine_harness import OK, PERMANENT, TRANSIENT, UNUSABLE, Harness
 
 EXAMPLES = int(os.environ.get("ENGINE_MODEL_EXAMPLES", "25"))
@@ -71,26 +70,10 @@ def _model(session, app_settings):  # type: ignore[no-untyped-def]
 
         @rule(plan=st.sampled_from(["basic", "basic", "pro"]))
         def pay(self, plan: str) -> None:
-            user = UserFactory()
-            now = datetime.now(UTC)
-            sub = Subscription(
-                id=uuid.uuid4(),
-                user_id=user.id,
-                plan_id=plan,
-                status="active",
-                billing_cycle="monthly",
-                payment_provider="dev",
-                current_period_start=now - timedelta(days=1),
-                current_period_end=now + timedelta(days=30),
-            )
-            session.add(sub)
-            session.flush()
-            box = provisioning.create_vibebox(
-                session, user_id=user.id, plan_id=plan, subscription_id=sub.id
-            )
-            session.commit()
-            self.users.append(user.id)
-            self.subs.append(sub.id)
+            box = self.h.pay(plan)
+            self.users.append(box.user_id)
+            assert box.subscription_id is not None
+            self.subs.append(box.subscription_id)
             self.boxes.append(box.id)
 
         @rule(cpu=st.sampled_from([2, 4]))
