@@ -21,6 +21,9 @@ from app.config import Settings, normalize_database_url
 from tests.support.sshd import box_user_prefix
 
 _REQUIRED = ("DATABASE_URL", "REDIS_URL")
+# /metrics and /readyz?workers=1 take this bearer token outside development.
+METRICS_TOKEN = "test-metrics-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def _worker_index(config: pytest.Config) -> int:
@@ -65,6 +68,7 @@ def _isolate_environment(index: int) -> None:
             "VIBEBOX_ENV": "testing",
             "BCRYPT_ROUNDS": "4",
             "PAYMENT_PROVIDERS": "dev",
+            "METRICS_TOKEN": METRICS_TOKEN,
             # The product's box users on the test servers carry this process's prefix,
             # so the fleet removes exactly its own (tests/support/sshd.py).
             "BOX_USER_PREFIX": box_user_prefix(),

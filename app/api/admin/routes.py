@@ -13,6 +13,7 @@ from app.api.admin.schemas import PageArgsSchema, UserPageSchema
 from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchema
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
+from app.outage import enqueue_after_commit
 from app.security import require_admin
 from app.services import accounts, billing, provisioning
 
@@ -44,7 +45,7 @@ class Provision(MethodView):
         session = db_session()
         box = provisioning.create_vibebox(session, user_id=data["userId"], plan_id=data["planId"])
         db_session.commit()
-        enqueue_provisioning(box.id)
+        enqueue_after_commit(enqueue_provisioning, box.id, what=f"provisioning of box {box.id}")
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
 
 
@@ -60,7 +61,7 @@ class RetryBox(MethodView):
         session = db_session()
         box, start_at = provisioning.retry_failed_box(session, box_id)
         db_session.commit()
-        enqueue_provisioning(box.id, start_at)
+        enqueue_after_commit(enqueue_provisioning, box.id, start_at, what=f"retry of box {box.id}")
         box = provisioning.get_box(session, box_id)
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
 
@@ -102,7 +103,7 @@ class TerminateBox(MethodView):
         provisioning.get_box(session, box_id)
         if provisioning.start_teardown(session, box_id, reason="terminated by an admin"):
             db_session.commit()
-            enqueue_teardown(box_id)
+            enqueue_after_commit(enqueue_teardown, box_id, what=f"teardown of box {box_id}")
         else:
             db_session.commit()
         box = provisioning.get_box(session, box_id)

@@ -28,6 +28,7 @@ from app.api.auth.schemas import (
 from app.db import db_session
 from app.extensions import limiter
 from app.models import User
+from app.outage import redis_required
 from app.security import revoke_token
 from app.services import accounts
 
@@ -53,11 +54,12 @@ def _session_response(user: User, status: int):
 
 @blp.route("/register")
 class Register(MethodView):
-    decorators = [limiter.limit(_auth_limit)]
+    decorators = [limiter.limit(_auth_limit), redis_required]
 
     @blp.arguments(RegisterRequestSchema)
     @blp.response(201, AuthResponseSchema)
     @blp.alt_response(409, description="Email or username already taken")
+    @blp.alt_response(503, description="Redis is down: no session can be started (Retry-After)")
     def post(self, data: dict[str, Any]):
         """Create an account and start a session"""
         user = accounts.register_user(
@@ -73,11 +75,12 @@ class Register(MethodView):
 
 @blp.route("/login")
 class Login(MethodView):
-    decorators = [limiter.limit(_auth_limit)]
+    decorators = [limiter.limit(_auth_limit), redis_required]
 
     @blp.arguments(LoginRequestSchema)
     @blp.response(200, AuthResponseSchema)
     @blp.alt_response(401, description="Invalid credentials")
+    @blp.alt_response(503, description="Redis is down: no session can be started (Retry-After)")
     def post(self, data: dict[str, Any]):
         """Log in with username or email and password"""
         user = accounts.authenticate(
@@ -90,6 +93,7 @@ class Login(MethodView):
 class Logout(MethodView):
     @jwt_required()
     @blp.response(200, LogoutResponseSchema)
+    @blp.alt_response(503, description="Redis is down: the token is NOT revoked (Retry-After)")
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self):
         """End the session: the token is revoked and the cookies cleared"""

@@ -26,6 +26,7 @@ from app.extensions import limiter
 from app.integrations.payments.base import InvalidWebhookError, PaymentProvider, WebhookRequest
 from app.integrations.payments.dev_provider import DevProvider
 from app.integrations.payments.registry import ProviderRegistry
+from app.outage import enqueue_after_commit
 from app.services import billing
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,12 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
         boxes.extend(outcome.boxes_to_provision)
         teardowns.extend(outcome.boxes_to_teardown)
     session.commit()
+    # The payment and its consequences are committed: acknowledge it even when the broker is
+    # down (a redelivery would be a no-op and enqueue nothing); the reconciler re-enqueues.
     for box_id in boxes:
-        enqueue_provisioning(box_id)
+        enqueue_after_commit(enqueue_provisioning, box_id, what=f"provisioning of box {box_id}")
     for box_id in teardowns:
-        enqueue_teardown(box_id)
+        enqueue_after_commit(enqueue_teardown, box_id, what=f"teardown of box {box_id}")
     return _reply(provider.ack())
 
 
