@@ -23,6 +23,12 @@ accept_content = ["json"]
 timezone = "UTC"
 enable_utc = True
 
+# Progress lives in PostgreSQL, so no task result is stored or awaited - except the probe's
+# (``maintenance.probe`` sets ignore_result=False). Publishing a task whose result is kept
+# also subscribes the publisher to its result channel: every API process would pile up
+# subscriptions nobody reads, and while Redis is down each publish waited ~20 s for that
+# subscription before failing.
+task_ignore_result = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
@@ -35,9 +41,43 @@ result_expires = 24 * 3600
 # Longer than task_time_limit and the longest retry countdown: an unacknowledged message
 # comes back only when its worker is really gone.
 _visibility = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
-broker_transport_options = {"visibility_timeout": _visibility}
-result_backend_transport_options = {"visibility_timeout": _visibility}
+
+# Redis restarts and outages (README: Security). The worker never gives up on the broker:
+# it reconnects with backoff (2 s steps, at most 30 s apart) for as long as Redis is away,
+# instead of exiting after Celery's default 100 attempts (about 45 minutes), which under
+# `make run` stopped the whole stack. Connects time out, idle connections are PINGed, and
+# TCP keepalive notices a peer that vanished without closing.
+broker_connection_retry = True
 broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+broker_transport_options = {
+    "visibility_timeout": _visibility,
+    "socket_connect_timeout": 5,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
+# Publishing (API, beat, chains): a few quick retries, then the caller decides (the API
+# leaves committed work to the reconciler; see app/outage.py).
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+}
+# Results and task states (task_track_started) ride out a restart too, rather than failing a
+# task that did its work: each write already retries for about 20 s (the Redis backend's own
+# policy); on top of that it is retried 10 times with backoff (10 ms doubling up to 10 s).
+# The task's hard time limit still bounds a task stuck on a dead Redis.
+result_backend_transport_options = {"visibility_timeout": _visibility}
+result_backend_always_retry = True
+result_backend_max_retries = 10
+redis_socket_connect_timeout = 5
+redis_backend_health_check_interval = 10
+# On a broker reconnect, late-acknowledged tasks that are running keep running (the default,
+# made explicit): their messages are redelivered, and every step is idempotent and guarded
+# by a lease, so a duplicate is a no-op - cancelling a step mid-SSH would do more harm.
+worker_cancel_long_running_tasks_on_connection_loss = False
 
 task_default_queue = "celery"
 task_queues = (

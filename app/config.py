@@ -355,6 +355,8 @@ class Settings:
     login_delay_base_seconds: float = 1.0
     login_delay_max_seconds: float = 900.0
     login_failure_reset_seconds: float = 3600.0
+    metrics_token: str | None = None  # Bearer token for /metrics and /readyz?workers=1
+    metrics_ratelimit: str = "60 per minute"
 
     @property
     def is_production(self) -> bool:
@@ -453,10 +455,14 @@ class Settings:
             health_probe_timeout_seconds=_float("HEALTH_PROBE_TIMEOUT_SECONDS", 10.0),
             trusted_proxies=_int("TRUSTED_PROXIES", 0),
             **_login_throttle(),
+            metrics_token=_env("METRICS_TOKEN"),
+            metrics_ratelimit=_env("METRICS_RATELIMIT", "60 per minute") or "60 per minute",
         )
 
     def flask_config(self) -> dict[str, Any]:
         """The subset Flask and its extensions read from ``app.config``."""
+        from app.extensions import redis_client_options
+
         return {
             "SECRET_KEY": self.secret_key,
             "TESTING": self.env == "testing",
@@ -493,4 +499,9 @@ class Settings:
             "RATELIMIT_ENABLED": self.ratelimit_enabled,
             "RATELIMIT_HEADERS_ENABLED": True,
             "RATELIMIT_KEY_PREFIX": "vibebox-rl",
+            # Redis down: the limits fail open to per-process memory (logged by flask-limiter
+            # when it switches and when Redis is back); see app/outage.py.
+            "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+            "RATELIMIT_SWALLOW_ERRORS": True,
+            "RATELIMIT_STORAGE_OPTIONS": redis_client_options(),
         }

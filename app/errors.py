@@ -60,6 +60,13 @@ class AuthenticationError(VibeBoxError):
     code = "unauthorized"
 
 
+class MetricsTokenRequiredError(AuthenticationError):
+    """A valid METRICS_TOKEN bearer token is required."""
+
+    code = "metrics_token_required"
+    headers = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+
+
 class PermissionDeniedError(VibeBoxError):
     """You are not allowed to do this."""
 
@@ -85,6 +92,17 @@ class InvalidStateError(ConflictError):
     """The resource is not in a state that allows this."""
 
     code = "invalid_state"
+
+
+class ServiceUnavailableError(VibeBoxError):
+    """A backing service this request needs is down; retry after ``retry_after`` seconds."""
+
+    status_code = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
 
 
 # --- payments ---------------------------------------------------------------------------

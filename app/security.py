@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,8 +12,9 @@ from typing import Any, TypeVar
 from flask import jsonify, request
 from flask_jwt_extended import JWTManager, current_user, verify_jwt_in_request
 
+from app import outage
 from app.db import db_session
-from app.errors import PermissionDeniedError
+from app.errors import MetricsTokenRequiredError, PermissionDeniedError
 from app.extensions import get_redis
 from app.models import User
 
@@ -22,10 +24,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def revoke_token(jwt_payload: dict[str, Any]) -> None:
-    """Put a token's jti on the Redis blocklist until the token would expire anyway."""
+    """Put a token's jti on the Redis blocklist until the token would expire anyway.
+
+    Redis down: 503, and the token stays valid - never an answer that looks like a logout.
+    """
     ttl = int(jwt_payload["exp"] - datetime.now(UTC).timestamp()) + 1
     if ttl > 0:
-        get_redis().set(BLOCKLIST_PREFIX + jwt_payload["jti"], b"1", ex=ttl)
+        try:
+            get_redis().set(BLOCKLIST_PREFIX + jwt_payload["jti"], b"1", ex=ttl)
+        except outage.REDIS_ERRORS as exc:
+            raise outage.unavailable("Logging out is not possible right now") from exc
 
 
 def _error(status: int, code: str, message: str):
@@ -49,7 +57,11 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
 
     @jwt.token_in_blocklist_loader
     def _revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
-        return bool(get_redis().exists(BLOCKLIST_PREFIX + payload["jti"]))
+        try:
+            return bool(get_redis().exists(BLOCKLIST_PREFIX + payload["jti"]))
+        except outage.REDIS_ERRORS as exc:
+            # Fails closed (503) except for the owner's read-only status polls.
+            return outage.blocklist_unreachable(exc)
 
     @jwt.unauthorized_loader
     def _missing(reason: str):
@@ -72,6 +84,29 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
     @jwt.user_lookup_error_loader
     def _gone(_h: dict[str, Any], _p: dict[str, Any]):
         return _error(401, "invalid_token", "The session's user no longer exists")
+
+
+def require_metrics_token() -> None:
+    """Guard of ``/metrics`` and ``/readyz?workers=1``: ``Authorization: Bearer METRICS_TOKEN``.
+
+    Without METRICS_TOKEN only development serves them (to anyone); elsewhere they are
+    closed (403 ``metrics_disabled``) until a token is configured.
+    """
+    from app import get_settings
+
+    settings = get_settings()
+    expected = settings.metrics_token
+    if expected is None:
+        if settings.env == "development":
+            return
+        raise PermissionDeniedError(
+            "Set METRICS_TOKEN to serve metrics and worker probes", code="metrics_disabled"
+        )
+    scheme, _, presented = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode(), expected.encode()
+    ):
+        raise MetricsTokenRequiredError()
 
 
 def require_admin() -> None:

@@ -4,6 +4,7 @@
     python scripts/run.py serve    # services, migrations, then web+worker+beat+flower (honcho)
     python scripts/run.py test     # system packages, test services, pytest -n auto $PYTEST_ARGS
     python scripts/run.py flower   # Flower with the auth policy of VIBEBOX_ENV (Procfile)
+    python scripts/run.py respawn NAME -- CMD ...   # keep CMD running (Procfile worker, beat)
 
 ``serve`` and ``test`` use the servers of ``DATABASE_URL``/``REDIS_URL`` when set, else
 embedded ones under ``var/`` (see scripts/services.py), and stop on exit what they started.
@@ -15,8 +16,11 @@ import argparse
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections import deque
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,6 +129,90 @@ def cmd_flower(_args: argparse.Namespace) -> int:
             say("warning: and it listens beyond loopback; set FLOWER_BASIC_AUTH=user:password")
     os.execvpe(command[0], command, env)  # noqa: S606 - replace this process, keep its PID
     return 0  # not reached
+
+
+# --------------------------------------------------------------------------- respawn
+
+RESPAWN_MAX_RESTARTS = 5  # restarts within RESPAWN_WINDOW before giving up
+RESPAWN_WINDOW = 600.0
+RESPAWN_BACKOFF_MAX = 30.0
+RESPAWN_STABLE_AFTER = 60.0  # a run this long resets the backoff
+RESPAWN_FORWARD_AFTER = 2.0  # a stop signal the child did not get itself is passed on
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def respawn(
+    name: str,
+    command: Sequence[str],
+    *,
+    max_restarts: int = RESPAWN_MAX_RESTARTS,
+    window: float = RESPAWN_WINDOW,
+    backoff_max: float = RESPAWN_BACKOFF_MAX,
+) -> int:
+    """Run ``command`` and start it again whenever it exits without being asked to stop.
+
+    honcho (``make run``) stops every process as soon as one exits; the worker and beat run
+    under this loop so that one of them crashing is logged and restarted (backoff 1 s
+    doubling to ``backoff_max``) instead of taking the API down with it. More than
+    ``max_restarts`` restarts within ``window`` seconds: give up with the command's status.
+    A stop signal (SIGTERM, SIGINT, SIGHUP) ends the loop; honcho signals the whole process
+    group, so the command normally has it already, else it is passed on after 2 s.
+    """
+    stop: list[tuple[int, float]] = []
+
+    def on_stop(signum: int, _frame: object) -> None:
+        if not stop:
+            stop.append((signum, time.monotonic()))
+
+    previous = {signum: signal.signal(signum, on_stop) for signum in STOP_SIGNALS}
+    restarts: deque[float] = deque()
+    delay = first_delay = min(1.0, backoff_max)
+    try:
+        while not stop:
+            started = time.monotonic()
+            child = subprocess.Popen(list(command))
+            forwarded = False
+            while True:
+                try:
+                    returncode = child.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if stop and not forwarded and time.monotonic() - stop[0][1] > RESPAWN_FORWARD_AFTER:
+                    child.send_signal(stop[0][0])
+                    forwarded = True
+            status = 128 - returncode if returncode < 0 else returncode
+            if stop:
+                return status
+            now = time.monotonic()
+            if now - started > RESPAWN_STABLE_AFTER:
+                delay = first_delay
+            while restarts and now - restarts[0] > window:
+                restarts.popleft()
+            if len(restarts) >= max_restarts:
+                say(
+                    f"{name} exited with status {status}, its {max_restarts}th exit within "
+                    f"{window:.0f}s: not restarting it"
+                )
+                return status or 1
+            restarts.append(now)
+            say(f"{name} exited with status {status}; restarting it in {delay:.0f}s")
+            while not stop and time.monotonic() - now < delay:
+                time.sleep(0.1)
+            delay = min(delay * 2, backoff_max)
+        return 128 + stop[0][0]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def cmd_respawn(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        return fail("respawn needs a command: run.py respawn NAME -- CMD ...", 2)
+    return respawn(args.name, command)
 
 
 # --------------------------------------------------------------------------- serve
@@ -299,8 +387,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("serve", help="run the whole stack (make run)")
     sub.add_parser("test", help="run the test suite against real services (make test)")
     sub.add_parser("flower", help="start Flower (Procfile)")
+    p_respawn = sub.add_parser("respawn", help="keep a command running (Procfile worker, beat)")
+    p_respawn.add_argument("name", help="name used in the log lines")
+    p_respawn.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    handlers = {"serve": cmd_serve, "test": cmd_test, "flower": cmd_flower}
+    handlers = {
+        "serve": cmd_serve,
+        "test": cmd_test,
+        "flower": cmd_flower,
+        "respawn": cmd_respawn,
+    }
     return handlers[args.action](args)
 
 

@@ -21,6 +21,9 @@ from app.config import Settings, normalize_database_url
 from tests.support.sshd import box_user_prefix
 
 _REQUIRED = ("DATABASE_URL", "REDIS_URL")
+# /metrics and /readyz?workers=1 take this bearer token outside development.
+METRICS_TOKEN = "test-metrics-token"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def _worker_index(config: pytest.Config) -> int:
@@ -68,6 +71,7 @@ def _isolate_environment(index: int) -> None:
             # Pool servers only on this machine: nothing a test (or the fuzzer) adds to the
             # pool is ever looked for beyond loopback.
             "POOL_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "METRICS_TOKEN": METRICS_TOKEN,
             # The product's box users on the test servers carry this process's prefix,
             # so the fleet removes exactly its own (tests/support/sshd.py).
             "BOX_USER_PREFIX": box_user_prefix(),

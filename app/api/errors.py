@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+import redis
+from flask import Flask, Response, jsonify, request
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from werkzeug.exceptions import HTTPException
 
+from app import outage
 from app.errors import VibeBoxError
 
 log = logging.getLogger(__name__)
@@ -30,7 +33,7 @@ HTTP_CODES = {
     431: "headers_too_large",
     500: "internal_error",
     501: "not_implemented",
-    503: "unavailable",
+    503: "service_unavailable",
 }
 
 
@@ -66,7 +69,23 @@ def _field_errors(exc: HTTPException) -> dict[str, Any] | None:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(VibeBoxError)
     def _domain(exc: VibeBoxError) -> Response:
-        return error_response(exc.status_code, exc.code, exc.message, exc.errors, exc.extra)
+        response = error_response(exc.status_code, exc.code, exc.message, exc.errors, exc.extra)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            response.headers["Retry-After"] = str(retry_after)
+        response.headers.update(getattr(exc, "headers", None) or {})
+        return response
+
+    # Redis (rate limits, token blocklist, Celery broker) unreachable where no policy in
+    # app.outage caught it: the request cannot be served now, later it can. Never a 500.
+    @app.errorhandler(BrokerOperationalError)
+    @app.errorhandler(redis.exceptions.ConnectionError)
+    @app.errorhandler(redis.exceptions.TimeoutError)
+    def _backend_down(exc: Exception) -> Response:
+        outage.warn_throttled(
+            "Redis unreachable during %s %s: %r", request.method, request.path, exc
+        )
+        return _domain(outage.unavailable("The service is temporarily unavailable"))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

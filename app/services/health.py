@@ -55,3 +55,11 @@ def check_redis(client) -> str:
     except Exception as exc:
         return f"unreachable: {type(exc).__name__}"
     return "ok"
+
+
+def check_worker_roundtrip(timeout: float = 5.0) -> str:
+    """Send ``maintenance.probe`` through the broker and wait for a worker's answer (the
+    task system is reached through its one seam, like ``app.services.jobs``)."""
+    from workers.maintenance import check_worker_roundtrip as round_trip
+
+    return round_trip(timeout=timeout)

@@ -81,8 +81,13 @@ def _after_commit(session: Session) -> None:
     for job in jobs or ():
         try:
             _publish(job)
-        except Exception:  # the broker may be down: the reconciler sends it again
-            log.exception("could not publish %s; the reconciler will resend it", job)
+        except Exception as exc:  # the broker may be down: the reconciler sends it again
+            log.warning(
+                "could not publish %s (%s: %s); the reconciler will resend it",
+                job,
+                type(exc).__name__,
+                exc,
+            )
 
 
 @event.listens_for(Session, "after_rollback")

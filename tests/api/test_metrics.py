@@ -3,11 +3,12 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.services import provisioning
+from tests.conftest import METRICS_AUTH
 from tests.factories import UserFactory
 
 
 def _samples(client) -> dict[tuple[str, tuple], float]:
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=METRICS_AUTH)
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     out = {}

@@ -53,6 +53,7 @@ def test_run_serves_api_docs_and_flower_and_stops_everything_on_sigterm(tmp_path
         "WEB_CONCURRENCY": "1",
         "WORKER_CONCURRENCY": "1",
     }
+    env.pop("METRICS_TOKEN", None)  # development without a token: /readyz?workers=1 is open
     log = tmp_path / "stack.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

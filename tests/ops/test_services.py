@@ -494,7 +494,60 @@ def test_procfile_runs_every_process_the_design_names() -> None:
     assert "${HOST:-127.0.0.1}:${PORT:-5000}" in processes["web"]
     assert "-Q provisioning,control,maintenance,celery" in processes["worker"]
     assert "celery -A workers beat" in processes["beat"]
+    # Under honcho one exiting process stops them all: worker and beat are restarted instead.
+    assert "scripts/run.py respawn worker -- celery -A workers worker" in processes["worker"]
+    assert "scripts/run.py respawn beat -- celery -A workers beat" in processes["beat"]
     assert processes["flower"] == "python scripts/run.py flower"
+
+
+def _respawn(tmp_path: Path, script: str) -> subprocess.Popen[bytes]:
+    """`run.py respawn` of a small shell script, in its own process group (as honcho runs it)."""
+    return subprocess.Popen(
+        [sys.executable, str(RUN_PY), "respawn", "job", "--", "sh", "-c", script],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_for_lines(path: Path, count: int, timeout: float = 60.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= count:
+            return lines
+        time.sleep(0.1)
+    raise AssertionError(f"{path} has fewer than {count} lines after {timeout}s")
+
+
+def test_respawn_restarts_a_command_that_exits_and_stops_on_sigterm(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    # Each run records its pid; the first two crash, the third keeps running.
+    script = f"echo $$ >> {runs}; [ $(wc -l < {runs}) -ge 3 ] && exec sleep 60; exit 3"
+    proc = _respawn(tmp_path, script)
+    try:
+        pids = _wait_for_lines(runs, 3)
+        assert len(set(pids)) == 3  # three separate runs
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGTERM)  # what honcho does on Ctrl-C
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert output.decode().count("job exited with status 3; restarting it") == 2
+    assert len(runs.read_text().splitlines()) == 3  # not restarted after the stop signal
+
+
+def test_respawn_gives_up_on_a_command_that_keeps_failing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    status = run.respawn(
+        "job", ["sh", "-c", "echo x >> runs; exit 7"], max_restarts=2, backoff_max=0.1
+    )
+    assert status == 7
+    assert len((tmp_path / "runs").read_text().splitlines()) == 3  # first run + 2 restarts
 
 
 def test_ci_entry_point_runs_make_test() -> None:

@@ -1,8 +1,8 @@
 """Test-only pause points inside the real worker process (the product never imports this).
 
-``celery -A tests.support.failpoints worker`` is the real ``workers`` app with one extra:
-a step can be told, per box, to pause at its most dangerous moment, so a test can SIGKILL
-the worker exactly there:
+``celery -A tests.support.failpoints worker`` is the real ``workers`` app with test-only
+extras: the ``tests.nap`` task (below), and pause points - a step can be told, per box, to
+pause at its most dangerous moment, so a test can SIGKILL the worker exactly there:
 
 - steps with remote work pause in ``record`` - the remote side effect happened (Happy
   issued a token, the file was written, the daemon started) but nothing is recorded yet;
@@ -61,3 +61,10 @@ def _install() -> None:
 
 
 _install()
+
+
+@celery_app.task(name="tests.nap", acks_late=True, ignore_result=True)
+def nap(seconds: float) -> None:
+    """Test-only busy work: late-acknowledged like the provisioning steps, so a broker
+    restart finds tasks running and messages unacknowledged (tests/abuse)."""
+    time.sleep(min(float(seconds), 5.0))

@@ -10,6 +10,8 @@ import time
 import uuid
 from pathlib import Path
 
+from celery import Celery
+
 QUEUES = "provisioning,control,maintenance,celery"
 
 
@@ -25,6 +27,7 @@ class CeleryWorkerProcess:
         concurrency: int = 2,
         extra_env: dict[str, str] | None = None,
         app_module: str = "tests.support.failpoints",
+        redis_url: str | None = None,
     ):
         self.log_path = log_dir / f"celery-worker-{uuid.uuid4().hex[:6]}.log"
         self.concurrency = concurrency
@@ -32,10 +35,39 @@ class CeleryWorkerProcess:
         self.app_module = app_module
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
+        # A worker on a Redis of its own (broker, results, failpoints) instead of the suite's.
+        self.redis_url = redis_url
+        if redis_url:
+            self.extra_env = {
+                **self.extra_env,
+                "REDIS_URL": redis_url,
+                "CELERY_BROKER_URL": redis_url,
+                "CELERY_RESULT_BACKEND": redis_url,
+            }
+        self._client: Celery | None = None
+
+    def client(self) -> Celery:
+        """A Celery app that talks to this worker's broker (sends tasks, pings, results)."""
+        if self.redis_url is None:
+            from workers import celery_app
+
+            return celery_app
+        if self._client is None:
+            client = Celery(f"client-of-{self.name}")
+            client.config_from_object("celery_config")
+            # CELERY_BROKER_URL / CELERY_RESULT_BACKEND in this process's environment (the
+            # suite's Redis, tests/conftest.py) win over broker_url / result_backend; the
+            # read/write URLs and the backend class do not.
+            client.conf.update(broker_read_url=self.redis_url, broker_write_url=self.redis_url)
+            client.backend_cls = self.redis_url
+            self._client = client
+        return self._client
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> None:
-        from workers import celery_app
-
+        celery_app = self.client()
         env = {**os.environ, **self.extra_env}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(

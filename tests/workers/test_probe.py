@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from tests.conftest import METRICS_AUTH
+
 
 def test_readyz_with_workers_round_trips_a_task_through_a_real_worker(client, celery_worker):
-    response = client.get("/readyz?workers=1")
+    response = client.get("/readyz?workers=1", headers=METRICS_AUTH)
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["checks"] == {"database": "ok", "redis": "ok", "worker": "ok"}
 
@@ -20,7 +22,7 @@ def test_probe_task_reports_the_workers_database_view(celery_worker):
 def test_readyz_reports_503_when_no_worker_consumes(client, celery_worker):
     celery_worker.stop()
     try:
-        response = client.get("/readyz?workers=1")
+        response = client.get("/readyz?workers=1", headers=METRICS_AUTH)
         assert response.status_code == 503
         body = response.get_json()
         assert body["status"] == "unavailable"

@@ -29,6 +29,7 @@ from app.api.errors import error_response
 from app.db import db_session
 from app.extensions import limiter
 from app.models import User
+from app.outage import redis_required
 from app.security import revoke_token
 from app.services import accounts, login_throttle
 
@@ -54,11 +55,12 @@ def _session_response(user: User, status: int):
 
 @blp.route("/register")
 class Register(MethodView):
-    decorators = [limiter.limit(_auth_limit)]
+    decorators = [limiter.limit(_auth_limit), redis_required]
 
     @blp.arguments(RegisterRequestSchema)
     @blp.response(201, AuthResponseSchema)
     @blp.alt_response(409, description="Email or username already taken")
+    @blp.alt_response(503, description="Redis is down: no session can be started (Retry-After)")
     def post(self, data: dict[str, Any]):
         """Create an account and start a session"""
         user = accounts.register_user(
@@ -74,7 +76,7 @@ class Register(MethodView):
 
 @blp.route("/login")
 class Login(MethodView):
-    decorators = [limiter.limit(_auth_limit)]
+    decorators = [limiter.limit(_auth_limit), redis_required]
 
     @blp.arguments(LoginRequestSchema)
     @blp.response(200, AuthResponseSchema)
@@ -84,6 +86,7 @@ class Login(MethodView):
         description="Too many requests from this address, or too many failed logins for "
         "this account (`login_throttled`; wait `Retry-After` seconds)",
     )
+    @blp.alt_response(503, description="Redis is down: no session can be started (Retry-After)")
     def post(self, data: dict[str, Any]):
         """Log in with username or email and password"""
         settings = get_settings()
@@ -119,6 +122,7 @@ def _throttled(retry_after: int):
 class Logout(MethodView):
     @jwt_required()
     @blp.response(200, LogoutResponseSchema)
+    @blp.alt_response(503, description="Redis is down: the token is NOT revoked (Retry-After)")
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self):
         """End the session: the token is revoked and the cookies cleared"""

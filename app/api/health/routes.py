@@ -7,8 +7,10 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from app.api.metrics.routes import metrics_limit
 from app.db import db_session
 from app.extensions import get_redis, limiter
+from app.security import require_metrics_token
 from app.services import health
 
 blp = Blueprint("health", __name__, description="Probes")
@@ -29,21 +31,33 @@ class Healthz(MethodView):
         return {"status": "ok"}
 
 
+def _wants_workers() -> bool:
+    return request.args.get("workers") in {"1", "true"}
+
+
 @blp.route("/readyz")
 class Readyz(MethodView):
-    decorators = [limiter.exempt]
+    # Plain /readyz is cheap and unlimited (load balancers poll it); the worker round trip
+    # sends a task through the broker, so it takes METRICS_TOKEN and METRICS_RATELIMIT.
+    decorators = [limiter.limit(metrics_limit, exempt_when=lambda: not _wants_workers())]
 
     @blp.response(200, StatusSchema)
+    @blp.alt_response(401, description="`?workers=1` without a valid METRICS_TOKEN")
+    @blp.alt_response(429, description="`?workers=1` over METRICS_RATELIMIT")
     @blp.alt_response(503, schema=StatusSchema, description="A dependency is not ready")
     def get(self):
-        """PostgreSQL and Redis reachable, migrations at head; `?workers=1` also round-trips a
-        task through the broker to a worker"""
+        """PostgreSQL and Redis reachable, migrations at head; `?workers=1` (with
+        `Authorization: Bearer <METRICS_TOKEN>`) also round-trips a task through the broker
+        to a worker"""
+        workers = _wants_workers()
+        if workers:
+            require_metrics_token()
         result = health.Readiness()
         result.checks["database"] = health.check_database(db_session())
         result.checks["redis"] = health.check_redis(get_redis())
-        if request.args.get("workers") in {"1", "true"}:
-            from workers.maintenance import check_worker_roundtrip
-
-            result.checks["worker"] = check_worker_roundtrip(timeout=5.0)
+        if workers and result.checks["redis"] != "ok":
+            result.checks["worker"] = "not checked: the broker (Redis) is unreachable"
+        elif workers:
+            result.checks["worker"] = health.check_worker_roundtrip(timeout=5.0)
         body = {"status": "ok" if result.ok else "unavailable", "checks": result.checks}
         return body, (200 if result.ok else 503)

@@ -1,12 +1,14 @@
-"""Prometheus scrape endpoint."""
+"""Prometheus scrape endpoint (``Authorization: Bearer METRICS_TOKEN``, rate-limited)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from app import get_settings
 from app.db import db_session
 from app.extensions import limiter
+from app.security import require_metrics_token
 from app.services.metrics import FleetCollector
 
 bp = Blueprint("metrics", __name__)
@@ -14,8 +16,14 @@ _registry = CollectorRegistry(auto_describe=False)
 _registry.register(FleetCollector(db_session))
 
 
+def metrics_limit() -> str:
+    """METRICS_RATELIMIT: per client address, for /metrics and /readyz?workers=1."""
+    return get_settings().metrics_ratelimit
+
+
 @bp.get("/metrics")
-@limiter.exempt
+@limiter.limit(metrics_limit)
 def metrics() -> Response:
     """Fleet gauges for Prometheus (boxes by status, servers by state, failures)."""
+    require_metrics_token()
     return Response(generate_latest(_registry), mimetype=CONTENT_TYPE_LATEST)

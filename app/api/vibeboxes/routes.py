@@ -24,6 +24,7 @@ from app.api.vibeboxes.schemas import (
 from app.config import Settings
 from app.db import db_session
 from app.integrations.happy import HappyClient
+from app.outage import revocation_unverified
 from app.services import connect, engine, provisioning
 
 blp = Blueprint("vibeboxes", __name__, url_prefix="/api/vibeboxes", description="VibeBoxes")
@@ -49,6 +50,15 @@ def happy_client(settings: Settings) -> HappyClient:
     return client
 
 
+def _status_document(session: Any, settings: Settings, box: Any) -> dict[str, Any]:
+    """The polled status; without ``connectionInfo`` (credentials) when the session token
+    could not be checked against the blocklist (Redis outage, see app.outage)."""
+    document = provisioning.describe_box(session, settings, box)
+    if revocation_unverified():
+        document["connectionInfo"] = None
+    return document
+
+
 @blp.after_request
 def _connect_is_never_stored(response: Response) -> Response:
     """Every answer of the connect route (errors too) is ``no-store``: it carries credentials."""
@@ -68,7 +78,7 @@ class VibeBoxes(MethodView):
         """List my VibeBoxes with their status"""
         session, settings = db_session(), get_settings()
         boxes = provisioning.list_boxes(session, current_user.id)
-        documents = [provisioning.describe_box(session, settings, b) for b in boxes]
+        documents = [_status_document(session, settings, b) for b in boxes]
         return {"vibeBoxes": documents}, 200, PRIVATE
 
 
@@ -86,7 +96,7 @@ class VibeBoxDetail(MethodView):
         Send `If-None-Match` with the last ETag to get 304 while nothing changed."""
         session = db_session()
         box = provisioning.get_box(session, box_id, owner_id=current_user.id)
-        document = {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
+        document = {"vibeBox": _status_document(session, get_settings(), box)}
         return document, 200, PRIVATE
 
 
