@@ -21,9 +21,10 @@ class BoxFailedError(Exception):
     """A box's workflow failed for good; the reason is on the box (``lastError``)."""
 
 
-class BoxStepTask(Task):
-    """Crash-safe delivery for box steps: acknowledged after the work, redelivered when the
-    worker dies, one message at a time, retries counted by the engine (not by Celery)."""
+class StepTask(Task):
+    """Crash-safe delivery for engine work (box steps, server cleaning): acknowledged after
+    the work, redelivered when the worker dies, retries budgeted in PostgreSQL (not by
+    Celery)."""
 
     acks_late = True
     reject_on_worker_lost = True

@@ -20,7 +20,7 @@ from app.services import engine
 from app.services.provisioning import TEARDOWN_STEPS
 from app.services.steps import StepContext
 from workers import celery_app, get_settings
-from workers.base import BoxFailedError, BoxStepTask
+from workers.base import BoxFailedError, StepTask
 
 
 @cache
@@ -66,7 +66,7 @@ def _task_name(step: str) -> str:
 
 
 def _step_task(step: str) -> Task:
-    @celery_app.task(bind=True, base=BoxStepTask, name=_task_name(step))
+    @celery_app.task(bind=True, base=StepTask, name=_task_name(step))
     def step_task(self: Task, box_id: str) -> str:
         return run_box_step(self, box_id, step)
 

@@ -7,6 +7,7 @@ import socket
 import uuid
 from typing import Any
 
+from celery import Task
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from app.db import db_session
@@ -14,7 +15,7 @@ from app.errors import PermanentError, TransientError
 from app.integrations.box_host import BoxHost
 from app.services import daemon_watch, engine, health, jobs, lifecycle, pool
 from workers import celery_app, get_settings
-from workers.base import sweeper
+from workers.base import StepTask, sweeper
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,26 @@ def reconcile() -> int:
     return len(repairs)
 
 
-@celery_app.task(
-    name="maintenance.clean_server",
-    autoretry_for=(TransientError,),
-    retry_backoff=True,
-    retry_backoff_max=300,
-    retry_jitter=True,
-    max_retries=6,
-    ignore_result=True,
-)
-def clean_server(server_id: str) -> str:
+class ServerQuarantinedError(Exception):
+    """A server would not come clean; it is quarantined for a person (reason on the row)."""
+
+
+@celery_app.task(bind=True, base=StepTask, name="maintenance.clean_server")
+def clean_server(self: Task, server_id: str) -> str:
     """Scrub a server between owners (remove every box user we created on it, verify by
     uid) and return it to the pool.
 
-    Idempotent; SSH trouble retries with backoff; a server that will not come clean is
-    quarantined (``unhealthy``) for an operator.
+    Idempotent. The engine's policy: a transient fault (SSH trouble, leftovers) retries with
+    the same backoff as box steps, the budget (``PROVISION_MAX_ATTEMPTS``) counted in the
+    server row's failure counter; a permanent fault or a spent budget quarantines the server
+    (``unhealthy``) and ends the task as FAILURE.
     """
     from app.integrations.ssh import BoxSession
 
     settings = get_settings()
     session = db_session()
-    server = pool.get_server(session, uuid.UUID(server_id))
+    server_uuid = uuid.UUID(server_id)
+    server = pool.get_server(session, server_uuid)
     if server.state != "cleaning":
         return f"skipped ({server.state})"
     target = pool.ssh_target_for(server, settings.encryption_key)
@@ -102,19 +102,22 @@ def clean_server(server_id: str) -> str:
         ) as box:
             host = BoxHost(box, default_happy_server_url=settings.happy_server_url)
             problem = pool.scrub(host, server_id)
+        if problem:
+            raise TransientError(problem, safe_message="The server is not clean yet.")
     except PermanentError as exc:
-        pool.quarantine_server(session, uuid.UUID(server_id), f"cleaning failed: {exc}")
+        pool.quarantine_server(session, server_uuid, f"cleaning failed: {exc}")
         session.commit()
-        return "quarantined"
-    except TransientError:
-        if clean_server.request.retries >= (clean_server.max_retries or 0):
-            pool.quarantine_server(session, uuid.UUID(server_id), "cleaning: unreachable")
+        raise ServerQuarantinedError(f"server {server_id}: cleaning failed: {exc}") from None
+    except TransientError as exc:
+        failures = pool.record_cleaning_failure(session, server_uuid, f"cleaning: {exc}")
+        if failures >= p.max_attempts:
+            pool.quarantine_server(session, server_uuid, f"cleaning gave up: {exc}")
             session.commit()
-            return "quarantined"
-        raise
-    if problem:
-        raise TransientError(problem)
-    pool.finish_cleaning(session, uuid.UUID(server_id))
+            raise ServerQuarantinedError(f"server {server_id}: cleaning gave up: {exc}") from None
+        session.commit()
+        delay = engine.backoff(failures, p.retry_base_seconds, p.retry_max_seconds)
+        raise self.retry(countdown=delay, max_retries=None) from None
+    pool.finish_cleaning(session, server_uuid)
     session.commit()
     return "available"
 

@@ -805,6 +805,15 @@ def scrub(host: BoxHost, server_id: str) -> str | None:
     return "; ".join(problems) if problems else None
 
 
+def record_cleaning_failure(session: Session, server_id: uuid.UUID, reason: str) -> int:
+    """A cleaning attempt failed for now: count it (the retry budget lives on the row)."""
+    server = get_server(session, server_id, for_update=True)
+    server.consecutive_failures += 1
+    server.last_error = reason[:2000]
+    session.flush()
+    return server.consecutive_failures
+
+
 def servers_in_cleaning(session: Session) -> list[uuid.UUID]:
     return list(session.scalars(select(Server.id).where(Server.state == "cleaning")))
 

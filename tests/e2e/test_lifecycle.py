@@ -378,3 +378,22 @@ def test_admin_terminate_tears_down_and_returns_the_server(admin, make_user, add
     again = admin.post(f"/api/admin/vibeboxes/{box_id}/terminate")
     assert again.status_code == 202 and again.get_json()["vibeBox"]["status"] == "terminated"
     assert admin.post(f"/api/admin/vibeboxes/{uuid.uuid4()}/terminate").status_code == 404
+
+
+def test_a_server_that_cannot_be_cleaned_is_quarantined_after_the_retry_budget(
+    add_to_pool, box, celery_worker
+):
+    from workers.maintenance import clean_server
+
+    (server_id,) = add_to_pool(box)
+    session = db_session()
+    session.execute(update(Server).where(Server.id == server_id).values(state="cleaning"))
+    session.commit()
+    db_session.remove()
+    box.stop()  # unreachable: every attempt is a transient fault
+    clean_server.delay(str(server_id))
+    server = wait_until(
+        lambda: (s := server_state(box.port)).state == "unhealthy" and s, 90, "quarantine"
+    )
+    assert "cleaning gave up" in (server.last_error or "")
+    assert "raised unexpected: ServerQuarantinedError" in celery_worker.tail(4000)

@@ -213,9 +213,18 @@ class BoxAccount:
         except KeyError:
             return False
 
+    def uid_reused(self) -> bool:
+        """The uid now belongs to another user (created after this one was deleted, e.g. by
+        a test running in parallel): processes and files of the uid are then not ours."""
+        try:
+            return pwd.getpwuid(self.uid).pw_name != self.name
+        except KeyError:
+            return False
+
     def pids(self) -> list[int]:
-        """Live (not zombie) processes of the uid, whatever the user database says."""
-        return _live_pids_of(self.uid)
+        """Live (not zombie) processes of the uid while it is this user's (or nobody's)."""
+        pids = _live_pids_of(self.uid)
+        return [] if pids and self.uid_reused() else pids
 
     def kill(self, pid: int) -> None:
         """``kill -9`` one of this user's processes (a crash) and wait until it is gone."""
