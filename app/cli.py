@@ -1,14 +1,32 @@
-"""The ``vibebox`` command: Flask's CLI plus database, user and (later) pool commands."""
+"""The ``vibebox`` command: database, user, order, pool and box commands for operators.
+
+A plain click group (not Flask's: no ``run``/``shell``/``routes``); commands that need the
+app get it through ``with_appcontext`` from the ``ScriptInfo`` that :func:`main` passes in.
+Without ``DATABASE_URL`` / ``REDIS_URL`` in the environment it uses the embedded servers
+``make run`` started under ./var/ (``scripts/services.py``). Errors are one line (no
+traceback); logs are WARNING and up unless ``-v``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
 from flask import Flask
-from flask.cli import AppGroup, FlaskGroup
+from flask.cli import AppGroup, ScriptInfo
 
+from app.cli_boxes import boxes_cli
 from app.cli_pool import pool_cli
+
+NO_DATABASE = (
+    "no database: DATABASE_URL is not set and no embedded PostgreSQL runs under ./var/; "
+    "start the stack with `make run`, or set DATABASE_URL"
+)
 
 db_cli = AppGroup("db", help="Database schema (Alembic).")
 user_cli = AppGroup("user", help="User accounts.")
@@ -19,9 +37,8 @@ def _alembic_config():
     from app.config import normalize_database_url
     from app.services.health import alembic_config
 
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        raise click.ClickException("DATABASE_URL is not set")
+    use_embedded_services(redis=False)
+    url = os.environ["DATABASE_URL"]
     cfg = alembic_config()
     cfg.set_main_option("sqlalchemy.url", normalize_database_url(url).replace("%", "%%"))
     return cfg
@@ -133,21 +150,106 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(user_cli)
     app.cli.add_command(orders_cli)
     app.cli.add_command(pool_cli)
+    app.cli.add_command(boxes_cli)
+
+
+def embedded_service_urls(var_dir: str | None = None) -> dict[str, str]:
+    """URLs of the embedded PostgreSQL/Redis that ``make run`` left running under ./var/
+    (``scripts/services.py``; empty outside a source checkout or when none runs)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "services.py"
+    if not script.is_file():
+        return {}
+    spec = importlib.util.spec_from_file_location("vibebox_services", script)
+    if spec is None or spec.loader is None:
+        return {}
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    urls: dict[str, str] = module.running_urls("run", var_dir=var_dir)
+    return urls
+
+
+def use_embedded_services(environ: Any = os.environ, *, redis: bool = True) -> None:
+    """Fill in DATABASE_URL / REDIS_URL from the running embedded servers where unset (the
+    Celery broker, read from REDIS_URL when the workers module is first imported, too)."""
+    missing = [n for n in ("DATABASE_URL", "REDIS_URL") if not (environ.get(n) or "").strip()]
+    if not missing:
+        return
+    found = embedded_service_urls(environ.get("VIBEBOX_VAR_DIR") or None)
+    for name in missing:
+        if name in found:
+            environ[name] = found[name]
+    if not (environ.get("DATABASE_URL") or "").strip():
+        raise click.ClickException(NO_DATABASE)
+    if redis and not (environ.get("REDIS_URL") or "").strip():
+        raise click.ClickException(
+            "no Redis: REDIS_URL is not set and no embedded Redis runs under ./var/; "
+            "start the stack with `make run`, or set REDIS_URL"
+        )
+
+
+def _quiet_logs(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.getLogger().setLevel(level)
+    for name in ("app", "workers", "celery", "kombu", "alembic"):
+        logging.getLogger(name).setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class VibeBoxGroup(click.Group):
+    """Maps what a command lets escape to one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        from app.config import ConfigError
+        from app.errors import VibeBoxError
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except VibeBoxError as exc:
+            raise click.ClickException(f"{exc.message} [{exc.code}]") from None
+        except OperationalError as exc:
+            raise click.ClickException(
+                f"cannot reach the database: {_one_line(exc.orig or exc)} "
+                "(is `make run` running, or DATABASE_URL right?)"
+            ) from None
+        except ConfigError as exc:
+            raise click.ClickException(_one_line(exc)) from None
+
+
+@click.group(cls=VibeBoxGroup, help="VibeBox operations.")
+@click.option("-v", "--verbose", is_flag=True, help="Log INFO messages too (default: WARNING).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    ctx.meta["vibebox.verbose"] = verbose
+    _quiet_logs(verbose)
+
+
+cli.add_command(db_cli)
+cli.add_command(user_cli)
+cli.add_command(orders_cli)
+cli.add_command(pool_cli)
+cli.add_command(boxes_cli)
 
 
 def _create_app() -> Flask:
     from app import create_app
 
-    return create_app()
-
-
-cli = FlaskGroup(create_app=_create_app, add_version_option=False, help="VibeBox operations.")
-# Registered on the group itself so they run without building the app (no Redis needed).
-cli.add_command(db_cli)
-cli.add_command(user_cli)
-cli.add_command(orders_cli)
-cli.add_command(pool_cli)
+    use_embedded_services()
+    app = create_app()
+    ctx = click.get_current_context(silent=True)
+    _quiet_logs(bool(ctx and ctx.meta.get("vibebox.verbose")))  # create_app sets LOG_LEVEL
+    return app
 
 
 def main() -> None:
-    cli.main(prog_name="vibebox")
+    cli.main(prog_name="vibebox", obj=ScriptInfo(create_app=_create_app))

@@ -165,7 +165,7 @@ def pool_list(state: str | None) -> None:
         click.echo("no servers" + (f" in state {state}" if state else ""))
         return
     now = datetime.now(UTC)
-    rows = [["ID", "HOST", "USER", "STATE", "HEALTH", "ALLOCATED BOX", "LABEL"]]
+    rows = [["ID", "HOST", "USER", "STATE", "HEALTH", "ALLOCATED BOX", "LABEL", "LAST ERROR"]]
     for view in views:
         s = view.server
         latency = f"{s.last_latency_ms} ms" if s.last_latency_ms is not None else "-"
@@ -179,9 +179,75 @@ def pool_list(state: str | None) -> None:
                 health,
                 str(view.allocated_box_id or "-"),
                 s.label or "",
+                _one_line(s.last_error),
             ]
         )
     _table(rows, click.echo)
+
+
+def _one_line(text: str | None, width: int = 80) -> str:
+    if not text:
+        return "-"
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+@pool_cli.command("update")
+@click.argument("server_id")
+@click.option("--cpu", "cpu_cores", type=int, help="CPU cores.")
+@click.option("--ram-gb", type=int, help="Memory in GB.")
+@click.option("--disk-gb", type=int, help="Disk in GB.")
+@click.option("--label", help="Label ('' clears it).")
+@click.option("--region", help="Region ('' clears it).")
+@click.option(
+    "--drain/--undrain",
+    default=None,
+    help="Stop allocating to it (a box on it keeps running) / allocate to it again.",
+)
+def pool_update(
+    server_id: str,
+    cpu_cores: int | None,
+    ram_gb: int | None,
+    disk_gb: int | None,
+    label: str | None,
+    region: str | None,
+    drain: bool | None,
+) -> None:
+    """Change SERVER_ID's resources, label or region, or drain / undrain it."""
+    from marshmallow import ValidationError
+
+    from app.api.servers.schemas import ServerUpdateSchema
+    from app.db import db_session
+    from app.services import pool
+
+    raw: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("cpuCores", cpu_cores),
+            ("ramGb", ram_gb),
+            ("diskGb", disk_gb),
+            ("label", label),
+            ("region", region),
+        )
+        if value is not None
+    }
+    raw.update({k: None for k in ("label", "region") if raw.get(k) == ""})
+    if drain is not None:
+        raw["state"] = "draining" if drain else "available"
+    try:
+        changes = ServerUpdateSchema().load(raw)  # same validation as the API's PATCH
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid input: {exc.messages}") from None
+    if not changes:
+        raise click.UsageError("Nothing to change: give at least one option.")
+    session = db_session()
+    with _domain_errors():
+        server = pool.update_server(session, _server_id(server_id), **changes)
+        session.commit()
+    click.echo(
+        f"server {server.id}: {server.state}, {server.cpu_cores} cpu, {server.ram_gb} GB ram, "
+        f"{server.disk_gb} GB disk, label {server.label or '-'}, region {server.region or '-'}"
+    )
 
 
 @pool_cli.command("drain")

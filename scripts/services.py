@@ -897,6 +897,23 @@ def running_services(
                 signal.signal(signum, handler)
 
 
+def running_urls(purpose: Purpose = "run", *, var_dir: Path | str | None = None) -> dict[str, str]:
+    """``DATABASE_URL`` / ``REDIS_URL`` of the embedded servers already running under the var
+    directory (those found; nothing is started). The ``vibebox`` CLI uses it."""
+    layout = Layout(Path(var_dir or os.environ.get("VIBEBOX_VAR_DIR") or DEFAULT_VAR_DIR))
+    database, redis_db = DATABASE_NAMES[purpose], REDIS_DBS[purpose]
+    urls: dict[str, str] = {}
+    postgres = layout.read_state("postgres")
+    if postgres is not None and postgres.alive():
+        urls["DATABASE_URL"] = (
+            f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{postgres.port}/{database}"
+        )
+    redis = layout.read_state("redis")
+    if redis is not None and redis.alive():
+        urls["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/{redis_db}"
+    return urls
+
+
 def _in_main_thread() -> bool:
     import threading
 

@@ -170,7 +170,13 @@ def test_list_shows_state_health_and_allocated_box(run, session):
     busy = make_server(session, host="10.7.0.1", ssh_port=2222, last_latency_ms=17)
     box = make_box(session)
     pool.allocate_server(session, box)
-    make_server(session, host="10.7.0.2", state="unhealthy", consecutive_failures=4)
+    make_server(
+        session,
+        host="10.7.0.2",
+        state="unhealthy",
+        consecutive_failures=4,
+        last_error="ssh: connection refused\n(port 22)",
+    )
     session.commit()
     result = run("list")
     assert result.exit_code == 0, result.output
@@ -181,6 +187,8 @@ def test_list_shows_state_health_and_allocated_box(run, session):
     assert str(box.id) in busy_line and "17 ms" in busy_line
     sick_line = next(line for line in lines if "10.7.0.2:22" in line)
     assert "unhealthy" in sick_line and "4 fail" in sick_line and "never" in sick_line
+    assert sick_line.endswith("ssh: connection refused (port 22)")
+    assert "LAST ERROR" in lines[0] and busy_line.endswith("-")
     only = run("list", "--state", "unhealthy").output
     assert "10.7.0.2" in only and "10.7.0.1" not in only
 
@@ -201,3 +209,67 @@ def test_drain_and_remove(run, session):
     missing = run("drain", str(uuid.uuid4()))
     assert missing.exit_code == 1 and "server_not_found" in missing.output
     assert run("remove", "not-an-id").exit_code == 2
+
+
+def test_update_changes_resources_label_and_region(run, session):
+    server = make_server(session, label="old", region="eu")
+    session.commit()
+    result = run(
+        "update",
+        str(server.id),
+        "--cpu",
+        "16",
+        "--ram-gb",
+        "64",
+        "--disk-gb",
+        "500",
+        "--label",
+        "big",
+        "--region",
+        "",
+    )
+    assert result.exit_code == 0, result.output
+    server = session.get(Server, server.id, populate_existing=True)
+    assert (server.cpu_cores, server.ram_gb, server.disk_gb) == (16, 64, 500)
+    assert (server.label, server.region, server.state) == ("big", None, "available")
+    assert "16 cpu" in result.output and "label big" in result.output
+
+
+def test_update_drains_and_undrains(run, session):
+    idle = make_server(session)
+    busy = make_server(session, cpu_cores=8, ram_gb=32, disk_gb=200)
+    box = make_box(session, plan_id="enterprise")
+    assert pool.allocate_server(session, box).id == busy.id
+    session.commit()
+    assert run("update", str(idle.id), "--drain").exit_code == 0
+    assert run("update", str(busy.id), "--drain").exit_code == 0
+    idle = session.get(Server, idle.id, populate_existing=True)
+    busy = session.get(Server, busy.id, populate_existing=True)
+    assert (idle.state, busy.state) == ("draining", "draining")
+    undrained = run("update", str(idle.id), "--undrain")
+    assert undrained.exit_code == 0 and "available" in undrained.output
+    assert run("update", str(busy.id), "--undrain").exit_code == 0
+    idle = session.get(Server, idle.id, populate_existing=True)
+    busy = session.get(Server, busy.id, populate_existing=True)
+    assert (idle.state, busy.state) == ("available", "allocated")  # its box still runs there
+
+
+def test_update_refuses_bad_input_in_one_line(run, session):
+    server = make_server(session)
+    session.commit()
+    for args in (
+        ["--cpu", "0"],
+        ["--ram-gb", str(2**40)],
+        ["--label", "x" * 129],
+        ["--label", "a\x00b"],
+    ):
+        result = run("update", str(server.id), *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.output.startswith("Error: invalid input") and result.output.count("\n") == 1
+    nothing = run("update", str(server.id))
+    assert nothing.exit_code == 2 and "Nothing to change" in nothing.output
+    missing = run("update", str(uuid.uuid4()), "--cpu", "2")
+    assert missing.exit_code == 1 and "server_not_found" in missing.output
+    assert run("update", "not-an-id", "--cpu", "2").exit_code == 2
+    server = session.get(Server, server.id, populate_existing=True)
+    assert (server.cpu_cores, server.label) == (4, None)

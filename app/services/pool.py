@@ -476,6 +476,18 @@ def list_servers(session: Session, state: str | None = None) -> list[Server]:
     return list(session.scalars(stmt))
 
 
+def page_servers(
+    session: Session, state: str | None = None, *, limit: int = 50, offset: int = 0
+) -> tuple[list[Server], int]:
+    """One page of :func:`list_servers` and how many servers match in all."""
+    stmt = select(Server)
+    if state is not None:
+        stmt = stmt.where(Server.state == state)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+    page = session.scalars(stmt.order_by(Server.created_at, Server.id).limit(limit).offset(offset))
+    return list(page), total
+
+
 def live_box_ids(session: Session, server_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
     """Server id -> id of the live (not terminated) box on it."""
     ids = list(server_ids)

@@ -256,10 +256,20 @@ def test_list_filters_by_state_and_shows_the_allocated_box(client, admin, sessio
     pool.allocate_server(session, box)
     make_server(session, state="draining", label="draining")
     session.commit()
-    docs = client.get("/api/admin/servers", headers=admin).get_json()
-    assert {d["label"] for d in docs} == {"busy", "draining"}
+    page = client.get("/api/admin/servers", headers=admin).get_json()
+    assert page["total"] == 2
+    assert {d["label"] for d in page["items"]} == {"busy", "draining"}
     allocated = client.get("/api/admin/servers?state=allocated", headers=admin).get_json()
-    assert [(d["id"], d["allocatedBoxId"]) for d in allocated] == [(str(busy.id), str(box.id))]
+    assert allocated["total"] == 1
+    assert [(d["id"], d["allocatedBoxId"]) for d in allocated["items"]] == [
+        (str(busy.id), str(box.id))
+    ]
+    first = client.get("/api/admin/servers?limit=1", headers=admin).get_json()
+    second = client.get("/api/admin/servers?limit=1&offset=1", headers=admin).get_json()
+    assert (first["total"], second["total"]) == (2, 2)
+    assert [first["items"][0]["label"], second["items"][0]["label"]] == ["busy", "draining"]
+    for bad in ("limit=0", "limit=201", "offset=-1", f"offset={2**63}", "state=a%00b"):
+        assert client.get(f"/api/admin/servers?{bad}", headers=admin).status_code == 422, bad
     response = client.get("/api/admin/servers?state=sleeping", headers=admin)
     assert response.status_code == 422
     assert "state" in response.get_json()["errors"]

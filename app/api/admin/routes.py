@@ -11,12 +11,18 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from app import get_settings
-from app.api.admin.schemas import PageArgsSchema, UserPageSchema
+from app.api.admin.schemas import (
+    AdminBoxEnvelopeSchema,
+    AdminBoxPageSchema,
+    BoxListArgsSchema,
+    PageArgsSchema,
+    UserPageSchema,
+)
 from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchema
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, billing, engine, provisioning
+from app.services import accounts, admin_boxes, billing, engine, provisioning
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)
@@ -31,6 +37,42 @@ class Users(MethodView):
         """List users (paged)"""
         users, total = accounts.list_users(db_session(), limit=args["limit"], offset=args["offset"])
         return {"items": users, "total": total}
+
+
+@blp.route("/vibeboxes")
+class Boxes(MethodView):
+    @blp.arguments(BoxListArgsSchema, location="query", unknown=RAISE)
+    @blp.response(200, AdminBoxPageSchema)
+    @blp.doc(security=[{"bearerAuth": []}])
+    def get(self, args: dict[str, Any]):
+        """List VibeBoxes, newest first (filters: status, degraded, waiting, userId,
+        serverId, planId; paged)"""
+        boxes, total = admin_boxes.list_boxes(
+            db_session(),
+            admin_boxes.BoxFilter(
+                status=args.get("status"),
+                degraded=args.get("degraded"),
+                waiting=args.get("waiting"),
+                user_id=args.get("userId"),
+                server_id=args.get("serverId"),
+                plan_id=args.get("planId"),
+            ),
+            limit=args["limit"],
+            offset=args["offset"],
+        )
+        return {"items": [admin_boxes.summarize(b) for b in boxes], "total": total}
+
+
+@blp.route("/vibeboxes/<uuid:box_id>")
+class BoxById(MethodView):
+    @blp.response(200, AdminBoxEnvelopeSchema)
+    @blp.alt_response(404, description="vibebox_not_found")
+    @blp.doc(security=[{"bearerAuth": []}])
+    def get(self, box_id: uuid.UUID):
+        """One VibeBox: timeline, events, degraded reason, and its user, server and unix user"""
+        session = db_session()
+        box = provisioning.get_box(session, box_id)
+        return {"vibeBox": admin_boxes.describe(session, get_settings(), box)}
 
 
 @blp.route("/provision")

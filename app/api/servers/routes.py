@@ -13,6 +13,7 @@ from app import get_settings
 from app.api.servers.schemas import (
     ServerCreateSchema,
     ServerListArgsSchema,
+    ServerPageSchema,
     ServerSchema,
     ServerUpdateSchema,
 )
@@ -34,12 +35,15 @@ _ADMIN: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 @blp.route("")
 class Servers(MethodView):
     @blp.arguments(ServerListArgsSchema, location="query", unknown=RAISE)
-    @blp.response(200, ServerSchema(many=True))
+    @blp.response(200, ServerPageSchema)
     @blp.doc(security=_ADMIN)
     def get(self, args: dict[str, Any]):
-        """List pool servers, optionally filtered by state"""
+        """List pool servers, oldest first, optionally filtered by state (paged)"""
         session = db_session()
-        return pool.view_servers(session, pool.list_servers(session, args.get("state")))
+        servers, total = pool.page_servers(
+            session, args.get("state"), limit=args["limit"], offset=args["offset"]
+        )
+        return {"items": pool.view_servers(session, servers), "total": total}
 
     @blp.arguments(ServerCreateSchema)
     @blp.response(201, ServerSchema)

@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from app.api.admin.schemas import PageArgsSchema
 from app.api.validation import RequestSchema
 from app.models.server import SERVER_STATES
 from app.services.pool import FINGERPRINT_RE, OPERATOR_STATES, PRIVATE_KEY_RE
@@ -56,7 +57,12 @@ class ServerSchema(Schema):
     createdAt = fields.DateTime(attribute="server.created_at", dump_only=True)
 
 
-class ServerListArgsSchema(RequestSchema):
+class ServerPageSchema(Schema):
+    items = fields.List(fields.Nested(ServerSchema), required=True)
+    total = fields.Integer(required=True)
+
+
+class ServerListArgsSchema(PageArgsSchema):
     state = fields.String(validate=validate.OneOf(SERVER_STATES))
 
 

@@ -1,0 +1,97 @@
+"""Operator views of VibeBoxes: the filtered, paged list and the full document.
+
+Read-only: what happens to a box is the engine's business (``app.services.engine``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from app.config import Settings
+from app.models import VibeBox
+from app.services import provisioning
+
+
+@dataclass(frozen=True)
+class BoxFilter:
+    """Every field left None matches all boxes."""
+
+    status: str | None = None
+    degraded: bool | None = None
+    waiting: bool | None = None  # True: waiting_for_capacity only; False: all others
+    user_id: uuid.UUID | None = None
+    server_id: uuid.UUID | None = None
+    plan_id: str | None = None
+
+
+def _conditions(f: BoxFilter) -> list[Any]:
+    conditions: list[Any] = []
+    if f.status is not None:
+        conditions.append(VibeBox.status == f.status)
+    if f.degraded is not None:
+        conditions.append(
+            VibeBox.degraded_since.is_not(None) if f.degraded else VibeBox.degraded_since.is_(None)
+        )
+    if f.waiting is not None:
+        waiting = VibeBox.status == "waiting_for_capacity"
+        conditions.append(waiting if f.waiting else ~waiting)
+    if f.user_id is not None:
+        conditions.append(VibeBox.user_id == f.user_id)
+    if f.server_id is not None:
+        conditions.append(VibeBox.server_id == f.server_id)
+    if f.plan_id is not None:
+        conditions.append(VibeBox.plan_id == f.plan_id)
+    return conditions
+
+
+def list_boxes(
+    session: Session, f: BoxFilter, *, limit: int = 50, offset: int = 0
+) -> tuple[list[VibeBox], int]:
+    """Boxes matching ``f``, newest first, one page; and how many match in all."""
+    conditions = _conditions(f)
+    total = session.scalar(select(func.count()).select_from(VibeBox).where(*conditions)) or 0
+    boxes = session.scalars(
+        select(VibeBox)
+        .options(selectinload(VibeBox.steps))
+        .where(*conditions)
+        .order_by(VibeBox.created_at.desc(), VibeBox.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(boxes), total
+
+
+def summarize(box: VibeBox) -> dict[str, Any]:
+    """One row of the operator list (no timeline, no events)."""
+    done, total = provisioning.progress(box)
+    return {
+        "id": box.id,
+        "status": box.status,
+        "step": box.step,
+        "progress": {"done": done, "total": total},
+        "attempts": box.attempts,
+        "lastError": box.last_error,
+        "degraded": box.degraded_since is not None,
+        "degradedReason": box.degraded_reason,
+        "planId": box.plan_id,
+        "userId": box.user_id,
+        "serverId": box.server_id,
+        "unixUser": box.unix_user,
+        "createdAt": box.created_at,
+        "updatedAt": box.updated_at,
+    }
+
+
+def describe(session: Session, settings: Settings, box: VibeBox) -> dict[str, Any]:
+    """The owner's status document (timeline, events) plus operator fields. The owner's
+    connection info carries their Happy credentials: operators never get it."""
+    document = provisioning.describe_box(session, settings, box)
+    document.update(
+        userId=box.user_id, serverId=box.server_id, unixUser=box.unix_user, connectionInfo=None
+    )
+    return document
