@@ -100,3 +100,22 @@ def test_log_format_defaults_to_text_in_development_and_json_elsewhere():
     assert app_logging.log_format({"VIBEBOX_ENV": "development"}) == "text"
     assert app_logging.log_format({"VIBEBOX_ENV": "production"}) == "json"
     assert app_logging.log_format({"VIBEBOX_ENV": "production", "LOG_FORMAT": "text"}) == "text"
+
+
+def test_the_webhook_alert_matches_the_webhook_endpoints(app):
+    import re
+
+    import yaml
+
+    from tests.ops.test_dashboards import OPS
+
+    rules = yaml.safe_load((OPS / "prometheus-alerts.yml").read_text())
+    expr = next(
+        r["expr"]
+        for g in rules["groups"]
+        for r in g["rules"]
+        if r["alert"] == "VibeBoxWebhookRejects"
+    )
+    pattern = re.search(r'endpoint=~"([^"]+)"', expr).group(1)
+    matched = {r.endpoint for r in app.url_map.iter_rules() if re.fullmatch(pattern, r.endpoint)}
+    assert matched and all("webhook" in e.lower() for e in matched)
