@@ -40,6 +40,11 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     def _remove_session(exc: BaseException | None) -> None:
         db_session.remove()
 
+    # first: every request gets an id and is counted, whatever a later hook refuses
+    app_logging.init_app(app)
+    from app import telemetry
+
+    telemetry.init_app(app)
     api.init_app(app)
     jwt.init_app(app)
     limiter.init_app(app)

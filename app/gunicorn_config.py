@@ -49,3 +49,14 @@ def post_worker_init(worker: Any) -> None:
     from gunicorn import util
 
     util.write_error = write_json_error
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A gunicorn worker that exits leaves its counters; prometheus_client drops its live
+    gauges (multiprocess mode)."""
+    import os
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

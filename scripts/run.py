@@ -239,6 +239,18 @@ def banner(env: Mapping[str, str], descriptions: Mapping[str, str]) -> str:
     return "\n".join(lines)
 
 
+def reset_metrics_dir(env: MutableMapping[str, str]) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR (default var/prometheus): emptied at start, since the
+    metric files of the processes of an earlier run are not this run's."""
+    path = Path(env.get("PROMETHEUS_MULTIPROC_DIR") or REPO_ROOT / "var" / "prometheus")
+    if path.is_dir():
+        for child in path.glob("*.db"):
+            child.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
 def cmd_serve(_args: argparse.Namespace) -> int:
     services = _services()
     env = app_environment()
@@ -247,6 +259,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         return fail(problem)
     os.chdir(REPO_ROOT)
     (REPO_ROOT / "var").mkdir(exist_ok=True)  # beat keeps var/celerybeat-schedule
+    reset_metrics_dir(env)
     session = services.ServiceSession("run", environ=env)
     try:
         with services.running_services(session=session) as urls:

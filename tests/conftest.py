@@ -8,7 +8,10 @@ share state. Within a test, the database work is rolled back (savepoints).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from itertools import count
 from typing import Any
@@ -19,6 +22,13 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from app.config import Settings, normalize_database_url
 from tests.support.sshd import box_user_prefix
+
+# Metrics in prometheus_client's multiprocess mode, as under `make run`: a fresh directory per
+# test process (each xdist worker imports this module itself), set before prometheus_client
+# is imported; the Celery worker and API subprocesses started from here inherit it.
+PROMETHEUS_DIR = tempfile.mkdtemp(prefix="vibebox-prometheus-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_DIR
+atexit.register(shutil.rmtree, PROMETHEUS_DIR, True)
 
 _REQUIRED = ("DATABASE_URL", "REDIS_URL")
 # /metrics and /readyz?workers=1 take this bearer token outside development.

@@ -6,10 +6,11 @@ session (task_postrun). Progress lives in PostgreSQL, not in the result backend.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun, worker_process_init
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
 
 from app.config import Settings
 from app.db import db_session, dispose_engines, init_db
@@ -38,9 +39,51 @@ def _after_fork(**_: Any) -> None:
     dispose_engines()
 
 
+@setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Worker and beat log like the API (LOG_FORMAT, redaction, context fields)."""
+    import logging
+    import os
+
+    from app import logging as app_logging
+
+    level = loglevel or os.environ.get("LOG_LEVEL") or "INFO"
+    app_logging.configure(logging.getLevelName(level) if isinstance(level, int) else level.upper())
+
+
+_BOX_TASKS = ("provisioning.", "teardown.", "control.")
+
+
+@task_prerun.connect
+def _bind_log_context(
+    task_id: str | None = None, task: Any = None, args: Any = None, **_: Any
+) -> None:
+    """This task's log lines carry its id, its box and the request id it was sent with."""
+    from app import logging as app_logging
+
+    request = getattr(task, "request", None)
+    request_id = getattr(request, "request_id", None) or (
+        (getattr(request, "headers", None) or {}).get("request_id")
+    )
+    box_id = args[0] if args and str(getattr(task, "name", "")).startswith(_BOX_TASKS) else None
+    token = app_logging.bind(
+        request_id=app_logging.valid_request_id(request_id) if request_id else None,
+        task_id=task_id,
+        box_id=box_id,
+    )
+    if request is not None:
+        request._vibebox_log_token = token
+
+
 @task_postrun.connect
-def _end_session(**_: Any) -> None:
+def _end_session(task: Any = None, **_: Any) -> None:
     db_session.remove()
+    from app import logging as app_logging
+
+    token = getattr(getattr(task, "request", None), "_vibebox_log_token", None)
+    if token is not None:
+        with contextlib.suppress(ValueError):
+            app_logging.unbind(token)
 
 
 from workers import billing, boxes, maintenance  # noqa: E402,F401  - register tasks

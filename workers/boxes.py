@@ -7,6 +7,7 @@ the box id only.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from functools import cache
@@ -21,6 +22,8 @@ from app.services.provisioning import TEARDOWN_STEPS
 from app.services.steps import StepContext
 from workers import celery_app, get_settings
 from workers.base import BoxFailedError, StepTask
+
+log = logging.getLogger(__name__)
 
 
 @cache
@@ -52,6 +55,7 @@ def run_box_step(task: Task, box_id: str, step: str) -> str:
     """Run one step; a retry is a Celery RETRY, a final failure a FAILURE."""
     ctx = step_context()  # first: it initialises this process's settings and database
     outcome = engine.StepRunner(db_session(), ctx).run(uuid.UUID(box_id), step)
+    log.info("box %s: step %s ended %s", box_id, step, outcome.kind)
     if outcome.kind in ("retry", "waiting"):
         raise task.retry(countdown=outcome.delay, max_retries=None)
     if outcome.kind == "failed":

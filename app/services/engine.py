@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from app import telemetry
 from app.errors import InvalidStateError, NotFoundError, PermanentError, TransientError
 from app.models import ProvisioningStep, Subscription, VibeBox
 from app.services import events, happy_accounts, jobs, pool
@@ -283,6 +285,10 @@ def finish(
     if wf is PROVISION:
         transition(box, "provisioned")
         box.capacity_waits = 0
+        # The SLO: paid (the box row is created with the paid order) to running.
+        telemetry.observe_after_commit(
+            session, telemetry.PAID_TO_RUNNING, (utcnow() - box.created_at).total_seconds()
+        )
     elif wf is TEARDOWN:
         transition(box, "terminated")
         box.resume_status = None
@@ -667,7 +673,9 @@ class StepRunner:
         that follower too, in this process on the warm SSH connection (each step is still
         claimed, committed and retried on its own)."""
         while True:
+            started = time.perf_counter()
             outcome = self._run_one(box_id, name)
+            telemetry.observe_step(name, outcome.kind, time.perf_counter() - started)
             if outcome.kind != "succeeded" or outcome.next_step is None:
                 return outcome
             if RUN_AHEAD.get(name) != outcome.next_step:

@@ -2,19 +2,20 @@
 
 The system of record is the database, so fleet gauges are read from it: any web process
 answers with the same numbers, whichever worker did the work and however often processes
-restart. Celery task metrics come from Flower's own ``/metrics``.
+restart. Counters and histograms of what processes did (requests, step outcomes, the
+paid-to-running time) are in ``app.telemetry``; ``/metrics`` serves both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import ProvisioningStep, Server, VibeBox
+from app.models import Server, VibeBox
 from app.models.server import SERVER_STATES
 from app.models.vibebox import VIBEBOX_STATUSES
 from app.services.engine import PROVISIONING_STATUSES
@@ -34,20 +35,28 @@ def fleet_metrics(session: Session) -> list[Metric]:
     for state in SERVER_STATES:
         servers.add_metric([state], states.get(state, 0))
 
-    failures = CounterMetricFamily(
-        "vibebox_provisioning_step_failures",
-        "Provisioning steps that ended failed (final failures), by step",
-        labels=["step"],
+    degraded = GaugeMetricFamily(
+        "vibebox_degraded_boxes",
+        "Boxes marked degraded (their daemon or server needs attention), not terminated",
     )
-    failed = dict(
-        session.execute(
-            select(ProvisioningStep.name, func.count())
-            .where(ProvisioningStep.state == "failed")
-            .group_by(ProvisioningStep.name)
-        ).all()
+    degraded.add_metric(
+        [],
+        session.scalar(
+            select(func.count())
+            .select_from(VibeBox)
+            .where(VibeBox.degraded_since.is_not(None), VibeBox.status != "terminated")
+        )
+        or 0,
     )
-    for name, n in sorted(failed.items()):
-        failures.add_metric([name], n)
+
+    waiting = session.scalar(
+        select(func.min(VibeBox.created_at)).where(VibeBox.status == "waiting_for_capacity")
+    )
+    waiting_age = GaugeMetricFamily(
+        "vibebox_oldest_waiting_for_capacity_age_seconds",
+        "Age (since creation) of the oldest box waiting for capacity (0 when none)",
+    )
+    waiting_age.add_metric([], (utcnow() - waiting).total_seconds() if waiting else 0.0)
 
     oldest = session.scalar(
         select(func.min(VibeBox.created_at)).where(
@@ -59,7 +68,7 @@ def fleet_metrics(session: Session) -> list[Metric]:
         "Age of the oldest box still being provisioned (0 when none)",
     )
     age.add_metric([], (utcnow() - oldest).total_seconds() if oldest else 0.0)
-    return [boxes, servers, failures, age]
+    return [boxes, servers, degraded, waiting_age, age]
 
 
 class FleetCollector(Collector):

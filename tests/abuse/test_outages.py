@@ -459,6 +459,7 @@ def test_make_run_survives_redis_restarts_and_a_crashed_worker(
         "REDIS_URL": url,
         "CELERY_BROKER_URL": url,
         "CELERY_RESULT_BACKEND": url,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),  # not this process's
     }
     log = tmp_path / "stack.log"
     with log.open("wb") as out:

@@ -52,7 +52,11 @@ def test_run_serves_api_docs_and_flower_and_stops_everything_on_sigterm(tmp_path
         "VIBEBOX_ENV": "development",
         "WEB_CONCURRENCY": "1",
         "WORKER_CONCURRENCY": "1",
+        # the stack's own metric files; a stale one from an "earlier run" must be cleared
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
     }
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "counter_1.db").write_bytes(b"stale, not a metrics file")
     env.pop("METRICS_TOKEN", None)  # development without a token: /readyz?workers=1 is open
     log = tmp_path / "stack.log"
     with log.open("wb") as out:
@@ -74,6 +78,11 @@ def test_run_serves_api_docs_and_flower_and_stops_everything_on_sigterm(tmp_path
         assert "/api/vibeboxes/{box_id}/control" in spec["paths"]
         ready = _wait_http(f"{base}/readyz?workers=1", 60, proc, log)
         assert ready.status_code == 200, ready.text
+        # gunicorn's worker counted the requests in the shared directory; /metrics merges it
+        metrics = requests.get(f"{base}/metrics", timeout=10)
+        assert metrics.status_code == 200, metrics.text
+        assert 'vibebox_http_requests_total{endpoint="health.' in metrics.text
+        assert "vibebox_boxes{" in metrics.text
         flower = _wait_http(f"http://127.0.0.1:{flower_port}/", 60, proc, log)
         assert flower.status_code == 200 and "Flower" in flower.text
         banner = log.read_text()
