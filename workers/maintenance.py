@@ -12,6 +12,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from app.db import db_session
 from app.errors import PermanentError, TransientError
+from app.extensions import get_redis
 from app.integrations.box_host import BoxHost
 from app.services import daemon_watch, engine, health, jobs, lifecycle, pool
 from workers import celery_app, get_settings
@@ -83,6 +84,21 @@ def clean_server(self: Task, server_id: str) -> str:
     server row's failure counter; a permanent fault or a spent budget quarantines the server
     (``unhealthy``) and ends the task as FAILURE.
     """
+    settings = get_settings()
+    # One cleaner per server: a second one (a reconciler resend) that started its scrub
+    # after the first returned the server could remove the next box's user.
+    lock = get_redis(settings.redis_url).lock(
+        f"vibebox:lock:clean:{server_id}", timeout=900, blocking=False
+    )
+    if not lock.acquire():
+        return "already being cleaned"
+    try:
+        return _clean(self, server_id)
+    finally:
+        lock.release()
+
+
+def _clean(task: Task, server_id: str) -> str:
     from app.integrations.ssh import BoxSession
 
     settings = get_settings()
@@ -116,7 +132,7 @@ def clean_server(self: Task, server_id: str) -> str:
             raise ServerQuarantinedError(f"server {server_id}: cleaning gave up: {exc}") from None
         session.commit()
         delay = engine.backoff(failures, p.retry_base_seconds, p.retry_max_seconds)
-        raise self.retry(countdown=delay, max_retries=None) from None
+        raise task.retry(countdown=delay, max_retries=None) from None
     pool.finish_cleaning(session, server_uuid)
     session.commit()
     return "available"
