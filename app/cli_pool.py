@@ -75,6 +75,12 @@ def _read_secret(key_file: Path | None, password_env: str | None) -> dict[str, s
     metavar="SHA256:...",
     help="Expected host key (ssh-keygen -lf); refused if the server shows another.",
 )
+@click.option(
+    "--skip-checks",
+    is_flag=True,
+    help="Skip the environment preflight (root/sudo, `happy` on the PATH, route to the Happy "
+    "server). The host key is still pinned and the login still proven.",
+)
 def pool_add(
     host: str,
     port: int,
@@ -87,8 +93,11 @@ def pool_add(
     region: str | None,
     label: str | None,
     host_key_fingerprint: str | None,
+    skip_checks: bool,
 ) -> None:
-    """Add a server: one SSH login proves the credentials; the host key is pinned."""
+    """Add a server: one SSH login proves the credentials and checks that boxes can work
+    on it (root or sudo -n, `happy` on the login PATH, a route to the Happy server); the
+    host key is pinned."""
     from marshmallow import ValidationError
 
     from app import get_settings
@@ -112,22 +121,36 @@ def pool_add(
         data = ServerCreateSchema(partial=("cpu_cores", "ram_gb", "disk_gb")).load(raw)
     except ValidationError as exc:
         raise click.ClickException(f"invalid input: {exc.messages}") from None
+    data.pop("skip_checks", None)  # the flag below says it
     session = db_session()
     with _domain_errors():
         settings = get_settings()
-        server = pool.add_server(
+        admission = pool.admit_server(
             session,
             pool.ServerSpec(**data),
             encryption_key=settings.encryption_key,
             allowed_networks=settings.limits.pool_allowed_networks,
+            happy_server_url=settings.happy_server_url,
+            skip_checks=skip_checks,
         )
         session.commit()
+    server, checks = admission.server, admission.checks
     click.echo(f"added server {server.id} ({server.ssh_user}@{server.host}:{server.ssh_port})")
     click.echo(f"host key pinned: {server.host_key_fingerprint}")
     click.echo(
         f"resources: {server.cpu_cores} cpu, {server.ram_gb} GB ram, {server.disk_gb} GB disk; "
         f"login {server.last_latency_ms} ms"
     )
+    if checks.skipped:
+        click.echo("checks: SKIPPED (--skip-checks); boxes may fail on this server")
+    else:
+        click.echo(f"happy: {checks.happy_path} (happy-coder {checks.happy_version})")
+        click.echo(
+            f"Happy server: {checks.happy_server_url} "
+            f"(from the {checks.happy_server_url_source}; {checks.happy_server_reach})"
+        )
+    for note in checks.notes:
+        click.echo(f"note: {note}")
 
 
 def _ago(when: datetime | None, now: datetime) -> str:

@@ -50,6 +50,19 @@ class ConfigError(RuntimeError):
     """The environment does not describe a runnable configuration."""
 
 
+def served_base_url(host: str | None, port: str | int | None) -> str:
+    """The URL of the address the API is served on (HOST, PORT): the default of
+    PUBLIC_BASE_URL. A wildcard address (0.0.0.0, ::, empty) is shown as 127.0.0.1 (the
+    server answers there); an IPv6 literal gets brackets. Never taken from a request's
+    Host header (a client could point links and webhook URLs anywhere)."""
+    name = (host or "").strip().strip("[]")
+    if name in ("", "0.0.0.0", "::", "*"):  # noqa: S104 - displayed, not bound
+        name = "127.0.0.1"
+    if ":" in name:
+        name = f"[{name}]"
+    return f"http://{name}:{str(port or '').strip() or '5000'}"
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     if value is None or value.strip() == "":
@@ -418,7 +431,7 @@ class Settings:
                 )
 
         broker = _env("CELERY_BROKER_URL", redis_url) or redis_url
-        default_base = f"http://{_env('HOST', '127.0.0.1')}:{_env('PORT', '5000')}"
+        default_base = served_base_url(_env("HOST", "127.0.0.1"), _env("PORT", "5000"))
         public_base_url = (_env("PUBLIC_BASE_URL", default_base) or default_base).rstrip("/")
         return cls(
             env=env,

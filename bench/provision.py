@@ -373,6 +373,7 @@ class Bench:
                         **SERVER_RESOURCES,
                     ),
                     encryption_key=self.settings.encryption_key,
+                    happy_server_url=self.settings.happy_server_url,
                 )
                 self.server_ids[box.user] = server.id
             session.commit()

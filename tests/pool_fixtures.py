@@ -7,9 +7,14 @@ by ``BoxFleet`` itself (it registers an atexit hook).
 
 from __future__ import annotations
 
+import http.server
+import json
+import shutil
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,18 +27,37 @@ from tests.factories import UserFactory
 from tests.support.sshd import BoxFleet, SSHBox
 
 BOX_PASSWORD = "box-pass-Zq7!"
-# The boxes never run the Happy daemon in these tests: any URL will do.
-_UNUSED_HAPPY_URL = "http://127.0.0.1:9"
+# A port nothing listens on: a Happy server the boxes cannot reach.
+CLOSED_HAPPY_URL = "http://127.0.0.1:9"
 
 _fleet: BoxFleet | None = None
 _fleet_lock = threading.Lock()
+
+
+class _AnyHTTP(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _answering_url() -> str:
+    """An HTTP server on loopback that answers anything (the admission preflight only asks
+    whether the Happy server answers; the boxes never run a daemon in these tests)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AnyHTTP)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def _shared_fleet() -> BoxFleet:
     global _fleet
     with _fleet_lock:
         if _fleet is None:
-            _fleet = BoxFleet(_UNUSED_HAPPY_URL)
+            _fleet = BoxFleet(_answering_url())
         return _fleet
 
 
@@ -76,9 +100,13 @@ class FakeCheck:
         self.error = error
         self.resources = resources
         self.calls: list[Any] = []
+        self.options: list[dict[str, Any]] = []  # check_environment, happy_server_url
 
-    def __call__(self, target: Any, *, detect_resources: bool = False) -> ConnectionReport:
+    def __call__(
+        self, target: Any, *, detect_resources: bool = False, **options: Any
+    ) -> ConnectionReport:
         self.calls.append((target, detect_resources))
+        self.options.append(options)
         if self.error is not None:
             raise self.error
         return ConnectionReport(self.fingerprint, 3, self.resources if detect_resources else None)
@@ -114,3 +142,26 @@ def make_box(session: Session, *, plan_id: str = "basic", **fields: Any) -> Vibe
     session.add(box)
     session.flush()
     return box
+
+
+def npm_installed_happy(fleet: BoxFleet, version: str) -> Path:
+    """A ``bin`` directory whose ``happy`` is laid out as ``npm install -g happy-coder``
+    leaves it (a symlink into ``lib/node_modules/happy-coder``, whose package.json holds
+    ``version``), readable by the box users. Returns the bin directory for a box's PATH."""
+    root = Path(tempfile.mkdtemp(prefix="npm-", dir=fleet.directory))
+    package = root / "lib" / "node_modules" / "happy-coder"
+    (package / "bin").mkdir(parents=True)
+    (package / "package.json").write_text(
+        json.dumps(
+            {"name": "happy-coder", "version": version, "dependencies": {"x": "^1.0.0"}},
+            indent=2,
+        )
+    )
+    entry = package / "bin" / "happy.mjs"
+    shutil.copy2(fleet.runtime.bin_dir / "happy", entry)
+    (root / "bin").mkdir()
+    (root / "bin" / "happy").symlink_to("../lib/node_modules/happy-coder/bin/happy.mjs")
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() or path == entry else 0o644)
+    return root / "bin"

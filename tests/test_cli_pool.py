@@ -13,10 +13,12 @@ from app.models import Server
 from app.services import pool
 from tests.pool_fixtures import (  # noqa: F401 - fixtures used by name
     BOX_PASSWORD,
+    CLOSED_HAPPY_URL,
     fake_fingerprint,
     key_box,
     make_box,
     make_server,
+    npm_installed_happy,
     password_box,
     pool_fleet,
 )
@@ -132,6 +134,54 @@ def test_add_refuses_an_unreachable_host(run, session, key_box, key_file):
     )
     assert result.exit_code == 1
     assert "Could not reach" in result.output and "server_unreachable" in result.output
+    assert servers(session) == []
+
+
+def test_add_reports_the_happy_version_and_the_happy_server(run, session, pool_fleet, key_file):
+    box = pool_fleet.new_box()
+    box.path_override = f"{npm_installed_happy(pool_fleet, '0.13.0')}:/usr/bin:/bin"
+    box.restart()
+    try:
+        result = run("add", *box_args(box), "--key-file", str(key_file))
+    finally:
+        pool_fleet.remove(box)
+    assert result.exit_code == 0, result.output
+    assert "(happy-coder 0.13.0)" in result.output
+    assert f"Happy server: {box.happy_url} (from the login; ok)" in result.output
+    assert len(servers(session)) == 1
+
+
+def test_add_refuses_a_server_that_cannot_reach_happy_unless_checks_are_skipped(
+    run, session, pool_fleet, key_file
+):
+    box = pool_fleet.new_box(happy_url=CLOSED_HAPPY_URL)
+    try:
+        refused = run("add", *box_args(box), "--key-file", str(key_file))
+        assert servers(session) == []
+        accepted = run("add", *box_args(box), "--key-file", str(key_file), "--skip-checks")
+    finally:
+        pool_fleet.remove(box)
+    assert refused.exit_code == 1
+    assert "[server_check_failed]" in refused.output
+    assert f"cannot reach the Happy server at {CLOSED_HAPPY_URL}" in refused.output
+    assert "--skip-checks" in refused.output
+    assert "Traceback" not in refused.output
+    assert accepted.exit_code == 0, accepted.output
+    assert "checks: SKIPPED" in accepted.output
+    assert f"host key pinned: {box.host_key_fingerprint}" in accepted.output
+    (server,) = servers(session)
+    assert server.host_key_fingerprint == box.host_key_fingerprint
+
+
+def test_add_refuses_a_login_without_happy_naming_the_install_command(
+    run, session, key_box, key_file
+):
+    key_box.path_override = "/usr/local/bin:/usr/bin:/bin"
+    key_box.restart()
+    result = run("add", *box_args(key_box), "--key-file", str(key_file))
+    assert result.exit_code == 1
+    assert "`happy` is not on the PATH" in result.output
+    assert "npm install -g happy-coder --allow-scripts=happy-coder" in result.output
     assert servers(session) == []
 
 

@@ -69,6 +69,13 @@ class BoxUser:
             raise ValueError(f"not a valid box user name: {self.name!r}")
 
 
+INSTALL_HAPPY = "npm install -g happy-coder --allow-scripts=happy-coder"
+SET_HAPPY_URL = (
+    "set HAPPY_SERVER_URL in the login environment (e.g. /etc/environment or sshd SetEnv) "
+    "or open the route"
+)
+
+
 @dataclass(frozen=True)
 class OperatorCheck:
     """What the pool login can do (checked when a server joins the pool)."""
@@ -77,13 +84,76 @@ class OperatorCheck:
     happy_path: str | None  # `command -v happy` in the login's environment
     happy_server_url: str | None  # HAPPY_SERVER_URL in the login's environment
     authorized_keys_digest: str  # sha256 of the login's authorized_keys ("" when none)
+    # "version" of the happy-coder package `happy` resolves to (None: not found / not npm)
+    happy_version: str | None = None
 
     def problem(self) -> str | None:
         if not self.root:
             return "the login is neither root nor allowed passwordless sudo (sudo -n)"
         if not self.happy_path:
-            return "`happy` is not on the login's PATH (npm install -g happy-coder)"
+            return f"`happy` is not on the login's PATH (install it with `{INSTALL_HAPPY}`)"
         return None
+
+
+@dataclass(frozen=True)
+class EnvironmentReport:
+    """The admission preflight: can boxes work on this server? No secrets inside."""
+
+    where: str  # user@host:port
+    operator: OperatorCheck
+    happy_server_url: str  # the URL box daemons will use
+    url_source: str  # "login" (HAPPY_SERVER_URL of the login) | "backend" (ours, as fallback)
+    reach: str  # "ok" | "unreachable: <error>" | "unknown" | "not checked"
+
+    @property
+    def happy_version(self) -> str:
+        return self.operator.happy_version or "unknown"
+
+    def problems(self) -> list[str]:
+        """Each thing that stops boxes from working here, with the fix."""
+        found: list[str] = []
+        if not self.operator.root:
+            found.append(
+                f"the login {self.where} is neither root nor allowed passwordless sudo "
+                "(sudo -n): give it root or a NOPASSWD sudoers rule"
+            )
+        if not self.operator.happy_path:
+            found.append(
+                f"`happy` is not on the PATH of {self.where}; install it with "
+                f"`{INSTALL_HAPPY}` (the login's non-interactive PATH must find it)"
+            )
+        if self.reach.startswith("unreachable"):
+            detail = self.reach.removeprefix("unreachable: ")
+            via = (
+                ""
+                if self.url_source == "login"
+                else " (the login has no HAPPY_SERVER_URL, so boxes use the backend's)"
+            )
+            found.append(
+                f"{self.where} cannot reach the Happy server at {self.happy_server_url}{via} "
+                f"({detail}): {SET_HAPPY_URL}"
+            )
+        return found
+
+    def notes(self) -> list[str]:
+        """What an operator should know although it does not stop admission."""
+        notes: list[str] = []
+        if self.url_source == "backend":
+            notes.append(
+                "HAPPY_SERVER_URL is not set in the login environment; boxes will use the "
+                f"backend's HAPPY_SERVER_URL {self.happy_server_url}"
+            )
+        if self.reach == "unknown":
+            notes.append(
+                f"could not test the route to {self.happy_server_url} "
+                "(neither curl nor python3 on the server)"
+            )
+        if self.operator.happy_path and self.operator.happy_version is None:
+            notes.append(
+                f"the happy-coder version behind {self.operator.happy_path} is unknown "
+                "(not an npm install of happy-coder)"
+            )
+        return notes
 
 
 @dataclass(frozen=True)
@@ -178,23 +248,44 @@ class BoxHost:
     # --- admission -------------------------------------------------------------------------
 
     def check_operator(self) -> OperatorCheck:
-        """Can this login administer box users? (root or ``sudo -n``; ``happy`` on PATH)."""
+        """Can this login administer box users? (root or ``sudo -n``; ``happy`` on PATH and
+        the version of the happy-coder package it belongs to, read from its package.json:
+        ``happy --version`` may start a login or a daemon)."""
         result = self.session.run(
             'if [ "$(id -u)" -eq 0 ] || sudo -n true 2>/dev/null; then echo root=yes;'
             " else echo root=no; fi;"
             ' echo "happy=$(command -v happy || true)";'
             ' echo "url=${HAPPY_SERVER_URL:-}";'
-            ' k="$HOME/.ssh/authorized_keys";'
+            + _HAPPY_VERSION
+            + ' k="$HOME/.ssh/authorized_keys";'
             ' if [ -f "$k" ]; then echo "keys=$(sha256sum < "$k" | cut -c1-64)";'
             " else echo keys=; fi"
         )
         values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
+        version = values.get("version", "")
         return OperatorCheck(
             root=values.get("root") == "yes",
             happy_path=values.get("happy") or None,
             happy_server_url=values.get("url") or None,
             authorized_keys_digest=values.get("keys", ""),
+            happy_version=version if _VERSION_RE.match(version) else None,
         )
+
+    def check_environment(self) -> EnvironmentReport:
+        """The admission preflight, as the pool login: root/sudo, ``happy`` on the login
+        PATH (and its version), HAPPY_SERVER_URL in the login environment (else the
+        backend's, which box users then get) and a route from the server to that URL."""
+        operator = self.check_operator()
+        url = operator.happy_server_url or self.default_happy_server_url
+        source = "login" if operator.happy_server_url else "backend"
+        reach = "not checked"
+        if url:
+            result = self.session.run(
+                f"u={shlex.quote(url)}; " + _REACH_CHECK + "exit 0", timeout=30
+            )
+            values = dict(line.split("=", 1) for line in result.output.splitlines() if "=" in line)
+            reach = values.get("reach", "unknown")[:300]
+        return EnvironmentReport(self.where, operator, url, source, reach)
 
     def environment_problem(self) -> str | None:
         """Why this server cannot host boxes now (None: it can): the login's rights,
@@ -502,6 +593,20 @@ _MACHINE_ID = (
     r""""$H/.happy/settings.json" 2>/dev/null | head -n 1); echo "machine=$m" """
 )
 
+# Prints "version=<x>": the "version" of the happy-coder package.json above the real path of
+# `command -v happy` (npm links bin/happy into the package), without running happy.
+_HAPPY_VERSION = (
+    " p=$(command -v happy 2>/dev/null); v=;"
+    ' if [ -n "$p" ]; then d=$(dirname "$(readlink -f "$p" 2>/dev/null || echo "$p")"); i=0;'
+    '  while [ -n "$d" ] && [ "$d" != / ] && [ $i -lt 8 ]; do i=$((i+1));'
+    '   if [ -f "$d/package.json" ] && grep -q \'"name"[[:space:]]*:[[:space:]]*"happy-coder"\''
+    ' "$d/package.json"; then'
+    '    v=$(sed -n \'s/^[[:space:]]*"version"[[:space:]]*:[[:space:]]*"\\([^"]*\\)".*/\\1/p\''
+    ' "$d/package.json" | head -n 1); break; fi;'
+    '   d=$(dirname "$d"); done; fi; echo "version=$v";'
+)
+_VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+-]{0,39}$")
+
 # Does $u answer HTTP at all (any status is an answer)? curl, else python3; prints
 # "reach=ok", "reach=unreachable: <error>" or "reach=unknown".
 _REACH_CHECK = (
@@ -553,10 +658,11 @@ def classify(evidence: DaemonEvidence) -> str:
 def describe(evidence: DaemonEvidence) -> str:
     """One operator-readable sentence of what was found."""
     if not evidence.happy_on_path:
-        return "`happy` is not on the box user's PATH (install happy-coder on the server)"
+        return f"`happy` is not on the box user's PATH (install it with `{INSTALL_HAPPY}`)"
     if evidence.reach.startswith("unreachable"):
         return (
-            f"the server cannot reach the Happy server at {evidence.happy_server_url or '(unset)'}"
+            "the daemon could not reach the Happy server at "
+            f"{evidence.happy_server_url or '(unset)'}"
             f" ({evidence.reach.removeprefix('unreachable: ')})"
         )
     if evidence.key_file == "missing":

@@ -1,8 +1,11 @@
 """The server pool: admitting SSH hosts, operator state changes, allocation and health.
 
-Admission (:func:`add_server`) pins the host key and proves the credentials with one real
-login before anything is stored; the credential is sealed with AES-256-GCM and bound to its
-row (the AAD names the server id), so a sealed value copied onto another row does not open.
+Admission (:func:`admit_server`) pins the host key and proves the credentials with one real
+login before anything is stored, and in that login runs the environment preflight (root or
+``sudo -n``, ``happy`` on the login PATH and its version, HAPPY_SERVER_URL and a route from
+the server to it), refusing a server boxes could not work on (``skip_checks`` skips the
+preflight only). The credential is sealed with AES-256-GCM and bound to its row (the AAD
+names the server id), so a sealed value copied onto another row does not open.
 
 State model (``servers.state``)::
 
@@ -64,7 +67,7 @@ from app.errors import (
     ValidationError,
 )
 from app.integrations import ssh
-from app.integrations.box_host import BoxEnvironmentError, BoxHost
+from app.integrations.box_host import BoxEnvironmentError, BoxHost, EnvironmentReport
 from app.integrations.ssh import SSHTarget
 from app.models import Plan, Server, VibeBox
 from app.services import events, jobs
@@ -200,18 +203,64 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class EnvironmentChecks:
+    """The environment preflight of an admission, as the API and CLI report it."""
+
+    skipped: bool
+    happy_path: str | None = None
+    happy_version: str = "unknown"  # of the happy-coder package `happy` belongs to
+    happy_server_url: str | None = None  # what the server's box daemons will use
+    happy_server_url_source: str | None = None  # "login" | "backend"
+    happy_server_reach: str | None = None  # "ok" | "unreachable: ..." | "unknown"
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def from_report(cls, report: EnvironmentReport) -> EnvironmentChecks:
+        return cls(
+            skipped=False,
+            happy_path=report.operator.happy_path,
+            happy_version=report.happy_version,
+            happy_server_url=report.happy_server_url or None,
+            happy_server_url_source=report.url_source,
+            happy_server_reach=report.reach,
+            notes=tuple(report.notes()),
+        )
+
+
+SKIPPED_CHECKS = EnvironmentChecks(
+    skipped=True,
+    notes=(
+        "environment checks skipped (root/sudo, `happy` on the PATH, route to the Happy "
+        "server): boxes may fail on this server",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class ConnectionReport:
-    """What the admission check learned: the host key it saw and, on request, resources."""
+    """What the admission check learned: the host key it saw and, on request, resources
+    and the environment preflight."""
 
     host_key_fingerprint: str
     latency_ms: int
     resources: Resources | None = None
+    checks: EnvironmentChecks | None = None
 
 
-# ``connect_check(target, detect_resources=...)``: log in to ``target`` once and report.
-# ``target.host_key_fingerprint`` is the expected key or None ("tell me"); an implementation
-# must refuse (HostKeyMismatchError) before offering credentials to a host whose key differs.
+# ``connect_check(target, detect_resources=..., check_environment=..., happy_server_url=...)``:
+# log in to ``target`` once and report. ``target.host_key_fingerprint`` is the expected key or
+# None ("tell me"); an implementation must refuse (HostKeyMismatchError) before offering
+# credentials to a host whose key differs, and raise BoxEnvironmentError when
+# ``check_environment`` finds that boxes cannot work on the server.
 ConnectCheck = Callable[..., ConnectionReport]
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A server just admitted, with what its preflight found."""
+
+    server: Server
+    checks: EnvironmentChecks
 
 
 @dataclass(frozen=True)
@@ -220,17 +269,27 @@ class ServerView:
 
     server: Server
     allocated_box_id: uuid.UUID | None
+    checks: EnvironmentChecks | None = None  # only right after admission
 
 
 # --- admission ---------------------------------------------------------------------------
 
 
 def check_connection(
-    target: SSHTarget, *, detect_resources: bool = False, timeout: float = 10.0
+    target: SSHTarget,
+    *,
+    detect_resources: bool = False,
+    timeout: float = 10.0,
+    check_environment: bool = True,
+    happy_server_url: str = "",
 ) -> ConnectionReport:
     """The real admission check: read the host key, compare it with the expected one (if
-    any), log in with the key pinned, and check that the login can host boxes: root or
-    passwordless ``sudo -n`` (it creates one Unix user per box) and ``happy`` on its PATH."""
+    any), log in with the key pinned, and (unless ``check_environment`` is off) run the
+    environment preflight: root or passwordless ``sudo -n`` (it creates one Unix user per
+    box), ``happy`` on the login PATH (its version read from the happy-coder package.json),
+    HAPPY_SERVER_URL in the login environment (else ``happy_server_url``, the backend's,
+    which box users then get) and a route from the server to that URL. Every problem found
+    is named with its fix in one BoxEnvironmentError."""
     actual = ssh.fetch_host_key_fingerprint(target.host, target.port, timeout=timeout)
     expected = target.host_key_fingerprint
     if expected is not None and actual != expected:
@@ -239,16 +298,22 @@ def check_connection(
             safe_message="The server's host key does not match.",
         )
     pinned = replace(target, host_key_fingerprint=actual)
+    checks = SKIPPED_CHECKS
     with ssh.BoxSession(pinned, connect_timeout=timeout, command_timeout=timeout) as box:
         latency = box.probe()
-        problem = BoxHost(box).check_operator().problem()
-        if problem is not None:
-            raise BoxEnvironmentError(
-                f"{target.user}@{target.host}: {problem}",
-                safe_message=f"The login cannot host boxes: {problem}.",
-            )
+        if check_environment:
+            host = BoxHost(box, default_happy_server_url=happy_server_url)
+            report = host.check_environment()
+            problems = report.problems()
+            if problems:
+                found = "; ".join(problems)
+                raise BoxEnvironmentError(
+                    f"{target.user}@{target.host}: {found}",
+                    safe_message=f"The login cannot host boxes: {found}.",
+                )
+            checks = EnvironmentChecks.from_report(report)
         resources = _detect_resources(box) if detect_resources else None
-    return ConnectionReport(actual, round(latency * 1000), resources)
+    return ConnectionReport(actual, round(latency * 1000), resources, checks)
 
 
 def _detect_resources(box: ssh.BoxSession) -> Resources:
@@ -314,8 +379,40 @@ def add_server(
     connect_check: ConnectCheck = check_connection,
     allowed_networks: Iterable[IPNetwork] | None = None,
     resolve: Resolver | None = None,
+    happy_server_url: str = "",
+    skip_checks: bool = False,
 ) -> Server:
+    """:func:`admit_server` without the preflight findings."""
+    return admit_server(
+        session,
+        spec,
+        encryption_key=encryption_key,
+        connect_check=connect_check,
+        allowed_networks=allowed_networks,
+        resolve=resolve,
+        happy_server_url=happy_server_url,
+        skip_checks=skip_checks,
+    ).server
+
+
+def admit_server(
+    session: Session,
+    spec: ServerSpec,
+    *,
+    encryption_key: bytes,
+    connect_check: ConnectCheck = check_connection,
+    allowed_networks: Iterable[IPNetwork] | None = None,
+    resolve: Resolver | None = None,
+    happy_server_url: str = "",
+    skip_checks: bool = False,
+) -> Admission:
     """Admit a server to the pool (state ``available``) after one successful SSH login.
+
+    The login must pass the environment preflight (:func:`check_connection`), else 422
+    ``server_check_failed`` naming each problem and its fix. ``happy_server_url`` is the
+    backend's HAPPY_SERVER_URL: the URL box daemons get when the login's environment has
+    none. ``skip_checks`` skips the preflight only (host key pinning and the login stay
+    required); it is logged as a warning and reported in the admission's checks.
 
     ``allowed_networks`` (the API and CLI pass POOL_ALLOWED_NETWORKS): every address of the
     host must be in one of them (empty: any address), checked before any connection, else
@@ -346,7 +443,16 @@ def add_server(
         host_key_fingerprint=expected,
     )
     detect = None in (spec.cpu_cores, spec.ram_gb, spec.disk_gb)
-    report = _run_check(connect_check, target, where, detect_resources=detect)
+    if skip_checks:
+        log.warning("pool: adding %s with the environment checks skipped (operator)", where)
+    report = _run_check(
+        connect_check,
+        target,
+        where,
+        detect_resources=detect,
+        check_environment=not skip_checks,
+        happy_server_url=happy_server_url,
+    )
     if expected is not None and report.host_key_fingerprint != expected:
         raise _mismatch(where, expected, report.host_key_fingerprint)
     resources = report.resources
@@ -387,21 +493,36 @@ def add_server(
             raise ConflictError(f"{where} is already in the pool", code="server_exists") from None
         raise
     wake_waiting_boxes(session)
+    checks = report.checks or (SKIPPED_CHECKS if skip_checks else EnvironmentChecks(False))
     log.info(
-        "pool: server %s added (%s, %s auth, host key %s)",
+        "pool: server %s added (%s, %s auth, host key %s, happy %s, Happy server %s: %s)",
         server.id,
         where,
         server.auth_method,
         server.host_key_fingerprint,
+        checks.happy_version,
+        checks.happy_server_url or "-",
+        "checks skipped" if checks.skipped else checks.happy_server_reach,
     )
-    return server
+    return Admission(server, checks)
 
 
 def _run_check(
-    connect_check: ConnectCheck, target: SSHTarget, where: str, *, detect_resources: bool
+    connect_check: ConnectCheck,
+    target: SSHTarget,
+    where: str,
+    *,
+    detect_resources: bool,
+    check_environment: bool,
+    happy_server_url: str,
 ) -> ConnectionReport:
     try:
-        return connect_check(target, detect_resources=detect_resources)
+        return connect_check(
+            target,
+            detect_resources=detect_resources,
+            check_environment=check_environment,
+            happy_server_url=happy_server_url,
+        )
     except HostKeyMismatchError as exc:
         log.warning("pool: refused %s: %s", where, exc)
         raise ConflictError(
@@ -416,8 +537,11 @@ def _run_check(
         log.info("pool: %s unreachable: %s", where, exc)
         raise ServerUnreachableError(f"Could not reach {where} over SSH: {exc}") from None
     except IntegrationError as exc:
+        log.info("pool: refused %s: %s", where, exc.safe_message)
         raise ValidationError(
-            f"{where} cannot be used: {exc.safe_message}", code="server_check_failed"
+            f"{where} cannot be used: {exc.safe_message} To admit it anyway, use "
+            "--skip-checks (CLI) or skipChecks: true (API).",
+            code="server_check_failed",
         ) from None
 
 

@@ -27,6 +27,7 @@ from app.errors import (
     TransientError,
 )
 from app.integrations.box_host import (
+    SET_HAPPY_URL,
     BoxEnvironmentError,
     BoxHost,
     BoxUser,
@@ -253,8 +254,9 @@ def bring_up_daemon(
     found = describe(evidence)
     kind = classify(evidence)
     if kind == "environment":
+        fix = f"; {SET_HAPPY_URL}" if evidence.reach.startswith("unreachable") else ""
         raise BoxEnvironmentError(
-            f"ssh {host.where}: daemon of {user.name} did not start: {found}",
+            f"ssh {host.where}: daemon of {user.name} did not start: {found}{fix}",
             safe_message=f"The server could not run the Happy daemon: {found}. "
             "It was taken out of the pool.",
         )

@@ -15,10 +15,12 @@ from tests.api.test_admin_guard import token_for
 from tests.factories import AdminFactory, UserFactory
 from tests.pool_fixtures import (  # noqa: F401 - fixtures used by name
     BOX_PASSWORD,
+    CLOSED_HAPPY_URL,
     fake_fingerprint,
     key_box,
     make_box,
     make_server,
+    npm_installed_happy,
     password_box,
     pool_fleet,
 )
@@ -85,7 +87,14 @@ def test_add_a_real_box_with_a_key(client, admin, session, key_box):
     )
     assert response.status_code == 201, response.get_json()
     doc = response.get_json()
-    assert set(doc) == SERVER_FIELDS  # never the credential
+    assert set(doc) == SERVER_FIELDS | {"checks"}  # never the credential
+    checks = doc["checks"]
+    assert checks["skipped"] is False
+    assert checks["happyServerUrl"] == key_box.happy_url
+    assert checks["happyServerUrlSource"] == "login"
+    assert checks["happyServerReach"] == "ok"
+    assert checks["happyPath"].endswith("/happy")
+    assert checks["happyVersion"] == "unknown"  # the test stand-in is no npm package
     assert doc["hostKeyFingerprint"] == key_box.host_key_fingerprint
     assert (doc["authMethod"], doc["state"], doc["allocatedBoxId"]) == ("key", "available", None)
     assert (doc["port"], doc["user"], doc["region"], doc["label"]) == (
@@ -140,7 +149,80 @@ def test_a_login_without_happy_on_its_path_cannot_join_the_pool(client, admin, s
     assert response.status_code == 422, response.get_json()
     body = response.get_json()
     assert body["code"] == "server_check_failed" and "`happy` is not on" in body["message"]
+    assert f"{key_box.user}@127.0.0.1:{key_box.port}" in body["message"]
+    assert "npm install -g happy-coder --allow-scripts=happy-coder" in body["message"]
     assert server_count(session) == 0
+
+
+def test_a_server_that_cannot_reach_its_happy_server_cannot_join_the_pool(
+    client, admin, session, pool_fleet
+):
+    box = pool_fleet.new_box(happy_url=CLOSED_HAPPY_URL)
+    try:
+        response = client.post("/api/admin/servers", json=key_body(box), headers=admin)
+    finally:
+        pool_fleet.remove(box)
+    assert response.status_code == 422, response.get_json()
+    body = response.get_json()
+    assert body["code"] == "server_check_failed"
+    assert f"cannot reach the Happy server at {CLOSED_HAPPY_URL}" in body["message"]
+    assert "set HAPPY_SERVER_URL in the login environment" in body["message"]
+    assert "skipChecks" in body["message"]
+    assert server_count(session) == 0
+
+
+def test_skip_checks_admits_a_server_that_fails_them_and_says_so(
+    client, admin, session, pool_fleet, caplog
+):
+    box = pool_fleet.new_box(happy_url=CLOSED_HAPPY_URL)
+    box.path_override = "/usr/local/bin:/usr/bin:/bin"  # no `happy` either
+    box.restart()
+    try:
+        response = client.post(
+            "/api/admin/servers", json=key_body(box, skipChecks=True), headers=admin
+        )
+        wrong_key = client.post(
+            "/api/admin/servers",
+            json=key_body(box, skipChecks=True, hostKeyFingerprint=fake_fingerprint("Q")),
+            headers=admin,
+        )
+    finally:
+        pool_fleet.remove(box)
+    assert response.status_code == 201, response.get_json()
+    doc = response.get_json()
+    assert doc["hostKeyFingerprint"] == box.host_key_fingerprint  # still pinned
+    assert doc["checks"]["skipped"] is True
+    assert any("skipped" in note for note in doc["checks"]["notes"])
+    assert server_count(session) == 1
+    assert any(
+        r.levelname == "WARNING" and "environment checks skipped" in r.getMessage()
+        for r in caplog.records
+    )
+    # Skipping the checks never skips host key pinning.
+    assert wrong_key.status_code == 409 and wrong_key.get_json()["code"] == "host_key_mismatch"
+
+
+def test_skip_checks_must_be_a_boolean(client, admin, session, key_box):
+    response = client.post(
+        "/api/admin/servers", json=key_body(key_box, skipChecks="maybe"), headers=admin
+    )
+    assert response.status_code == 422
+    assert "skipChecks" in response.get_json()["errors"]["json"]
+    assert server_count(session) == 0
+
+
+def test_the_happy_coder_version_is_read_from_its_package(client, admin, pool_fleet):
+    box = pool_fleet.new_box()
+    box.path_override = f"{npm_installed_happy(pool_fleet, '0.13.0')}:/usr/local/bin:/usr/bin:/bin"
+    box.restart()
+    try:
+        response = client.post("/api/admin/servers", json=key_body(box), headers=admin)
+    finally:
+        pool_fleet.remove(box)
+    assert response.status_code == 201, response.get_json()
+    checks = response.get_json()["checks"]
+    assert checks["happyVersion"] == "0.13.0"
+    assert checks["happyPath"].endswith("/bin/happy")
 
 
 def test_supplied_fingerprint_that_does_not_match_is_409_and_nothing_stored(

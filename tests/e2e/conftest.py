@@ -116,7 +116,13 @@ def add_to_pool(app, live, settings):  # type: ignore[no-untyped-def]
     from app.db import db_session
     from app.services import pool
 
-    def add(*boxes: Any, cpu: int = 2, ram_gb: int = 4, disk_gb: int = 40) -> list[uuid.UUID]:
+    def add(
+        *boxes: Any,
+        cpu: int = 2,
+        ram_gb: int = 4,
+        disk_gb: int = 40,
+        skip_checks: bool = False,
+    ) -> list[uuid.UUID]:
         ids = []
         session = db_session()
         for b in boxes:
@@ -134,6 +140,8 @@ def add_to_pool(app, live, settings):  # type: ignore[no-untyped-def]
                     label=f"test-{b.user}",
                 ),
                 encryption_key=settings.encryption_key,
+                happy_server_url=settings.happy_server_url,
+                skip_checks=skip_checks,
             )
             ids.append(server.id)
         session.commit()

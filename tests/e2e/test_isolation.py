@@ -230,7 +230,9 @@ def test_server_that_cannot_reach_happy_is_quarantined_and_the_box_moves(
     broken = box_fleet.new_box(happy_url="http://127.0.0.1:1")
     good = box_fleet.new_box()
     try:
-        (broken_id,) = add_to_pool(broken)  # older: allocated first
+        # The preflight would refuse it: admitted with the checks skipped, the daemon's
+        # diagnosis finds the same cause.
+        (broken_id,) = add_to_pool(broken, skip_checks=True)  # older: allocated first
         (good_id,) = add_to_pool(good)
         user = make_user()
         box_id = provision(admin, user)
@@ -241,7 +243,9 @@ def test_server_that_cannot_reach_happy_is_quarantined_and_the_box_moves(
         session = db_session()
         server = session.get(Server, broken_id)
         assert server is not None and server.state == "unhealthy"
-        assert "cannot reach the Happy server at http://127.0.0.1:1" in (server.last_error or "")
+        reason = server.last_error or ""
+        assert "the daemon could not reach the Happy server at http://127.0.0.1:1" in reason
+        assert "set HAPPY_SERVER_URL in the login environment" in reason
         db_session.remove()
         # The health sweep sees SSH answer but does not put it back while Happy is unreachable.
         probe_server.delay(str(broken_id))
@@ -253,7 +257,10 @@ def test_server_that_cannot_reach_happy_is_quarantined_and_the_box_moves(
 
         assert wait_until(probed, 60, "a probe of the broken server").state == "unhealthy"
         moved = [e for e in doc["events"] if e["kind"] == "moved"]
-        assert moved and "cannot reach the Happy server" in moved[0]["message"]
+        assert moved and (
+            "the daemon could not reach the Happy server at http://127.0.0.1:1"
+            in moved[0]["message"]
+        )
     finally:
         box_fleet.remove(broken)
         box_fleet.remove(good)

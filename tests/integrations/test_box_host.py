@@ -291,7 +291,7 @@ def test_unreachable_happy_server_is_found_and_classified_as_the_environment(
     assert evidence.reach.startswith("unreachable")
     assert any("ECONNREFUSED" in line for line in evidence.log_tail)
     assert classify(evidence) == "environment"
-    assert "cannot reach the Happy server at http://127.0.0.1:1" in describe(evidence)
+    assert "the daemon could not reach the Happy server at http://127.0.0.1:1" in describe(evidence)
     for line in evidence.log_tail:
         assert credentials.token not in line and credentials.secret_b64 not in line
 

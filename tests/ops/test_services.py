@@ -611,6 +611,48 @@ def test_compose_file_is_valid_for_the_compose_client(compose_project: Path) -> 
     assert set(listed.stdout.split()) == COMPOSE_SERVICES
 
 
+def test_compose_with_env_example_copied_runs_production_on_the_published_port(
+    compose_project: Path,
+) -> None:
+    """`cp .env.example .env` must not turn the containers into development (dev secrets,
+    the dev payment provider, Flower without auth), and the app's derived PUBLIC_BASE_URL
+    must be the published port."""
+    import yaml
+
+    client = _compose_client()
+    assert client is not None, "no compose client: `make test` installs docker-compose"
+    env = {k: v for k, v in _clean_env().items() if not k.startswith("COMPOSE_")}
+    env.pop("VIBEBOX_ENV", None)
+    env.pop("PORT", None)
+    example = (REPO_ROOT / ".env.example").read_text()
+    resolved = {}
+    for port in ("5000", "5123"):
+        (compose_project / ".env").write_text(example.replace("\nPORT=5000\n", f"\nPORT={port}\n"))
+        out = subprocess.run(
+            [*client, "config"],
+            cwd=compose_project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        resolved[port] = yaml.safe_load(out.stdout)["services"]
+    for port, services_ in resolved.items():
+        for name in ("migrate", "web", "worker", "beat", "flower"):
+            environment = services_[name]["environment"]
+            assert environment["VIBEBOX_ENV"] == "production", name
+            assert str(environment["PORT"]) == port
+            assert not environment.get("PUBLIC_BASE_URL")  # derived: http://127.0.0.1:PORT
+        assert f"0.0.0.0:{port}" in str(services_["web"]["command"])
+        (published,) = services_["web"]["ports"]
+        if isinstance(published, dict):  # compose v2's long form
+            assert (str(published["published"]), str(published["target"])) == (port, port)
+        else:
+            assert published.startswith(f"127.0.0.1:{port}:{port}")
+
+
 def test_compose_file_wires_health_and_start_order() -> None:
     import yaml
 

@@ -20,6 +20,7 @@ from app.config import (
     known_public_values,
     normalize_database_url,
     secret_problem,
+    served_base_url,
 )
 from app.logging import RedactingFilter, redact
 
@@ -213,6 +214,49 @@ def test_defaults(monkeypatch):
     assert settings.login_free_failures == 5
     assert settings.login_delay_base_seconds == 1.0
     assert settings.login_delay_max_seconds == 900.0
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "url"),
+    [
+        ("127.0.0.1", "5000", "http://127.0.0.1:5000"),
+        ("0.0.0.0", "8080", "http://127.0.0.1:8080"),
+        ("::", "8080", "http://127.0.0.1:8080"),
+        ("", "", "http://127.0.0.1:5000"),
+        (None, None, "http://127.0.0.1:5000"),
+        ("::1", "7000", "http://[::1]:7000"),
+        ("[::1]", "7000", "http://[::1]:7000"),
+        ("api.example.test", "443", "http://api.example.test:443"),
+    ],
+)
+def test_served_base_url_shows_the_address_served(host, port, url):
+    assert served_base_url(host, port) == url
+
+
+def test_public_base_url_defaults_to_the_address_served(monkeypatch):
+    monkeypatch.delenv("PUBLIC_BASE_URL", raising=False)
+    monkeypatch.delenv("CHECKOUT_RETURN_URL", raising=False)
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.setenv("PORT", "5123")
+    settings = Settings.from_env()
+    assert settings.public_base_url == "http://127.0.0.1:5123"
+    assert settings.checkout_return_url == "http://127.0.0.1:5123/"
+    monkeypatch.setenv("PUBLIC_BASE_URL", "")  # empty, as in .env.example: still derived
+    assert Settings.from_env().public_base_url == "http://127.0.0.1:5123"
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://vibebox.example/")
+    settings = Settings.from_env()
+    assert settings.public_base_url == "https://vibebox.example"
+    assert settings.checkout_return_url == "https://vibebox.example/"
+
+
+def test_env_example_sets_no_public_base_url_and_no_environment():
+    values = dict(
+        line.split("=", 1)
+        for line in (Path(__file__).parents[2] / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert values["PUBLIC_BASE_URL"] == ""  # derived from HOST/PORT, never a fixed port
+    assert values["VIBEBOX_ENV"] == ""  # development for make run, production in compose
 
 
 def test_missing_database_url_names_the_fix(monkeypatch):

@@ -32,6 +32,7 @@ from app.services import pool
 from app.services.pool import Resources, ServerSpec
 from tests.pool_fixtures import (  # noqa: F401 - fixtures used by name
     BOX_PASSWORD,
+    CLOSED_HAPPY_URL,
     FakeCheck,
     fake_fingerprint,
     key_box,
@@ -182,9 +183,9 @@ def test_add_server_refuses_a_duplicate_before_connecting(session):
 def test_add_server_duplicate_race_is_settled_by_the_unique_constraint(session):
     """Another add of the same server lands between our pre-check and our insert."""
 
-    def racing_check(target, *, detect_resources=False):
+    def racing_check(target, *, detect_resources=False, **options):
         make_server(session, host=target.host, ssh_port=target.port, ssh_user=target.user)
-        return FakeCheck()(target, detect_resources=detect_resources)
+        return FakeCheck()(target, detect_resources=detect_resources, **options)
 
     with pytest.raises(ConflictError) as info:
         pool.add_server(session, spec(), encryption_key=KEY, connect_check=racing_check)
@@ -296,6 +297,50 @@ def test_real_box_refuses_a_wrong_password_and_accepts_the_right_one(session, pa
     assert server.auth_method == "password"
     assert BOX_PASSWORD.encode() not in raw_credential(session, server.id)
     assert server.host_key_fingerprint == password_box.host_key_fingerprint
+
+
+def test_admission_passes_the_backend_url_and_skip_checks_to_the_check(session, caplog):
+    check = FakeCheck()
+    pool.add_server(
+        session, spec(), encryption_key=KEY, connect_check=check, happy_server_url="http://h:1"
+    )
+    assert check.options[-1] == {"check_environment": True, "happy_server_url": "http://h:1"}
+    admission = pool.admit_server(
+        session, spec(host="10.1.2.4"), encryption_key=KEY, connect_check=check, skip_checks=True
+    )
+    assert check.options[-1]["check_environment"] is False
+    assert admission.checks.skipped
+    assert any(
+        r.levelname == "WARNING" and "10.1.2.4" in r.getMessage() and "skipped" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_a_login_without_happy_server_url_is_checked_against_the_backends(session, pool_fleet):
+    box = pool_fleet.new_box()
+    answering = box.happy_url
+    box.happy_url = ""  # the login's sessions get an empty HAPPY_SERVER_URL: unset
+    box.restart()
+    target = box.target()
+    where = {"host": target.host, "port": target.port, "user": target.user}
+    key = {"password": None, "private_key": target.private_key}
+    try:
+        with pytest.raises(ValidationError) as info:
+            pool.admit_server(
+                session, spec(**where, **key), encryption_key=KEY, happy_server_url=CLOSED_HAPPY_URL
+            )
+        admission = pool.admit_server(
+            session, spec(**where, **key), encryption_key=KEY, happy_server_url=answering
+        )
+    finally:
+        pool_fleet.remove(box)
+    assert info.value.code == "server_check_failed"
+    assert f"cannot reach the Happy server at {CLOSED_HAPPY_URL}" in info.value.message
+    assert "the login has no HAPPY_SERVER_URL" in info.value.message
+    checks = admission.checks
+    assert (checks.happy_server_url, checks.happy_server_url_source) == (answering, "backend")
+    assert checks.happy_server_reach == "ok"
+    assert any("HAPPY_SERVER_URL is not set in the login environment" in n for n in checks.notes)
 
 
 # --- operator changes ----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from flask.views import MethodView
@@ -11,6 +12,7 @@ from marshmallow import RAISE
 
 from app import get_settings
 from app.api.servers.schemas import (
+    ServerAddedSchema,
     ServerCreateSchema,
     ServerListArgsSchema,
     ServerPageSchema,
@@ -46,25 +48,32 @@ class Servers(MethodView):
         return {"items": pool.view_servers(session, servers), "total": total}
 
     @blp.arguments(ServerCreateSchema)
-    @blp.response(201, ServerSchema)
+    @blp.response(201, ServerAddedSchema)
     @blp.alt_response(409, description="host_key_mismatch or server_exists")
     @blp.alt_response(
         422,
         description="Invalid fields, server_host_not_allowed (POOL_ALLOWED_NETWORKS), "
-        "server_unreachable, ssh_auth_failed or server_check_failed",
+        "server_unreachable, ssh_auth_failed or server_check_failed (the preflight: root or "
+        "sudo -n, `happy` on the login PATH, a route to the Happy server; the message names "
+        "the fix)",
     )
     @blp.doc(security=_ADMIN)
     def post(self, data: dict[str, Any]):
-        """Add a server: pins its host key and proves the credentials with one SSH login"""
+        """Add a server: pins its host key, proves the credentials with one SSH login and
+        checks that boxes can work on it (skipChecks: true skips that preflight)"""
         session, settings = db_session(), get_settings()
-        server = pool.add_server(
+        skip_checks = data.pop("skip_checks", False)
+        admission = pool.admit_server(
             session,
             pool.ServerSpec(**data),
             encryption_key=settings.encryption_key,
             allowed_networks=settings.limits.pool_allowed_networks,
+            happy_server_url=settings.happy_server_url,
+            skip_checks=skip_checks,
         )
         session.commit()
-        return pool.view_server(session, server)
+        view = pool.view_server(session, admission.server)
+        return replace(view, checks=admission.checks)
 
 
 @blp.route("/<uuid:server_id>")

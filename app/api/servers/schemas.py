@@ -57,6 +57,49 @@ class ServerSchema(Schema):
     createdAt = fields.DateTime(attribute="server.created_at", dump_only=True)
 
 
+class EnvironmentChecksSchema(Schema):
+    """What the admission preflight found (``pool.EnvironmentChecks``)."""
+
+    skipped = fields.Boolean(
+        dump_only=True, metadata={"description": "true: added with skipChecks"}
+    )
+    happyPath = fields.String(attribute="happy_path", dump_only=True, allow_none=True)
+    happyVersion = fields.String(
+        attribute="happy_version",
+        dump_only=True,
+        metadata={"description": "happy-coder version from its package.json, or unknown"},
+    )
+    happyServerUrl = fields.String(
+        attribute="happy_server_url",
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The Happy server the server's box daemons will use"},
+    )
+    happyServerUrlSource = fields.String(
+        attribute="happy_server_url_source",
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "enum": ["login", "backend"],
+            "description": "login: HAPPY_SERVER_URL of the login environment; backend: "
+            "the login has none, box users get the backend's",
+        },
+    )
+    happyServerReach = fields.String(
+        attribute="happy_server_reach",
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "ok, unreachable: <error>, or unknown"},
+    )
+    notes = fields.List(fields.String(), dump_only=True)
+
+
+class ServerAddedSchema(ServerSchema):
+    """A server just added, with its admission preflight."""
+
+    checks = fields.Nested(EnvironmentChecksSchema, dump_only=True)
+
+
 class ServerPageSchema(Schema):
     items = fields.List(fields.Nested(ServerSchema), required=True)
     total = fields.Integer(required=True)
@@ -89,6 +132,15 @@ class ServerCreateSchema(RequestSchema):
     disk_gb = fields.Integer(data_key="diskGb", required=True, validate=_disk)
     region = fields.String(allow_none=True, validate=validate.Length(max=64))
     label = fields.String(allow_none=True, validate=validate.Length(max=128))
+    skip_checks = fields.Boolean(
+        data_key="skipChecks",
+        load_default=False,
+        metadata={
+            "description": "Skip the environment preflight (root/sudo, `happy` on the PATH, "
+            "route to the Happy server). The host key is still pinned and the login still "
+            "proven. Logged as a warning."
+        },
+    )
 
     @validates_schema(skip_on_field_errors=False)
     def _one_credential(self, data: dict[str, Any], **_: Any) -> None:
