@@ -141,7 +141,7 @@ class EnvironmentReport:
         if self.url_source == "backend":
             notes.append(
                 "HAPPY_SERVER_URL is not set in the login environment; boxes will use the "
-                f"backend's HAPPY_SERVER_URL {self.happy_server_url}"
+                f"backend's HAPPY_SERVER_URL {self.happy_server_url or '(not given: unchecked)'}"
             )
         if self.reach == "unknown":
             notes.append(
