@@ -50,8 +50,11 @@ def _server_aad(user_id: uuid.UUID, server_url: str) -> str:
 def _server_token(
     session: Session, user_id: uuid.UUID, server_url: str, *, for_update: bool = False
 ) -> HappyServerToken | None:
-    query = select(HappyServerToken).where(
-        HappyServerToken.user_id == user_id, HappyServerToken.server_url == server_url
+    # Written with Core upserts: always read the row as stored, never a stale identity.
+    query = (
+        select(HappyServerToken)
+        .where(HappyServerToken.user_id == user_id, HappyServerToken.server_url == server_url)
+        .execution_options(populate_existing=True)
     )
     return session.scalar(query.with_for_update() if for_update else query)
 
