@@ -197,6 +197,62 @@ def start_checkout(
     return order, checkout
 
 
+_UNSET: Any = object()
+
+
+def configure_plan(
+    session: Session,
+    plan_id: str,
+    region_settings: RegionSettings,
+    *,
+    regions: list[str] | None = _UNSET,
+    default_region: str | None = _UNSET,
+    max_live_boxes_per_user: int | None = _UNSET,
+) -> Plan:
+    """Set where a plan is sold and its box limit (operators: ``vibebox plans update``).
+    None clears a setting (every region / DEFAULT_REGION / MAX_LIVE_BOXES_PER_USER); an
+    argument left out is not changed. Region names must be in REGIONS when it is set."""
+    from app.config import REGION_RE
+
+    plan = session.get(Plan, plan_id, with_for_update=True)
+    if plan is None:
+        raise NotFoundError("No such plan", code="plan_not_found")
+    problems: dict[str, list[str]] = {}
+    known = region_settings.regions
+
+    def check(field_name: str, names: list[str]) -> None:
+        bad = [n for n in names if not REGION_RE.fullmatch(n) or (known and n not in known)]
+        if bad:
+            problems[field_name] = [
+                f"not a region of REGIONS ({', '.join(known) or 'none set'}): {', '.join(bad)}"
+            ]
+
+    if regions is not _UNSET:
+        if regions is not None:
+            regions = list(dict.fromkeys(r.strip().lower() for r in regions if r.strip()))
+            check("regions", regions)
+        plan.regions = regions
+    if default_region is not _UNSET:
+        if default_region is not None:
+            default_region = default_region.strip().lower()
+            check("defaultRegion", [default_region])
+        plan.default_region = default_region
+    if (
+        plan.default_region is not None
+        and plan.regions is not None
+        and plan.default_region not in plan.regions
+    ):
+        problems.setdefault("defaultRegion", []).append("not one of the plan's regions")
+    if max_live_boxes_per_user is not _UNSET:
+        if max_live_boxes_per_user is not None and max_live_boxes_per_user < 0:
+            problems["maxLiveBoxesPerUser"] = ["must be 0 (no limit) or more"]
+        plan.max_live_boxes_per_user = max_live_boxes_per_user
+    if problems:
+        raise ValidationError("The plan settings are not valid", errors=problems)
+    session.flush()
+    return plan
+
+
 # --- quotas ---------------------------------------------------------------------------------
 
 
