@@ -21,6 +21,7 @@ from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
 from app.cli_boxes import boxes_cli
+from app.cli_plans import plans_cli
 from app.cli_pool import pool_cli
 
 NO_DATABASE = (
@@ -151,6 +152,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(orders_cli)
     app.cli.add_command(pool_cli)
     app.cli.add_command(boxes_cli)
+    app.cli.add_command(plans_cli)
 
 
 def embedded_service_urls(var_dir: str | None = None) -> dict[str, str]:
@@ -239,6 +241,7 @@ cli.add_command(user_cli)
 cli.add_command(orders_cli)
 cli.add_command(pool_cli)
 cli.add_command(boxes_cli)
+cli.add_command(plans_cli)
 
 
 def _create_app() -> Flask:

@@ -35,6 +35,7 @@ def _status_choices() -> list[str]:
 @click.option("--user", "user_id", metavar="ID", help="Only this user's boxes.")
 @click.option("--server", "server_id", metavar="ID", help="Only boxes on this server.")
 @click.option("--plan", "plan_id", metavar="PLAN", help="Only boxes of this plan.")
+@click.option("--region", metavar="REGION", help="Only boxes of this region.")
 @click.option(
     "--limit", type=click.IntRange(1, 1000), default=50, show_default=True, help="At most N rows."
 )
@@ -45,6 +46,7 @@ def boxes_list(
     user_id: str | None,
     server_id: str | None,
     plan_id: str | None,
+    region: str | None,
     limit: int,
 ) -> None:
     """Boxes, newest first: status, step, progress, degraded, plan, user, server."""
@@ -58,6 +60,7 @@ def boxes_list(
         user_id=_uuid(user_id, "user") if user_id else None,
         server_id=_uuid(server_id, "server") if server_id else None,
         plan_id=plan_id,
+        region=region,
     )
     boxes, total = admin_boxes.list_boxes(db_session(), f, limit=limit)
     if not boxes:

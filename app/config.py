@@ -315,6 +315,13 @@ def _positive(name: str, default: int) -> int:
     return value
 
 
+def _non_negative(name: str, default: int) -> int:
+    value = _int(name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class LimitSettings:
     """What a request may carry, and where pool servers may be (README "Security")."""
@@ -331,6 +338,68 @@ class LimitSettings:
             webhook_max_bytes=_positive("WEBHOOK_MAX_BYTES", cls.webhook_max_bytes),
             pool_allowed_networks=_networks("POOL_ALLOWED_NETWORKS"),
         )
+
+
+REGION_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def _region_name(name: str, value: str) -> str:
+    if not REGION_RE.fullmatch(value):
+        raise ConfigError(
+            f"{name}: {value!r} is not a region name (1-32 of a-z, 0-9, '_', '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """Regions boxes are sold in (README "Regions"). ``regions`` empty: regions are off,
+    every box may take any server (the behaviour before regions existed)."""
+
+    regions: tuple[str, ...] = ()
+    default_region: str | None = None
+    # (region, Happy server URL) pairs; a region without one uses HAPPY_SERVER_URL.
+    happy_server_urls: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.regions)
+
+    @classmethod
+    def from_env(cls) -> RegionSettings:
+        raw = _env("REGIONS", "") or ""
+        regions: list[str] = []
+        for item in raw.replace(",", " ").split():
+            region = _region_name("REGIONS", item.strip().lower())
+            if region not in regions:
+                regions.append(region)
+        default = _env("DEFAULT_REGION")
+        if default is not None:
+            default = default.lower()
+            if not regions:
+                raise ConfigError("DEFAULT_REGION is set but REGIONS is not")
+            if default not in regions:
+                raise ConfigError(f"DEFAULT_REGION {default!r} is not one of REGIONS {regions}")
+        elif regions:
+            default = regions[0]
+        urls: list[tuple[str, str]] = []
+        for item in (_env("HAPPY_SERVER_URLS", "") or "").replace(",", " ").split():
+            name, sep, url = item.partition("=")
+            region = _region_name("HAPPY_SERVER_URLS", name.strip().lower())
+            url = url.strip().rstrip("/")
+            if not sep or not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+                raise ConfigError(f"HAPPY_SERVER_URLS: {item!r} is not REGION=URL (an http(s) URL)")
+            if region not in regions:
+                raise ConfigError(f"HAPPY_SERVER_URLS names {region!r}, which is not in REGIONS")
+            if any(r == region for r, _ in urls):
+                raise ConfigError(f"HAPPY_SERVER_URLS names {region!r} twice")
+            urls.append((region, url))
+        return cls(regions=tuple(regions), default_region=default, happy_server_urls=tuple(urls))
+
+    def configured_happy_url(self, region: str | None) -> str | None:
+        """The Happy server URL configured for ``region`` in HAPPY_SERVER_URLS, or None."""
+        return dict(self.happy_server_urls).get(region) if region else None
 
 
 @dataclass(frozen=True)
@@ -370,6 +439,21 @@ class Settings:
     login_failure_reset_seconds: float = 3600.0
     metrics_token: str | None = None  # Bearer token for /metrics and /readyz?workers=1
     metrics_ratelimit: str = "60 per minute"
+    regions: RegionSettings = field(default_factory=lambda: RegionSettings())
+    # Live boxes (not terminating/terminated) one user may have; a plan may set its own.
+    # 0: no limit. Pending checkouts count for quota_pending_order_seconds.
+    max_live_boxes_per_user: int = 3
+    quota_pending_order_seconds: float = 3600.0
+
+    def happy_url_for(self, region: str | None) -> str:
+        """The Happy server of ``region``: its HAPPY_SERVER_URLS entry, else HAPPY_SERVER_URL."""
+        return self.regions.configured_happy_url(region) or self.happy_server_url
+
+    def happy_realm(self, region: str | None) -> str | None:
+        """None when ``region`` uses the default Happy server (HAPPY_SERVER_URL), else its
+        URL: where a user's Happy token for that region is kept (one per Happy server)."""
+        url = self.happy_url_for(region)
+        return None if url == self.happy_server_url else url
 
     @property
     def is_production(self) -> bool:
@@ -470,6 +554,9 @@ class Settings:
             **_login_throttle(),
             metrics_token=_env("METRICS_TOKEN"),
             metrics_ratelimit=_env("METRICS_RATELIMIT", "60 per minute") or "60 per minute",
+            regions=RegionSettings.from_env(),
+            max_live_boxes_per_user=_non_negative("MAX_LIVE_BOXES_PER_USER", 3),
+            quota_pending_order_seconds=_float("QUOTA_PENDING_ORDER_SECONDS", 3600.0),
         )
 
     def flask_config(self) -> dict[str, Any]:

@@ -46,9 +46,22 @@ def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], Box
     return happy, SessionPool(connect, max_idle=p.ssh_pool_max_idle_seconds), connect
 
 
+@cache
+def _regional_happy(url: str) -> HappyClient:
+    """Per worker process: one HTTP session per regional Happy server (HAPPY_SERVER_URLS)."""
+    p = get_settings().provisioning
+    return HappyClient(url, timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds))
+
+
 def step_context() -> StepContext:
     happy, sessions, connect = _integrations()
-    return StepContext(settings=get_settings(), happy=happy, connect=connect, sessions=sessions)
+    return StepContext(
+        settings=get_settings(),
+        happy=happy,
+        connect=connect,
+        sessions=sessions,
+        happy_clients=_regional_happy,
+    )
 
 
 def run_box_step(task: Task, box_id: str, step: str) -> str:

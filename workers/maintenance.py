@@ -169,6 +169,8 @@ def probe_server(server_id: str) -> str:
     # A quarantined server comes back only when it can host boxes again, not merely
     # because SSH answers (e.g. it still cannot reach its Happy server).
     recovering = server.state == "unhealthy"
+    # A server of a region with its own Happy server must reach that one.
+    region_happy = settings.regions.configured_happy_url(server.region)
     session.commit()
     timeout = settings.health_probe_timeout_seconds
     ok, latency_ms, error = True, None, None
@@ -180,7 +182,11 @@ def probe_server(server_id: str) -> str:
             command_timeout=max(timeout, settings.provisioning.ssh_command_timeout_seconds),
         ) as box:
             latency_ms = round(box.probe() * 1000)
-            host = BoxHost(box, default_happy_server_url=settings.happy_server_url)
+            host = BoxHost(
+                box,
+                default_happy_server_url=settings.happy_server_url,
+                happy_server_url=region_happy,
+            )
             if recovering:
                 problem = host.environment_problem()
                 if problem is not None:

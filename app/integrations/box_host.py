@@ -10,10 +10,10 @@ never handed to a second customer (anything it wrote — ``authorized_keys``, a 
 
 Every operation is a short POSIX shell script run as root through the login (``sudo -n``
 when the login is not root). Names are validated and quoted; secrets travel over stdin
-only. The box user's environment is built explicitly (``env -i``): ``PATH`` and
-``HAPPY_SERVER_URL`` are taken from the pool login's environment (the server's
-configuration; the backend's ``HAPPY_SERVER_URL`` when the login has none), and
-``HAPPY_HOME_DIR`` is the box user's ``~/.happy``.
+only. The box user's environment is built explicitly (``env -i``): ``PATH`` from the pool
+login's environment; ``HAPPY_SERVER_URL`` is the box's region's Happy server when one is
+configured (``HAPPY_SERVER_URLS``), else the login's (the server's configuration), else the
+backend's ``HAPPY_SERVER_URL``; ``HAPPY_HOME_DIR`` is the box user's ``~/.happy``.
 
 Places an unprivileged user can write on a standard Debian/Ubuntu server, which teardown
 empties and ``leftovers`` checks by uid: its home, ``/tmp``, ``/var/tmp``, ``/dev/shm``,
@@ -197,9 +197,26 @@ def box_gecos(box_id: str, server_id: str) -> str:
 class BoxHost:
     """Operations on one pool server for its box users, over one :class:`BoxSession`."""
 
-    def __init__(self, session: BoxSession, *, default_happy_server_url: str = "") -> None:
+    def __init__(
+        self,
+        session: BoxSession,
+        *,
+        default_happy_server_url: str = "",
+        happy_server_url: str | None = None,
+    ) -> None:
         self.session = session
         self.default_happy_server_url = default_happy_server_url
+        # Set (a region's Happy server, HAPPY_SERVER_URLS): the box user's HAPPY_SERVER_URL,
+        # whatever the login's environment says.
+        self.happy_server_url = happy_server_url
+
+    def with_happy_server_url(self, url: str | None) -> BoxHost:
+        """The same server and connection, the box users' daemons pointed at ``url``."""
+        return BoxHost(
+            self.session,
+            default_happy_server_url=self.default_happy_server_url,
+            happy_server_url=url,
+        )
 
     @property
     def where(self) -> str:
@@ -211,11 +228,15 @@ class BoxHost:
     def _wrap(self, script: str) -> str:
         """The command line that runs ``script`` with ``sh`` as root. The login's PATH and
         HAPPY_SERVER_URL are captured first (sudo resets the environment) as $VB_PATH and
-        $VB_HAPPY."""
+        $VB_HAPPY; an explicit ``happy_server_url`` (the box's region) wins over the login's."""
         default = shlex.quote(self.default_happy_server_url)
+        happy = (
+            f"VB_HAPPY={shlex.quote(self.happy_server_url)}; "
+            if self.happy_server_url
+            else f'VB_HAPPY="${{HAPPY_SERVER_URL:-}}"; [ -n "$VB_HAPPY" ] || VB_HAPPY={default}; '
+        )
         return (
-            f'VB_PATH="$PATH"; VB_HAPPY="${{HAPPY_SERVER_URL:-}}"; '
-            f'[ -n "$VB_HAPPY" ] || VB_HAPPY={default}; '
+            f'VB_PATH="$PATH"; {happy}'
             'if [ "$(id -u)" -eq 0 ]; then set --; else set -- sudo -n; fi; '
             f'"$@" env VB_PATH="$VB_PATH" VB_HAPPY="$VB_HAPPY" PATH={_ROOT_PATH}'
             f" sh -c {shlex.quote(script)}"

@@ -2,7 +2,7 @@
 
 from app.models.base import Base
 from app.models.billing import Order, PaymentEvent, Subscription
-from app.models.happy import HappyAccount
+from app.models.happy import HappyAccount, HappyServerToken
 from app.models.plan import Plan
 from app.models.server import Server
 from app.models.user import User
@@ -12,6 +12,7 @@ __all__ = [
     "Base",
     "BoxEvent",
     "HappyAccount",
+    "HappyServerToken",
     "Order",
     "PaymentEvent",
     "Plan",

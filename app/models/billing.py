@@ -75,6 +75,8 @@ class Order(UUIDPk, Timestamps, Base):
     provider_order_id: Mapped[str | None] = mapped_column(String(255))
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("subscriptions.id"))
     paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The region the box is bought in (NULL: regions are off, any server).
+    region: Mapped[str | None] = mapped_column(String(32))
     # Why a paid order was not fulfilled (e.g. amount mismatch); for operators.
     flag: Mapped[str | None] = mapped_column(String(255))
 

@@ -16,6 +16,10 @@ class Plan(Timestamps, Base):
     __table_args__ = (
         CheckConstraint("price_monthly >= 0 AND price_yearly >= 0", name="prices_non_negative"),
         CheckConstraint("cpu_cores > 0 AND ram_gb > 0 AND disk_gb > 0", name="resources_positive"),
+        CheckConstraint(
+            "max_live_boxes_per_user IS NULL OR max_live_boxes_per_user >= 0",
+            name="max_live_boxes_non_negative",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # "basic" | "pro" | ...
@@ -33,6 +37,13 @@ class Plan(Timestamps, Base):
     claude_api_quota: Mapped[int] = mapped_column(Integer)  # dollars per month
     features: Mapped[list[Any]] = mapped_column(JSONB, default=list)
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Regions this plan is sold in (a subset of REGIONS); NULL: every configured region.
+    regions: Mapped[list[str] | None] = mapped_column(JSONB)
+    # Where a checkout without a region goes (if offered); NULL: DEFAULT_REGION.
+    default_region: Mapped[str | None] = mapped_column(String(32))
+    # Live boxes one user may have when buying this plan; NULL: MAX_LIVE_BOXES_PER_USER;
+    # 0: no limit.
+    max_live_boxes_per_user: Mapped[int | None] = mapped_column(Integer)
 
     def price_for(self, billing_cycle: str, currency: str | None = None) -> int:
         """Price in minor units for a cycle, in the plan's currency or in CNY."""

@@ -61,6 +61,9 @@ class VibeBox(UUIDPk, Timestamps, Base):
     # One box per paid order: the database settles duplicate webhook deliveries.
     order_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("orders.id"), unique=True)
     server_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("servers.id"))
+    # Where the box runs: only servers of this region; NULL (regions off): any server.
+    # Its Happy account lives on that region's Happy server.
+    region: Mapped[str | None] = mapped_column(String(32), index=True)
     status: Mapped[str] = mapped_column(String(24), default="pending")
     step: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

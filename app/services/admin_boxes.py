@@ -27,6 +27,7 @@ class BoxFilter:
     user_id: uuid.UUID | None = None
     server_id: uuid.UUID | None = None
     plan_id: str | None = None
+    region: str | None = None
 
 
 def _conditions(f: BoxFilter) -> list[Any]:
@@ -46,6 +47,8 @@ def _conditions(f: BoxFilter) -> list[Any]:
         conditions.append(VibeBox.server_id == f.server_id)
     if f.plan_id is not None:
         conditions.append(VibeBox.plan_id == f.plan_id)
+    if f.region is not None:
+        conditions.append(VibeBox.region == f.region)
     return conditions
 
 
@@ -79,6 +82,7 @@ def summarize(box: VibeBox) -> dict[str, Any]:
         "degraded": box.degraded_since is not None,
         "degradedReason": box.degraded_reason,
         "planId": box.plan_id,
+        "region": box.region,
         "userId": box.user_id,
         "serverId": box.server_id,
         "unixUser": box.unix_user,

@@ -1,6 +1,8 @@
 """Plans, orders, payment events and subscriptions: money and provisioning agree.
 
-- Checkout creates a pending order whose amount and currency come from the plan.
+- Checkout creates a pending order whose amount and currency come from the plan, in a
+  region the plan is offered in (``app.services.regions``), after the user's box quota
+  is checked (below), before any provider call.
 - A verified provider event is recorded once (``payment_events`` is unique on provider +
   event id; a duplicate is a no-op) and applied in the same transaction: mark the order
   paid, create or extend the subscription, create the box. The caller commits, then
@@ -24,6 +26,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from app.config import RegionSettings
 from app.errors import (
     AmountMismatchError,
     ConflictError,
@@ -46,7 +49,7 @@ from app.integrations.payments.base import (
 )
 from app.models import Order, PaymentEvent, Plan, Subscription, User, VibeBox
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services import engine, provisioning
+from app.services import engine, provisioning, regions
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,26 @@ log = logging.getLogger(__name__)
 PROVIDER_CURRENCY = {"wechat": "CNY", "alipay": "CNY"}
 LIVE_SUBSCRIPTION_STATUSES = ("active", "past_due")
 LIVE_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminated", "error"))
+# What the per-user quota counts: every box not (being) torn down, failed ones included.
+QUOTA_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminating", "terminated"))
+
+
+@dataclass(frozen=True)
+class CheckoutPolicy:
+    """What checkout needs from the settings (regions, the quota); the defaults are the
+    settings' defaults."""
+
+    regions: RegionSettings = field(default_factory=RegionSettings)
+    max_live_boxes_per_user: int = 3  # 0: no limit
+    pending_order_seconds: float = 3600.0  # unpaid checkouts count this long
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CheckoutPolicy:
+        return cls(
+            regions=settings.regions,
+            max_live_boxes_per_user=settings.max_live_boxes_per_user,
+            pending_order_seconds=settings.quota_pending_order_seconds,
+        )
 
 
 def utcnow() -> datetime:
@@ -71,6 +94,21 @@ def list_active_plans(session: Session) -> list[Plan]:
     return list(session.scalars(select(Plan).where(Plan.active).order_by(Plan.price_monthly)))
 
 
+def describe_plans(session: Session, settings: Any) -> list[dict[str, Any]]:
+    """The active plans as the catalogue shows them: the columns, plus the regions each is
+    offered in, its default region and the box limit that applies to it."""
+    policy = CheckoutPolicy.from_settings(settings)
+    return [
+        {
+            **{column.key: getattr(plan, column.key) for column in Plan.__table__.columns},
+            "offered_regions": regions.offered_regions(policy.regions, plan),
+            "default_region": regions.default_region(policy.regions, plan),
+            "max_live_boxes": quota_limit(plan, policy),
+        }
+        for plan in list_active_plans(session)
+    ]
+
+
 def start_checkout(
     session: Session,
     *,
@@ -80,11 +118,35 @@ def start_checkout(
     provider: PaymentProvider,
     notify_url: str,
     return_url: str,
+    region: str | None = None,
+    policy: CheckoutPolicy | None = None,
 ) -> tuple[Order, CheckoutSession]:
-    """Create a pending order (price from the plan) and the provider's payment for it."""
+    """Create a pending order (price from the plan) and the provider's payment for it.
+
+    Before the provider hears of it: the region is resolved (422 ``region_unavailable``)
+    and, unless the order extends a subscription that has its box, the user's box quota is
+    checked (409 ``quota_exceeded``) under a per-user lock, so concurrent checkouts of one
+    user are counted one after the other."""
+    policy = policy or CheckoutPolicy()
     plan = session.get(Plan, plan_id)
     if plan is None or not plan.active:
         raise ValidationError(errors={"planId": ["Unknown plan."]})
+    lock_user_quota(session, user.id)
+    renewing = renewal_box(session, user.id, plan.id)
+    if renewing is not None and region is None:
+        order_region = renewing.region  # an extension: the box stays where it is
+    else:
+        order_region = regions.resolve_region(policy.regions, plan, region)
+        if renewing is not None and order_region != renewing.region:
+            raise ConflictError(
+                f"Your {plan.name} subscription's box runs in region "
+                f"{renewing.region or '(none)'}; a further order of that plan extends it "
+                "there. Leave out region, or buy another plan.",
+                code="region_mismatch",
+                extra={"region": renewing.region},
+            )
+    if renewing is None:
+        check_quota(session, user.id, plan, policy)
     currency = PROVIDER_CURRENCY.get(provider.name, plan.currency)
     amount = plan.price_for(billing_cycle, currency)
     if amount <= 0:
@@ -100,6 +162,7 @@ def start_checkout(
         amount=amount,
         currency=currency,
         status="pending",
+        region=order_region,
     )
     session.add(order)
     session.flush()
@@ -134,6 +197,147 @@ def start_checkout(
     return order, checkout
 
 
+_UNSET: Any = object()
+
+
+def configure_plan(
+    session: Session,
+    plan_id: str,
+    region_settings: RegionSettings,
+    *,
+    regions: list[str] | None = _UNSET,
+    default_region: str | None = _UNSET,
+    max_live_boxes_per_user: int | None = _UNSET,
+) -> Plan:
+    """Set where a plan is sold and its box limit (operators: ``vibebox plans update``).
+    None clears a setting (every region / DEFAULT_REGION / MAX_LIVE_BOXES_PER_USER); an
+    argument left out is not changed. Region names must be in REGIONS when it is set."""
+    from app.config import REGION_RE
+
+    plan = session.get(Plan, plan_id, with_for_update=True)
+    if plan is None:
+        raise NotFoundError("No such plan", code="plan_not_found")
+    problems: dict[str, list[str]] = {}
+    known = region_settings.regions
+
+    def check(field_name: str, names: list[str]) -> None:
+        bad = [n for n in names if not REGION_RE.fullmatch(n) or (known and n not in known)]
+        if bad:
+            problems[field_name] = [
+                f"not a region of REGIONS ({', '.join(known) or 'none set'}): {', '.join(bad)}"
+            ]
+
+    if regions is not _UNSET:
+        if regions is not None:
+            regions = list(dict.fromkeys(r.strip().lower() for r in regions if r.strip()))
+            check("regions", regions)
+        plan.regions = regions
+    if default_region is not _UNSET:
+        if default_region is not None:
+            default_region = default_region.strip().lower()
+            check("defaultRegion", [default_region])
+        plan.default_region = default_region
+    if (
+        plan.default_region is not None
+        and plan.regions is not None
+        and plan.default_region not in plan.regions
+    ):
+        problems.setdefault("defaultRegion", []).append("not one of the plan's regions")
+    if max_live_boxes_per_user is not _UNSET:
+        if max_live_boxes_per_user is not None and max_live_boxes_per_user < 0:
+            problems["maxLiveBoxesPerUser"] = ["must be 0 (no limit) or more"]
+        plan.max_live_boxes_per_user = max_live_boxes_per_user
+    if problems:
+        raise ValidationError("The plan settings are not valid", errors=problems)
+    session.flush()
+    return plan
+
+
+# --- quotas ---------------------------------------------------------------------------------
+
+
+def _quota_lock_key(user_id: uuid.UUID) -> int:
+    digest = hashlib.blake2b(f"quota:{user_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def lock_user_quota(session: Session, user_id: uuid.UUID) -> None:
+    """Serialize the quota checks of one user (until the transaction ends)."""
+    session.execute(select(func.pg_advisory_xact_lock(_quota_lock_key(user_id))))
+
+
+def renewal_box(session: Session, user_id: uuid.UUID, plan_id: str) -> VibeBox | None:
+    """The working box of the user's live subscription of ``plan_id``, if any: a further
+    order of that plan extends the subscription and adds no box (see ``_fulfil``)."""
+    return session.scalar(
+        select(VibeBox)
+        .join(Subscription, VibeBox.subscription_id == Subscription.id)
+        .where(
+            Subscription.user_id == user_id,
+            Subscription.plan_id == plan_id,
+            Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES),
+            VibeBox.status.in_(LIVE_BOX_STATUSES),
+        )
+        .order_by(VibeBox.created_at.desc())
+        .limit(1)
+    )
+
+
+def quota_limit(plan: Plan, policy: CheckoutPolicy) -> int:
+    """Live boxes a user may have when buying ``plan`` (0: no limit)."""
+    if plan.max_live_boxes_per_user is not None:
+        return plan.max_live_boxes_per_user
+    return policy.max_live_boxes_per_user
+
+
+def quota_usage(
+    session: Session, user_id: uuid.UUID, *, plan_id: str, pending_order_seconds: float
+) -> tuple[int, int]:
+    """(live boxes, unpaid checkouts that would add a box) of the user, not counting a
+    checkout of ``plan_id`` itself (a new one for that plan replaces it: paying both
+    gives one box and a longer period). Unpaid checkouts count for
+    ``pending_order_seconds`` after they were made."""
+    live = session.scalar(
+        select(func.count())
+        .select_from(VibeBox)
+        .where(VibeBox.user_id == user_id, VibeBox.status.in_(QUOTA_BOX_STATUSES))
+    )
+    since = utcnow() - relativedelta(seconds=int(pending_order_seconds))
+    pending_plans = session.scalars(
+        select(Order.plan_id)
+        .where(
+            Order.user_id == user_id,
+            Order.status == "pending",
+            Order.created_at >= since,
+            Order.plan_id != plan_id,
+        )
+        .distinct()
+    ).all()
+    adding = [p for p in pending_plans if renewal_box(session, user_id, p) is None]
+    return live or 0, len(adding)
+
+
+def check_quota(session: Session, user_id: uuid.UUID, plan: Plan, policy: CheckoutPolicy) -> None:
+    """409 ``quota_exceeded`` when one more box of ``plan`` would pass the user's limit."""
+    limit = quota_limit(plan, policy)
+    if limit == 0:
+        return
+    live, pending = quota_usage(
+        session, user_id, plan_id=plan.id, pending_order_seconds=policy.pending_order_seconds
+    )
+    if live + pending + 1 <= limit:
+        return
+    have = f"{live} live box{'es' if live != 1 else ''}"
+    if pending:
+        have += f" and {pending} checkout{'s' if pending != 1 else ''} awaiting payment"
+    raise ConflictError(
+        f"You have {have}; the limit for the {plan.name} plan is {limit}. "
+        "Terminate one (cancel its subscription) or contact support.",
+        code="quota_exceeded",
+        extra={"limit": limit, "liveBoxes": live, "pendingCheckouts": pending},
+    )
+
+
 def get_order(session: Session, order_id: uuid.UUID, *, owner_id: uuid.UUID | None = None) -> Order:
     order = session.get(Order, order_id)
     if order is None or (owner_id is not None and order.user_id != owner_id):
@@ -154,6 +358,7 @@ def describe_order(session: Session, order: Order) -> dict[str, Any]:
         "provider": order.provider,
         "amount": order.amount,
         "currency": order.currency,
+        "region": order.region,
         "createdAt": order.created_at,
         "paidAt": order.paid_at,
         "subscriptionId": order.subscription_id,
@@ -377,6 +582,7 @@ def _fulfil(
                 plan_id=order.plan_id,
                 subscription_id=current.id,
                 order_id=order.id,
+                region=order.region,
             )
         return current, box
     subscription = Subscription(
@@ -400,6 +606,7 @@ def _fulfil(
         plan_id=order.plan_id,
         subscription_id=subscription.id,
         order_id=order.id,
+        region=order.region,
     )
     return subscription, box
 

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 def _credentials(session: Session, settings: Settings, box: VibeBox) -> HappyCredentials:
     """The owner's Happy credentials; 409 ``vibebox_not_running`` unless the box runs."""
     provisioning.connect_url(session, settings, box)  # the one "is it open yet" rule
-    creds = happy_accounts.get_credentials(session, box.user_id, settings.encryption_key)
+    creds = happy_accounts.get_credentials(
+        session, box.user_id, settings.encryption_key, server_url=settings.happy_realm(box.region)
+    )
     if creds is None:  # connect_url already checked; only a concurrent wipe gets here
         raise InvalidStateError(
             f"The VibeBox is {box.status}; it can be opened once it is running",

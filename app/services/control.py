@@ -33,6 +33,7 @@ class ActionPlan:
     user: BoxUser
     creds: HappyCredentials
     machine_id: str
+    region: str | None = None
 
 
 def execute_action(plan: ActionPlan, ctx: StepContext) -> dict[str, Any]:
@@ -51,13 +52,13 @@ def execute_action(plan: ActionPlan, ctx: StepContext) -> dict[str, Any]:
             ended = host.end_all_processes(plan.user)
         if plan.action == "stop":
             return ended, None
-        bring_up_daemon(host, plan.user, plan.creds, ctx)
+        bring_up_daemon(host, plan.user, plan.creds, ctx, region=plan.region)
         liveness = host.liveness(plan.user)
         if not liveness.alive:
             raise _transient("the daemon is not alive on the box after `happy daemon start`")
         return ended, liveness.pid
 
-    ended, pid = ctx.on_host(plan.target, act)
+    ended, pid = ctx.on_host(plan.target, act, region=plan.region)
     if plan.action == "stop":
         return {"processesEnded": ended}
     machine = wait_for_daemon(
@@ -65,6 +66,7 @@ def execute_action(plan: ActionPlan, ctx: StepContext) -> dict[str, Any]:
         plan.creds,
         plan.machine_id,
         lambda m: m.daemon_status == "running" and (m.daemon_state or {}).get("pid") == pid,
+        region=plan.region,
     )
     return {"processesEnded": ended, "daemonState": machine.daemon_state}
 
@@ -81,7 +83,12 @@ class ControlAction(Step):
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> ActionPlan | None:
         action = box.action
         server = session.get(Server, box.server_id) if box.server_id else None
-        creds = happy_accounts.get_credentials(session, box.user_id, ctx.settings.encryption_key)
+        creds = happy_accounts.get_credentials(
+            session,
+            box.user_id,
+            ctx.settings.encryption_key,
+            server_url=ctx.settings.happy_realm(box.region),
+        )
         if (
             action is None
             or server is None
@@ -100,6 +107,7 @@ class ControlAction(Step):
             user=BoxUser(box.unix_user, box.unix_uid),
             creds=creds,
             machine_id=box.happy_machine_id,
+            region=box.region,
         )
 
     def execute(self, plan: ActionPlan, ctx: StepContext) -> dict[str, Any]:

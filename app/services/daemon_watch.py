@@ -41,6 +41,7 @@ class WatchPlan:
     user: BoxUser
     creds: HappyCredentials
     may_restart: bool
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,17 @@ def plan_watch(session: Session, server_id: uuid.UUID, settings: Settings) -> Wa
     )
     if box is None or not box.unix_user:
         return None
-    creds = happy_accounts.get_credentials(session, box.user_id, settings.encryption_key)
+    creds = happy_accounts.get_credentials(
+        session, box.user_id, settings.encryption_key, server_url=settings.happy_realm(box.region)
+    )
     if creds is None:
         return None
     return WatchPlan(
-        box.id, BoxUser(box.unix_user, box.unix_uid), creds, _may_restart(box, settings)
+        box.id,
+        BoxUser(box.unix_user, box.unix_uid),
+        creds,
+        _may_restart(box, settings),
+        box.region,
     )
 
 
@@ -90,7 +97,10 @@ def check_daemon(host: BoxHost, plan: WatchPlan, ctx: StepContext) -> WatchResul
     if not plan.may_restart:
         return WatchResult(alive=False)
     try:
-        bring_up_daemon(host, plan.user, plan.creds, ctx)
+        forced = ctx.settings.regions.configured_happy_url(plan.region)
+        if forced is not None:  # the daemon talks to its region's Happy server
+            host = host.with_happy_server_url(forced)
+        bring_up_daemon(host, plan.user, plan.creds, ctx, region=plan.region)
     except IntegrationError as exc:
         log.warning("box %s: automatic daemon restart failed: %s", plan.box_id, exc)
         return WatchResult(alive=False, found=exc.safe_message)

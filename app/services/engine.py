@@ -706,7 +706,14 @@ class StepRunner:
             box = session.get(VibeBox, box_id)
             if box is not None:
                 key = self.ctx.settings.encryption_key
-                happy_accounts.replace_token(session, box.user_id, token, key, rejected=rejected)
+                happy_accounts.replace_token(
+                    session,
+                    box.user_id,
+                    token,
+                    key,
+                    rejected=rejected,
+                    server_url=self.ctx.settings.happy_realm(box.region),
+                )
                 session.commit()
 
         self.ctx.heartbeat = beat

@@ -745,6 +745,10 @@ def allocate_server(session: Session, box: VibeBox) -> Server | None:
     locked first (two deliveries of the same step allocate once) and the server is taken
     with ``FOR UPDATE SKIP LOCKED`` (concurrent allocations never pick the same server and
     never wait on each other).
+
+    Regions: a box of region R takes only servers whose region is R; a box without a
+    region (regions off, or a box from before them) takes any server. So with REGIONS set,
+    a server without a region serves no new box: give it one (``vibebox pool update``).
     """
     held = session.scalar(select(VibeBox.server_id).where(VibeBox.id == box.id).with_for_update())
     if held is not None:
@@ -762,13 +766,19 @@ def allocate_server(session: Session, box: VibeBox) -> Server | None:
             Server.ram_gb >= plan.ram_gb,
             Server.disk_gb >= plan.disk_gb,
             ~occupied,
+            *_in_region(box.region),
         )
         .order_by(Server.cpu_cores, Server.ram_gb, Server.disk_gb, Server.created_at, Server.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=Server)
     ).first()
     if server is None:
-        log.info("pool: no available server fits box %s (plan %s)", box.id, plan.id)
+        log.info(
+            "pool: no available server fits box %s (plan %s, region %s)",
+            box.id,
+            plan.id,
+            box.region or "any",
+        )
         return None
     server.state = "allocated"
     box.server_id = server.id
@@ -777,12 +787,19 @@ def allocate_server(session: Session, box: VibeBox) -> Server | None:
     return server
 
 
-def capacity_shortfall(session: Session, plan_id: str) -> str:
-    """Why no server can take a box of ``plan_id`` now, in words the owner can read."""
+def _in_region(region: str | None) -> list[Any]:
+    """Conditions on ``Server`` for a box of ``region`` (None: any server)."""
+    return [] if region is None else [Server.region == region]
+
+
+def capacity_shortfall(session: Session, plan_id: str, *, region: str | None = None) -> str:
+    """Why no server can take a box of ``plan_id`` (in ``region``) now, in words the owner
+    can read."""
     plan = session.get(Plan, plan_id)
     if plan is None:
         return "Waiting for a free server."
     needs = f"{plan.cpu_cores} CPU / {plan.ram_gb} GB RAM / {plan.disk_gb} GB disk"
+    where = f" in region {region}" if region is not None else ""
     fitting = session.scalar(
         select(func.count())
         .select_from(Server)
@@ -791,16 +808,17 @@ def capacity_shortfall(session: Session, plan_id: str) -> str:
             Server.cpu_cores >= plan.cpu_cores,
             Server.ram_gb >= plan.ram_gb,
             Server.disk_gb >= plan.disk_gb,
+            *_in_region(region),
         )
     )
     if fitting:
         return (
-            f"All {fitting} server(s) that fit the {plan.id} plan ({needs}) are busy; "
+            f"All {fitting} server(s){where} that fit the {plan.id} plan ({needs}) are busy; "
             "waiting for one to free up."
         )
     largest = session.execute(
         select(Server.cpu_cores, Server.ram_gb, Server.disk_gb)
-        .where(Server.state == "available")
+        .where(Server.state == "available", *_in_region(region))
         .order_by(Server.cpu_cores.desc(), Server.ram_gb.desc(), Server.disk_gb.desc())
         .limit(1)
     ).first()
@@ -810,7 +828,8 @@ def capacity_shortfall(session: Session, plan_id: str) -> str:
         else "no server is free"
     )
     return (
-        f"No server in the pool fits the {plan.id} plan (needs {needs}; {have}); waiting for one."
+        f"No server in the pool{where} fits the {plan.id} plan (needs {needs}; {have}); "
+        "waiting for one."
     )
 
 

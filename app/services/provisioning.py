@@ -41,6 +41,14 @@ def utcnow() -> datetime:
 # --- boxes ---------------------------------------------------------------------------
 
 
+def get_plan(session: Session, plan_id: str) -> Plan:
+    """An active plan; 404 ``plan_not_found`` otherwise."""
+    plan = session.get(Plan, plan_id)
+    if plan is None or not plan.active:
+        raise NotFoundError("No such plan", code="plan_not_found")
+    return plan
+
+
 def create_vibebox(
     session: Session,
     *,
@@ -48,9 +56,11 @@ def create_vibebox(
     plan_id: str,
     subscription_id: uuid.UUID | None = None,
     order_id: uuid.UUID | None = None,
+    region: str | None = None,
 ) -> VibeBox:
     """A pending box with its five pending steps; its provisioning is enqueued for when the
-    caller commits."""
+    caller commits. ``region`` was resolved by the caller (``regions.resolve_region``);
+    None: any server."""
     if session.get(User, user_id) is None:
         raise NotFoundError("No such user", code="user_not_found")
     plan = session.get(Plan, plan_id)
@@ -61,6 +71,7 @@ def create_vibebox(
         plan_id=plan_id,
         subscription_id=subscription_id,
         order_id=order_id,
+        region=region,
         status="pending",
         step=STEPS[0],
         steps=[ProvisioningStep(name=n, position=i, state="pending") for i, n in enumerate(STEPS)],
@@ -119,7 +130,9 @@ def connection_info(session: Session, settings: Settings, box: VibeBox) -> dict[
     is the operator's channel; the customer's shell on the box is a Happy session.)"""
     if box.status != "running" or box.server_id is None:
         return None
-    creds = happy_accounts.get_credentials(session, box.user_id, settings.encryption_key)
+    creds = happy_accounts.get_credentials(
+        session, box.user_id, settings.encryption_key, server_url=settings.happy_realm(box.region)
+    )
     server = session.get(Server, box.server_id)
     if creds is None or server is None:
         return None
@@ -149,6 +162,7 @@ def describe_box(session: Session, settings: Settings, box: VibeBox) -> dict[str
         "lastError": box.last_error,
         "nextRetryAt": box.next_retry_at,
         "planId": box.plan_id,
+        "region": box.region,
         "createdAt": box.created_at,
         "updatedAt": box.updated_at,
         "action": box.action,

@@ -77,6 +77,16 @@ class StepContext:
     # Store a refreshed Happy token at once (the runner commits it): a token the Happy
     # server rejected is replaced on the box and in the database together.
     save_token: Callable[[str, str], None] = field(default=lambda token, rejected: None)
+    # A Happy client for another Happy server URL (a region's own server, HAPPY_SERVER_URLS);
+    # ``happy`` talks to HAPPY_SERVER_URL. Without it every region uses ``happy``.
+    happy_clients: Callable[[str], HappyAPI] | None = None
+
+    def happy_at(self, region: str | None) -> HappyAPI:
+        """The Happy server of ``region`` (boxes of a region have their account there)."""
+        url = self.settings.happy_url_for(region)
+        if self.happy_clients is None or url == self.settings.happy_server_url:
+            return self.happy
+        return self.happy_clients(url)
 
     def on_box(self, target: SSHTarget, work: Callable[[BoxSession], Any]) -> Any:
         """Run ``work`` over SSH on ``target`` (a pooled connection when there is a pool)."""
@@ -85,10 +95,18 @@ class StepContext:
         with self.connect(target) as box_session:
             return work(box_session)
 
-    def on_host(self, target: SSHTarget, work: Callable[[BoxHost], Any]) -> Any:
-        """Like :meth:`on_box`, with the server's box-user operations."""
-        url = self.settings.happy_server_url
-        return self.on_box(target, lambda s: work(BoxHost(s, default_happy_server_url=url)))
+    def on_host(
+        self, target: SSHTarget, work: Callable[[BoxHost], Any], *, region: str | None = None
+    ) -> Any:
+        """Like :meth:`on_box`, with the server's box-user operations. A box of a region
+        with its own Happy server (HAPPY_SERVER_URLS) gets that URL in its daemon's
+        environment; otherwise the login's HAPPY_SERVER_URL, else the backend's."""
+        default = self.settings.happy_server_url
+        forced = self.settings.regions.configured_happy_url(region)
+        return self.on_box(
+            target,
+            lambda s: work(BoxHost(s, default_happy_server_url=default, happy_server_url=forced)),
+        )
 
 
 class Step:
@@ -113,13 +131,14 @@ def wait_for_daemon(
     predicate: Callable[[HappyMachine], bool],
     *,
     what: str = "running",
+    region: str | None = None,
 ) -> HappyMachine:
     """Poll the Happy server (the honest source) until the box's machine satisfies
     ``predicate``; TransientError at the deadline."""
     settings = ctx.settings.provisioning
     deadline = time.monotonic() + settings.mark_running_timeout_seconds
     while True:
-        machines = ctx.happy.list_machines(creds.token, creds.secret)
+        machines = ctx.happy_at(region).list_machines(creds.token, creds.secret)
         for machine in machines:
             if machine.id == machine_id and predicate(machine):
                 return machine
@@ -136,15 +155,30 @@ class CreateHappyAccount(Step):
     name = "create_happy_account"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        pending = happy_accounts.reserve_account(session, box.user_id, ctx.settings.encryption_key)
-        return None if pending.token else pending
+        pending = happy_accounts.reserve_account(
+            session,
+            box.user_id,
+            ctx.settings.encryption_key,
+            server_url=ctx.settings.happy_realm(box.region),
+        )
+        return None if pending.token else (pending, box.region)
 
-    def execute(self, plan: happy_accounts.PendingAccount, ctx: StepContext) -> str:
-        # Upsert by public key: repeating this after a crash yields the same account.
-        return ctx.happy.create_account(plan.secret)
+    def execute(
+        self, plan: tuple[happy_accounts.PendingAccount, str | None], ctx: StepContext
+    ) -> str:
+        pending, region = plan
+        # Upsert by public key: repeating this after a crash yields the same account. A box
+        # of a region gets its account on that region's Happy server.
+        return ctx.happy_at(region).create_account(pending.secret)
 
     def record(self, session: Session, box: VibeBox, result: str, ctx: StepContext) -> None:
-        happy_accounts.store_token(session, box.user_id, result, ctx.settings.encryption_key)
+        happy_accounts.store_token(
+            session,
+            box.user_id,
+            result,
+            ctx.settings.encryption_key,
+            server_url=ctx.settings.happy_realm(box.region),
+        )
 
 
 class AllocateServer(Step):
@@ -152,7 +186,7 @@ class AllocateServer(Step):
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
         if pool.allocate_server(session, box) is None:
-            raise NoCapacityError(pool.capacity_shortfall(session, box.plan_id))
+            raise NoCapacityError(pool.capacity_shortfall(session, box.plan_id, region=box.region))
         return None
 
 
@@ -165,6 +199,7 @@ class BoxPlan:
     target: SSHTarget
     user: BoxUser
     creds: HappyCredentials
+    region: str | None = None
 
 
 def box_user_of(box: VibeBox, ctx: StepContext) -> BoxUser:
@@ -180,7 +215,9 @@ def box_user_of(box: VibeBox, ctx: StepContext) -> BoxUser:
 def box_plan(session: Session, box: VibeBox, ctx: StepContext) -> BoxPlan:
     target, creds = _server_plan(session, box, ctx)
     assert box.server_id is not None  # _server_plan
-    return BoxPlan(str(box.id), str(box.server_id), target, box_user_of(box, ctx), creds)
+    return BoxPlan(
+        str(box.id), str(box.server_id), target, box_user_of(box, ctx), creds, box.region
+    )
 
 
 def _server_plan(
@@ -189,7 +226,12 @@ def _server_plan(
     if box.server_id is None:
         raise PermanentError("box has no server", safe_message="Internal error: no server.")
     server = session.get(Server, box.server_id)
-    creds = happy_accounts.get_credentials(session, box.user_id, ctx.settings.encryption_key)
+    creds = happy_accounts.get_credentials(
+        session,
+        box.user_id,
+        ctx.settings.encryption_key,
+        server_url=ctx.settings.happy_realm(box.region),
+    )
     if server is None or creds is None:
         raise PermanentError("box lost its server or account", safe_message="Internal error.")
     try:
@@ -200,10 +242,16 @@ def _server_plan(
         ) from exc
 
 
-def _over_ssh_host(ctx: StepContext, target: SSHTarget, work: Callable[[BoxHost], Any]) -> Any:
+def _over_ssh_host(
+    ctx: StepContext,
+    target: SSHTarget,
+    work: Callable[[BoxHost], Any],
+    *,
+    region: str | None = None,
+) -> Any:
     """SSH trouble, or a server that cannot host boxes, moves the box elsewhere."""
     try:
-        return ctx.on_host(target, work)
+        return ctx.on_host(target, work, region=region)
     except (HostUnreachableError, SSHAuthError, HostKeyMismatchError, BoxEnvironmentError) as exc:
         raise ServerUnusableError(exc) from exc
 
@@ -230,7 +278,7 @@ class ConfigureServer(Step):
             host.write_credentials(BoxUser(plan.user.name, uid), plan.creds)
             return uid, operator.authorized_keys_digest
 
-        return _over_ssh_host(ctx, plan.target, configure)
+        return _over_ssh_host(ctx, plan.target, configure, region=plan.region)
 
     def record(
         self, session: Session, box: VibeBox, result: tuple[int, str], ctx: StepContext
@@ -241,7 +289,12 @@ class ConfigureServer(Step):
 
 
 def bring_up_daemon(
-    host: BoxHost, user: BoxUser, creds: HappyCredentials, ctx: StepContext
+    host: BoxHost,
+    user: BoxUser,
+    creds: HappyCredentials,
+    ctx: StepContext,
+    *,
+    region: str | None = None,
 ) -> tuple[bool, str | None]:
     """Start the box user's daemon unless it runs, diagnosing a failed start before
     classifying it. Returns (started now, machine id). Raises BoxEnvironmentError (the
@@ -262,8 +315,8 @@ def bring_up_daemon(
         )
     if kind == "credentials":
         host.write_credentials(user, creds)
-    elif _token_rejected(ctx, creds):
-        fresh = HappyCredentials(creds.secret, ctx.happy.create_account(creds.secret))
+    elif _token_rejected(ctx, creds, region):
+        fresh = HappyCredentials(creds.secret, ctx.happy_at(region).create_account(creds.secret))
         ctx.save_token(fresh.token, creds.token)
         host.write_credentials(user, fresh)
         found = "the Happy server rejected the box's token; a new one was issued"
@@ -273,10 +326,10 @@ def bring_up_daemon(
     )
 
 
-def _token_rejected(ctx: StepContext, creds: HappyCredentials) -> bool:
+def _token_rejected(ctx: StepContext, creds: HappyCredentials, region: str | None) -> bool:
     """Ask the Happy server whether the token still works (401 -> rejected)."""
     try:
-        ctx.happy.get_profile(creds.token)
+        ctx.happy_at(region).get_profile(creds.token)
     except PermanentError:
         return True
     except TransientError:
@@ -292,7 +345,10 @@ class StartDaemon(Step):
 
     def execute(self, plan: BoxPlan, ctx: StepContext) -> str:
         _, machine_id = _over_ssh_host(
-            ctx, plan.target, lambda host: bring_up_daemon(host, plan.user, plan.creds, ctx)
+            ctx,
+            plan.target,
+            lambda host: bring_up_daemon(host, plan.user, plan.creds, ctx, region=plan.region),
+            region=plan.region,
         )
         if not machine_id:
             raise TransientError(
@@ -311,16 +367,23 @@ class MarkRunning(Step):
     name = "mark_running"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        creds = happy_accounts.get_credentials(session, box.user_id, ctx.settings.encryption_key)
+        creds = happy_accounts.get_credentials(
+            session,
+            box.user_id,
+            ctx.settings.encryption_key,
+            server_url=ctx.settings.happy_realm(box.region),
+        )
         if creds is None or not box.happy_machine_id:
             raise PermanentError(
                 "mark_running before account/daemon", safe_message="Internal error."
             )
-        return creds, box.happy_machine_id
+        return creds, box.happy_machine_id, box.region
 
-    def execute(self, plan: tuple[HappyCredentials, str], ctx: StepContext) -> None:
-        creds, machine_id = plan
-        wait_for_daemon(ctx, creds, machine_id, lambda m: m.daemon_status == "running")
+    def execute(self, plan: tuple[HappyCredentials, str, str | None], ctx: StepContext) -> None:
+        creds, machine_id, region = plan
+        wait_for_daemon(
+            ctx, creds, machine_id, lambda m: m.daemon_status == "running", region=region
+        )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ SUMMARY_FIELDS = {
     "degraded",
     "degradedReason",
     "planId",
+    "region",
     "userId",
     "serverId",
     "unixUser",

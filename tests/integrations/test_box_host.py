@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
 from app.integrations.box_host import (
     BoxEnvironmentError,
@@ -362,3 +363,35 @@ def test_three_box_users_on_three_servers_run_concurrently(
             remove_product_box_users(name)
         for box in boxes:
             box_fleet.remove(box)
+
+
+# --- regions: the daemon talks to its region's Happy server ---------------------------------
+
+
+def test_a_region_happy_url_reaches_the_daemon_despite_the_logins_environment(
+    box: SSHBox, happy_double: HappyDouble, user_name: str
+) -> None:
+    """The pool login's environment says HAPPY_SERVER_URL=<default double>; a box of a
+    region with its own Happy server gets that server in its daemon's (env -i) environment
+    and registers there."""
+    with HappyDouble() as regional:
+        secret = make_secret()
+        creds = HappyCredentials(secret, HappyClient(regional.url).create_account(secret))
+        with BoxSession(box.target(), command_timeout=60) as session:
+            host = BoxHost(
+                session, default_happy_server_url=happy_double.url, happy_server_url=regional.url
+            )
+            assert host.check_operator().happy_server_url == happy_double.url
+            user = _make_user(host, user_name)
+            host.write_credentials(user, creds)
+            outcome = host.ensure_daemon(user, timeout=30)
+            assert outcome.ok, outcome
+            machine_id = host.read_machine_id(user)
+            assert machine_id
+            pid = host.liveness(user).pid
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"HAPPY_SERVER_URL={regional.url}".encode() in environ
+        _wait_for(_machine_with_status(HappyClient(regional.url), creds, machine_id, "running"))
+        public_key = bytes(SigningKey(secret).verify_key)
+        assert happy_double.account_for_public_key(public_key) is None
+        assert regional.machines_for_public_key(public_key)

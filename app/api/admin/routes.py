@@ -22,7 +22,7 @@ from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchem
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, admin_boxes, billing, engine, provisioning
+from app.services import accounts, admin_boxes, billing, engine, provisioning, regions
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)
@@ -46,7 +46,7 @@ class Boxes(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     def get(self, args: dict[str, Any]):
         """List VibeBoxes, newest first (filters: status, degraded, waiting, userId,
-        serverId, planId; paged)"""
+        serverId, planId, region; paged)"""
         boxes, total = admin_boxes.list_boxes(
             db_session(),
             admin_boxes.BoxFilter(
@@ -56,6 +56,7 @@ class Boxes(MethodView):
                 user_id=args.get("userId"),
                 server_id=args.get("serverId"),
                 plan_id=args.get("planId"),
+                region=args.get("region"),
             ),
             limit=args["limit"],
             offset=args["offset"],
@@ -80,11 +81,20 @@ class Provision(MethodView):
     @blp.arguments(ProvisionRequestSchema)
     @blp.response(202, VibeBoxEnvelopeSchema)
     @blp.alt_response(404, description="Unknown user or plan")
+    @blp.alt_response(422, description="`region_unavailable`: not offered for the plan")
     @blp.doc(security=[{"bearerAuth": []}])
     def post(self, data: dict[str, Any]):
-        """Provision a VibeBox for a user without a payment (support, manual fixes)"""
-        session = db_session()
-        box = provisioning.create_vibebox(session, user_id=data["userId"], plan_id=data["planId"])
+        """Provision a VibeBox for a user without a payment (support, manual fixes); in
+        `region` (default: the plan's). Not subject to the user's box quota."""
+        session, settings = db_session(), get_settings()
+        box = provisioning.create_vibebox(
+            session,
+            user_id=data["userId"],
+            plan_id=data["planId"],
+            region=regions.resolve_region(
+                settings.regions, provisioning.get_plan(session, data["planId"]), data.get("region")
+            ),
+        )
         db_session.commit()
         return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
 

@@ -27,6 +27,7 @@ class BoxListArgsSchema(PageArgsSchema):
     userId = fields.UUID()
     serverId = fields.UUID()
     planId = fields.String(validate=validate.Length(min=1, max=32))
+    region = fields.String(validate=validate.Length(min=1, max=32))
 
 
 class AdminBoxSummarySchema(Schema):
@@ -39,6 +40,9 @@ class AdminBoxSummarySchema(Schema):
     degraded = fields.Boolean(required=True)
     degradedReason = fields.String(allow_none=True)
     planId = fields.String(required=True)
+    region = fields.String(
+        allow_none=True, metadata={"description": "where the box runs; null: regions are off"}
+    )
     userId = fields.UUID(required=True)
     serverId = fields.UUID(allow_none=True)
     unixUser = fields.String(allow_none=True)

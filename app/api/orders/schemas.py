@@ -11,6 +11,7 @@ class OrderSchema(Schema):
     provider = fields.String(required=True)
     amount = fields.Integer(required=True)
     currency = fields.String(required=True)
+    region = fields.String(allow_none=True, metadata={"description": "Region of the box bought"})
     createdAt = fields.DateTime(required=True)
     paidAt = fields.DateTime(allow_none=True)
     subscriptionId = fields.UUID(allow_none=True)

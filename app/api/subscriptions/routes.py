@@ -60,8 +60,8 @@ class Plans(MethodView):
     @blp.etag
     @blp.response(200, PlanListSchema)
     def get(self):
-        """The active plans with prices (minor units) and resources"""
-        return {"plans": billing.list_active_plans(db_session())}
+        """The active plans with prices (minor units), resources, regions and box limit"""
+        return {"plans": billing.describe_plans(db_session(), get_settings())}
 
 
 @blp.route("/checkout")
@@ -70,7 +70,15 @@ class Checkout(MethodView):
 
     @blp.arguments(CheckoutRequestSchema)
     @blp.response(201, CheckoutResponseSchema)
-    @blp.alt_response(409, description="Provider not available")
+    @blp.alt_response(
+        409,
+        description="`payment_provider_unavailable`, `plan_not_available`, `quota_exceeded` "
+        "(the user's live-box limit: `limit`, `liveBoxes`, `pendingCheckouts`), "
+        "`region_mismatch` (the plan's subscription runs elsewhere)",
+    )
+    @blp.alt_response(
+        422, description="`region_unavailable`: not offered for the plan (`offeredRegions`)"
+    )
     @blp.alt_response(502, description="The provider failed")
     @blp.doc(security=SECURITY)
     def post(self, data: dict[str, Any]):
@@ -85,6 +93,8 @@ class Checkout(MethodView):
             provider=provider,
             notify_url=f"{settings.public_base_url}/api/subscriptions/webhook/{provider.name}",
             return_url=settings.checkout_return_url,
+            region=data.get("region"),
+            policy=billing.CheckoutPolicy.from_settings(settings),
         )
         db_session.commit()
         return {
@@ -93,6 +103,7 @@ class Checkout(MethodView):
             "qrCodeUrl": checkout.qr_code_url,
             "amount": order.amount,
             "currency": order.currency,
+            "region": order.region,
         }
 
 

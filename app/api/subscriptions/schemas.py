@@ -21,6 +21,23 @@ class PlanSchema(Schema):
     diskGb = fields.Integer(attribute="disk_gb", required=True)
     claudeApiQuota = fields.Integer(attribute="claude_api_quota", required=True)
     features = fields.List(fields.String(), required=True)
+    regions = fields.List(
+        fields.String(),
+        attribute="offered_regions",
+        required=True,
+        metadata={"description": "Regions the plan can be bought in ([]: regions not in use)"},
+    )
+    defaultRegion = fields.String(
+        attribute="default_region",
+        allow_none=True,
+        required=True,
+        metadata={"description": "Where a checkout without `region` goes"},
+    )
+    maxLiveBoxesPerUser = fields.Integer(
+        attribute="max_live_boxes",
+        required=True,
+        metadata={"description": "Live boxes one user may have with this plan (0: no limit)"},
+    )
 
 
 class PlanListSchema(Schema):
@@ -31,6 +48,13 @@ class CheckoutRequestSchema(RequestSchema):
     planId = fields.String(required=True, validate=validate.Length(min=1, max=32))
     billingCycle = fields.String(required=True, validate=validate.OneOf(BILLING_CYCLES))
     provider = fields.String(required=True, validate=validate.OneOf(KNOWN_PROVIDERS))
+    region = fields.String(
+        validate=validate.Length(min=1, max=32),
+        metadata={
+            "description": "One of the plan's `regions`; default: its `defaultRegion` (an "
+            "order that extends a subscription: where its box runs)"
+        },
+    )
 
 
 class CheckoutResponseSchema(Schema):
@@ -39,6 +63,7 @@ class CheckoutResponseSchema(Schema):
     qrCodeUrl = fields.String(allow_none=True)
     amount = fields.Integer(required=True)
     currency = fields.String(required=True)
+    region = fields.String(allow_none=True, required=True)
 
 
 class SubscriptionSchema(Schema):

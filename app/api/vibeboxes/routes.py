@@ -37,11 +37,11 @@ CONNECT_ENDPOINT = "vibeboxes.VibeBoxConnect"
 _happy_clients = threading.local()  # per thread: a requests.Session is not thread-safe
 
 
-def happy_client(settings: Settings) -> HappyClient:
-    """The API process's Happy client (one HTTP session per thread and server URL), with the
-    timeouts the workers use."""
+def happy_client(settings: Settings, region: str | None = None) -> HappyClient:
+    """The API process's Happy client for ``region``'s Happy server (one HTTP session per
+    thread and server URL), with the timeouts the workers use."""
     timeout = settings.provisioning.happy_timeout_seconds
-    key = (settings.happy_server_url, timeout)
+    key = (settings.happy_url_for(region), timeout)
     cache: dict[tuple[str, float], HappyClient] = _happy_clients.__dict__.setdefault("by_url", {})
     client = cache.get(key)
     if client is None:
@@ -128,7 +128,9 @@ class VibeBoxConnect(MethodView):
         session, settings = db_session(), get_settings()
         box = provisioning.get_box(session, box_id, owner_id=current_user.id)
         if "deviceLink" in data:
-            connect.link_device(session, settings, box, data["deviceLink"], happy_client(settings))
+            connect.link_device(
+                session, settings, box, data["deviceLink"], happy_client(settings, box.region)
+            )
             return {"linked": True}, 200, NO_STORE
         return connect.connect_info(session, settings, box), 200, NO_STORE
 

@@ -44,6 +44,14 @@ class VibeBoxSchema(Schema):
     lastError = fields.String(allow_none=True)
     nextRetryAt = fields.DateTime(allow_none=True)
     planId = fields.String(required=True)
+    region = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Region the box runs in (its servers and Happy server); "
+            "null when regions are not configured"
+        },
+    )
     createdAt = fields.DateTime(required=True)
     updatedAt = fields.DateTime(required=True)
     action = fields.String(
@@ -115,6 +123,10 @@ class ConnectResponseSchema(Schema):
 class ProvisionRequestSchema(RequestSchema):
     userId = fields.UUID(required=True)
     planId = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    region = fields.String(
+        validate=validate.Length(min=1, max=32),
+        metadata={"description": "One of the plan's regions; default: the plan's default"},
+    )
 
 
 class ControlRequestSchema(RequestSchema):
