@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 CHANNEL = "vibebox:box-changed"
 _KEY = "vibebox.changed_boxes"
 WARN_EVERY_SECONDS = 30.0
+# After a failed publish, commits skip publishing this long: a Redis that hangs must not
+# slow every commit down by its connect timeout.
+PUBLISH_PAUSE_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -48,6 +51,7 @@ T = TypeVar("T")
 
 _publish_url: str | None = None
 _last_warning = [0.0]
+_paused_until = [0.0]
 
 
 def configure_publisher(redis_url: str | None) -> None:
@@ -79,7 +83,7 @@ def _note_changed_boxes(session: Session, _flush_context: Any) -> None:
 @event.listens_for(Session, "after_commit")
 def _publish_changed_boxes(session: Session) -> None:
     ids = session.info.pop(_KEY, None)
-    if not ids or _publish_url is None:
+    if not ids or _publish_url is None or time.monotonic() < _paused_until[0]:
         return
     try:
         client = _redis(_publish_url)
@@ -89,6 +93,7 @@ def _publish_changed_boxes(session: Session) -> None:
             pipe.execute()
     except redis.RedisError as exc:  # waiters re-check on their own: a delay, not a loss
         now = time.monotonic()
+        _paused_until[0] = now + PUBLISH_PAUSE_SECONDS
         if now - _last_warning[0] > WARN_EVERY_SECONDS:
             _last_warning[0] = now
             log.warning("could not publish box changes (%s); long polls re-check", exc)

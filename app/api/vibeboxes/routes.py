@@ -116,6 +116,18 @@ def _connect_is_never_stored(response: Response) -> Response:
     return response
 
 
+@blp.after_request
+def _not_modified_names_its_etag(response: Response) -> Response:
+    """A 304 carries the ETag it confirms (RFC 9110), so a long-poll loop can always send the
+    last ETag it got; with one ETag in If-None-Match that is the current one."""
+    if response.status_code == 304 and "ETag" not in response.headers:
+        tags = request.if_none_match.as_set()
+        if len(tags) == 1:
+            response.set_etag(next(iter(tags)))
+        response.headers.update(PRIVATE)
+    return response
+
+
 @blp.route("")
 class VibeBoxes(MethodView):
     decorators = [limiter.limit(status_limit, override_defaults=True), jwt_required()]
