@@ -134,11 +134,12 @@ class BoxWatcher:
 
     # the listener
 
-    def start(self) -> None:
-        """Start the listener thread (once per process; again after a fork)."""
+    def start(self) -> bool:
+        """Start the listener thread (once per process; again after a fork). True when it
+        was started now."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-                return
+                return False
             self._pid = os.getpid()
             self.subscribed.clear()
             self._stop.clear()
@@ -146,6 +147,7 @@ class BoxWatcher:
                 target=self._listen, name="vibebox-box-watcher", daemon=True
             )
             self._thread.start()
+            return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -231,8 +233,8 @@ class BoxWatcher:
         returns that, or None when nothing changed (or Redis is down: no waiting then).
         ``read`` must see committed data each time (it opens and ends its own transaction).
         Raises :class:`WaitersExhaustedError` when this process has enough waiters."""
-        self.start()
-        if not self.subscribed.wait(timeout=1.0):
+        just_started = self.start()
+        if not self.subscribed.wait(timeout=1.0 if just_started else 0):
             return None  # Redis down (app/outage.py): answer now rather than hang on a poll
         deadline = time.monotonic() + seconds
         with self._waiter(str(box_id)) as waiter:
