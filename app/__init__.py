@@ -35,6 +35,15 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     from app.integrations.payments.registry import build_registry
 
     app.extensions["vibebox.payments"] = build_registry(settings)
+    from app.services import box_watch
+
+    box_watch.configure_publisher(settings.redis_url)
+    # Started on the first long poll, in the process (gunicorn worker) that serves it.
+    app.extensions["vibebox.box_watcher"] = box_watch.BoxWatcher(
+        settings.redis_url,
+        max_waiters=settings.web_max_waiters,
+        recheck_seconds=settings.long_poll_recheck_seconds,
+    )
 
     @app.teardown_appcontext
     def _remove_session(exc: BaseException | None) -> None:

@@ -322,6 +322,48 @@ def _non_negative(name: str, default: int) -> int:
     return value
 
 
+def _positive_float(name: str, default: float) -> float:
+    value = _float(name, default)
+    if not value > 0:
+        raise ConfigError(f"{name} must be a positive number, got {value}")
+    return value
+
+
+DEFAULT_WEB_THREADS = 16
+
+
+def web_threads() -> int:
+    """WEB_THREADS: threads per gunicorn worker (gthread); read by app/gunicorn_config.py
+    too, which must not need the rest of the settings."""
+    return _positive("WEB_THREADS", DEFAULT_WEB_THREADS)
+
+
+def web_max_waiters() -> int:
+    """WEB_MAX_WAITERS: long polls one web process holds at once (default half of
+    WEB_THREADS); fewer than WEB_THREADS, so waiting requests never take every thread."""
+    threads = web_threads()
+    value = _int("WEB_MAX_WAITERS", max(threads // 2, 1))
+    if value < 0 or value >= threads:
+        raise ConfigError(
+            f"WEB_MAX_WAITERS must be from 0 to WEB_THREADS - 1 ({threads - 1}), got {value}: "
+            "long polls must leave threads for other requests"
+        )
+    return value
+
+
+def _flower_url(env: str) -> str | None:
+    """FLOWER_URL, else (development) Flower's address under `make run`."""
+    url = _env("FLOWER_URL")
+    if url is not None:
+        return url.rstrip("/") + "/"
+    if env != "development":
+        return None
+    host = _env("HOST", "127.0.0.1") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - display only
+        host = "127.0.0.1"
+    return f"http://{host}:{_env('FLOWER_PORT', '5555')}/"
+
+
 @dataclass(frozen=True)
 class LimitSettings:
     """What a request may carry, and where pool servers may be (README "Security")."""
@@ -454,6 +496,12 @@ class Settings:
         URL: where a user's Happy token for that region is kept (one per Happy server)."""
         url = self.happy_url_for(region)
         return None if url == self.happy_server_url else url
+    # Status polls (GET /api/vibeboxes[/<id>], GET /api/orders/<id>) have their own limit.
+    status_ratelimit: str = "600 per minute"
+    # Long polls (GET /api/vibeboxes/<id>?wait=N): per web process.
+    web_max_waiters: int = 8
+    long_poll_recheck_seconds: float = 5.0
+    flower_url: str | None = None
 
     @property
     def is_production(self) -> bool:
@@ -557,6 +605,10 @@ class Settings:
             regions=RegionSettings.from_env(),
             max_live_boxes_per_user=_non_negative("MAX_LIVE_BOXES_PER_USER", 3),
             quota_pending_order_seconds=_float("QUOTA_PENDING_ORDER_SECONDS", 3600.0),
+            status_ratelimit=_env("STATUS_RATELIMIT", "600 per minute") or "600 per minute",
+            web_max_waiters=web_max_waiters(),
+            long_poll_recheck_seconds=_positive_float("LONG_POLL_RECHECK_SECONDS", 5.0),
+            flower_url=_flower_url(env),
         )
 
     def flask_config(self) -> dict[str, Any]:

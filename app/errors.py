@@ -105,6 +105,17 @@ class ServiceUnavailableError(VibeBoxError):
         self.retry_after = retry_after
 
 
+class LongPollBusyError(VibeBoxError):
+    """This API process already holds ``WEB_MAX_WAITERS`` long polls; poll again later."""
+
+    status_code = 429
+    code = "long_poll_busy"
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
 # --- payments ---------------------------------------------------------------------------
 
 

@@ -8,12 +8,21 @@ own answers are HTML; here they get the API's JSON error shape instead,
 ``{"code", "message"}`` with the codes of ``app.api.errors.HTTP_CODES`` (``uri_too_long``,
 ``headers_too_large``, ``bad_request``, ...), by replacing the one function gunicorn writes
 them with (``gunicorn.util.write_error``) in each worker.
+
+Workers are ``gthread``: each of the ``--workers`` processes (WEB_CONCURRENCY) serves
+WEB_THREADS requests at once, so a long poll (``GET /api/vibeboxes/<id>?wait=N``) holds one
+thread, not a whole process; at most WEB_MAX_WAITERS threads per process wait (README, API).
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+from app.config import web_threads
+
+worker_class = "gthread"
+threads = web_threads()
 
 # gunicorn's defaults, stated so that the README's numbers are the ones in force.
 limit_request_line = 4094  # bytes of "METHOD /path?query HTTP/1.1"

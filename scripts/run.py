@@ -17,6 +17,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -251,10 +252,49 @@ def reset_metrics_dir(env: MutableMapping[str, str]) -> Path:
     return path
 
 
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (None: it can). Binds it briefly the way
+    gunicorn does (SO_REUSEADDR: a port in TIME_WAIT is free, one with a listener is not)."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"cannot resolve {host}: {exc}"
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def port_problem(env: Mapping[str, str]) -> str | None:
+    """One line naming the first port ``serve`` needs that is taken (API PORT, FLOWER_PORT),
+    and the variable to change; None when both are free."""
+    host = _env(env, "HOST", "127.0.0.1")
+    for variable, default in (("PORT", "5000"), ("FLOWER_PORT", "5555")):
+        raw = _env(env, variable, default)
+        try:
+            port = int(raw)
+            if not 0 < port < 65536:
+                raise ValueError(raw)
+        except ValueError:
+            return f"{variable}={raw!r} is not a port number (1-65535)"
+        reason = port_in_use(host, port)
+        if reason:
+            return (
+                f"port {port} on {host} ({variable}) is not available: {reason}; stop what "
+                f"uses it or set {variable} to a free port (e.g. {variable}={port + 1})"
+            )
+    return None
+
+
 def cmd_serve(_args: argparse.Namespace) -> int:
     services = _services()
     env = app_environment()
-    problem = flower_auth_problem(env)
+    problem = flower_auth_problem(env) or port_problem(env)
     if problem:
         return fail(problem)
     os.chdir(REPO_ROOT)

@@ -28,6 +28,9 @@ def get_settings() -> Settings:
         _settings = Settings.from_env()
         init_db(_settings.database_url)
         from app import logging as app_logging
+        from app.services import box_watch
+
+        box_watch.configure_publisher(_settings.redis_url)  # wakes the API's long polls
 
         app_logging.configure(_settings.log_level)
     return _settings

@@ -398,6 +398,57 @@ def test_exec_terminates_a_command_tree_that_ignores_the_stop_signal(var_dir: Pa
 # --------------------------------------------------------------------------- run.py
 
 
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port with a listener on it (as another program's would be)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_port_check_names_the_taken_port_and_the_variable(taken_port: int) -> None:
+    problem = run.port_problem({"PORT": str(taken_port)})
+    assert problem is not None
+    assert f"port {taken_port}" in problem and "set PORT to a free port" in problem
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        api_port = str(free.getsockname()[1])
+    problem = run.port_problem({"PORT": api_port, "FLOWER_PORT": str(taken_port)})
+    assert problem is not None and "set FLOWER_PORT" in problem
+    assert run.port_problem({"PORT": "99999"}) == "PORT='99999' is not a port number (1-65535)"
+
+
+def test_port_check_passes_free_ports() -> None:
+    import socket
+
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        ports = {"PORT": str(a.getsockname()[1]), "FLOWER_PORT": str(b.getsockname()[1])}
+    assert run.port_problem(ports) is None
+
+
+def test_serve_with_a_taken_port_fails_at_once_with_one_line(taken_port: int) -> None:
+    env = _clean_env(**NO_SERVICES, PORT=str(taken_port), VIBEBOX_ENV="development")
+    result = subprocess.run(
+        [sys.executable, str(RUN_PY), "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"port {taken_port}" in lines[0] and "PORT" in lines[0]
+    assert "started" not in result.stderr + result.stdout  # no service was started
+
+
 def test_pytest_collecting_no_tests_counts_as_failure() -> None:
     assert run.pytest_status(5) == 1
     assert run.pytest_status(0) == 0

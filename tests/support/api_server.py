@@ -26,7 +26,10 @@ class ApiServer:
             sock.bind(("127.0.0.1", 0))
             return int(sock.getsockname()[1])
 
-    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, log_dir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        """``args``: more gunicorn options, e.g. ``("-c", "python:app.gunicorn_config")``
+        for the shipped configuration (gthread workers)."""
+        self.args = args
         self.port = self.free_port()
         self.env = {**os.environ, **env}
         self.log_path = log_dir / f"gunicorn-{self.port}.log"
@@ -44,7 +47,7 @@ class ApiServer:
                 [
                     str(gunicorn),
                     *("--bind", f"127.0.0.1:{self.port}", "--workers", "1"),
-                    *("--timeout", "60", "--no-control-socket", "app:create_app()"),
+                    *("--timeout", "60", "--no-control-socket", *self.args, "app:create_app()"),
                 ],
                 env=self.env,
                 stdout=log,

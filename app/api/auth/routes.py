@@ -49,7 +49,10 @@ def _session_response(user: User, status: int):
     )
     response = jsonify(body)
     response.status_code = status
-    set_access_cookies(response, token)
+    # The cookie lives exactly as long as the token in it (flask-jwt-extended's default
+    # for a non-session cookie is a year).
+    lifetime = int(get_settings().jwt_access_expires.total_seconds())
+    set_access_cookies(response, token, max_age=lifetime)
     return response
 
 

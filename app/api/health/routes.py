@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
+from app import get_settings
 from app.api.metrics.routes import metrics_limit
 from app.db import db_session
 from app.extensions import get_redis, limiter
@@ -19,6 +20,42 @@ blp = Blueprint("health", __name__, description="Probes")
 class StatusSchema(Schema):
     status = fields.String(required=True)
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class LinksSchema(Schema):
+    docs = fields.String(required=True, metadata={"description": "Swagger UI"})
+    openapi = fields.String(required=True, metadata={"description": "The OpenAPI document"})
+    healthz = fields.String(required=True)
+    readyz = fields.String(required=True)
+    flower = fields.String(
+        allow_none=True,
+        metadata={"description": "Flower (FLOWER_URL; in development derived from FLOWER_PORT)"},
+    )
+
+
+class IndexSchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    links = fields.Nested(LinksSchema, required=True)
+
+
+@blp.route("/")
+class Index(MethodView):
+    @blp.response(200, IndexSchema)
+    def get(self):
+        """Where things are: API docs, the OpenAPI document, probes and Flower"""
+        base = request.host_url.rstrip("/")
+        return {
+            "name": "VibeBox API",
+            "version": "v1",
+            "links": {
+                "docs": f"{base}/docs",
+                "openapi": f"{base}/openapi.json",
+                "healthz": f"{base}/healthz",
+                "readyz": f"{base}/readyz",
+                "flower": get_settings().flower_url,
+            },
+        }
 
 
 @blp.route("/healthz")

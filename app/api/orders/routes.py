@@ -9,7 +9,9 @@ from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
 
 from app.api.orders.schemas import OrderSchema
+from app.api.vibeboxes.routes import status_limit
 from app.db import db_session
+from app.extensions import limiter
 from app.services import billing
 
 blp = Blueprint("orders", __name__, url_prefix="/api/orders", description="Orders")
@@ -17,7 +19,7 @@ blp = Blueprint("orders", __name__, url_prefix="/api/orders", description="Order
 
 @blp.route("/<uuid:order_id>")
 class OrderDetail(MethodView):
-    decorators = [jwt_required()]
+    decorators = [limiter.limit(status_limit, override_defaults=True), jwt_required()]
 
     @blp.etag
     @blp.response(200, OrderSchema)

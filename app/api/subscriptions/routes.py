@@ -9,10 +9,11 @@ from html import escape
 from typing import Any, cast
 
 from flask import Blueprint as FlaskBlueprint
-from flask import Response, current_app, request
+from flask import Response, current_app, redirect, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from app import get_settings
 from app.api.openapi import WEBHOOK_DOC
@@ -25,7 +26,12 @@ from app.api.subscriptions.schemas import (
 from app.db import db_session
 from app.errors import AmountMismatchError, ConflictError, NotFoundError, UnknownOrderError
 from app.extensions import limiter
-from app.integrations.payments.base import InvalidWebhookError, PaymentProvider, WebhookRequest
+from app.integrations.payments.base import (
+    InvalidWebhookError,
+    PaymentProvider,
+    WebhookRequest,
+    with_query,
+)
 from app.integrations.payments.dev_provider import DevProvider
 from app.integrations.payments.registry import ProviderRegistry
 from app.services import billing
@@ -176,25 +182,52 @@ def _dev_provider(order_id: uuid.UUID) -> DevProvider:
 dev_checkout_bp = FlaskBlueprint("dev_checkout", __name__, url_prefix="/api/subscriptions")
 
 
+def _dev_return_url(order_id: uuid.UUID) -> str:
+    """Where the browser goes after a dev payment: CHECKOUT_RETURN_URL with the query Stripe
+    adds to its success URL (``checkout=success``), and the order id to poll."""
+    return with_query(get_settings().checkout_return_url, f"checkout=success&orderId={order_id}")
+
+
 @dev_checkout_bp.get("/dev/checkout/<uuid:order_id>")
 def dev_checkout_page(order_id: uuid.UUID) -> Response:
     """Development checkout page (dev provider only)"""
     _dev_provider(order_id)
     order = billing.get_order(db_session(), order_id)
-    page = (
-        "<!doctype html><title>VibeBox dev checkout</title>"
-        f"<h1>Pay {order.amount / 100:.2f} {escape(order.currency)} for "
-        f"{escape(order.plan_id)} ({escape(order.billing_cycle)})</h1>"
-        "<p>Development payments: no money moves.</p>"
-        f'<form method="post" action="{escape(request.full_path)}">'
-        '<button type="submit">Pay</button></form>'
+    title = (
+        f"{order.amount / 100:.2f} {escape(order.currency)} for "
+        f"{escape(order.plan_id)} ({escape(order.billing_cycle)})"
     )
+    head = "<!doctype html><title>VibeBox dev checkout</title>"
+    if order.status == "paid":
+        page = (
+            f"{head}<h1>Already paid: {title}</h1>"
+            "<p>This order is paid; there is nothing more to pay.</p>"
+            f'<p><a href="{escape(_dev_return_url(order_id))}">Continue</a></p>'
+        )
+    elif order.status != "pending":
+        page = f"{head}<h1>{title}</h1><p>This order is {escape(order.status)}.</p>"
+    else:
+        page = (
+            f"{head}<h1>Pay {title}</h1>"
+            "<p>Development payments: no money moves.</p>"
+            f'<form method="post" action="{escape(request.full_path)}">'
+            '<button type="submit">Pay</button></form>'
+        )
     return Response(page, content_type="text/html; charset=utf-8")
 
 
 @dev_checkout_bp.post("/dev/checkout/<uuid:order_id>")
-def dev_checkout_pay(order_id: uuid.UUID) -> Response:
-    """Complete a dev checkout through the webhook code path"""
+def dev_checkout_pay(order_id: uuid.UUID) -> Response | WerkzeugResponse:
+    """Complete a dev checkout through the webhook code path, then send the browser to the
+    return URL (303). An order that is already paid is not paid again (the webhook's event
+    record would make it a no-op anyway): straight to the return URL."""
     provider = _dev_provider(order_id)
-    body = provider.completion_body(str(order_id))
-    return handle_webhook(provider, WebhookRequest(headers={}, body=body))
+    order = billing.get_order(db_session(), order_id)
+    if order.status != "paid":
+        db_session.remove()  # the webhook path reads the order in its own transaction
+        reply = handle_webhook(
+            provider, WebhookRequest(headers={}, body=provider.completion_body(str(order_id)))
+        )
+        if reply.status_code != 200:
+            return reply
+    return redirect(_dev_return_url(order_id), code=303)

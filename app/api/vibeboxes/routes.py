@@ -6,10 +6,11 @@ import threading
 import uuid
 from typing import Any
 
-from flask import Response, request
+from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
+from flask_smorest.exceptions import NotModified
 from werkzeug.exceptions import UnsupportedMediaType
 
 from app import get_settings
@@ -20,12 +21,15 @@ from app.api.vibeboxes.schemas import (
     ControlResponseSchema,
     VibeBoxEnvelopeSchema,
     VibeBoxListSchema,
+    WaitArgsSchema,
 )
 from app.config import Settings
 from app.db import db_session
+from app.errors import LongPollBusyError
+from app.extensions import limiter
 from app.integrations.happy import HappyClient
 from app.outage import revocation_unverified
-from app.services import connect, engine, provisioning
+from app.services import box_watch, connect, engine, provisioning
 
 blp = Blueprint("vibeboxes", __name__, url_prefix="/api/vibeboxes", description="VibeBoxes")
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -59,6 +63,51 @@ def _status_document(session: Any, settings: Settings, box: Any) -> dict[str, An
     return document
 
 
+def status_limit() -> str:
+    """STATUS_RATELIMIT: per client address, for the status polls (instead of the default)."""
+    return get_settings().status_ratelimit
+
+
+def _box_envelope(box_id: uuid.UUID, owner_id: uuid.UUID) -> dict[str, Any]:
+    session = db_session()
+    box = provisioning.get_box(session, box_id, owner_id=owner_id)
+    return {"vibeBox": _status_document(session, get_settings(), box)}
+
+
+def _long_poll(box_id: uuid.UUID, first: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """``first`` at once unless the client's If-None-Match is its ETag; else the document
+    once it changes, or ``first`` after ``seconds`` (the ETag decorator then answers 304).
+    Answers at once while Redis is down (app/outage.py); 429 ``long_poll_busy`` when this
+    process already holds WEB_MAX_WAITERS long polls."""
+    try:
+        blp.set_etag(first, VibeBoxEnvelopeSchema)
+        return first  # the client has another version (or none): nothing to wait for
+    except NotModified:
+        pass
+    schema = VibeBoxEnvelopeSchema()
+    seen = schema.dump(first)
+    owner_id = current_user.id
+
+    def read() -> dict[str, Any]:
+        try:
+            return _box_envelope(box_id, owner_id)
+        finally:
+            db_session.remove()  # no connection or transaction held while waiting
+
+    db_session.remove()
+    watcher: box_watch.BoxWatcher = current_app.extensions["vibebox.box_watcher"]
+    try:
+        changed = watcher.wait_for_change(
+            box_id, read, lambda doc: schema.dump(doc) == seen, float(seconds)
+        )
+    except box_watch.WaitersExhaustedError:
+        raise LongPollBusyError(
+            "Too many clients are waiting on this server; poll without wait for now",
+            retry_after=max(int(watcher.recheck_seconds), 1),
+        ) from None
+    return changed if changed is not None else first
+
+
 @blp.after_request
 def _connect_is_never_stored(response: Response) -> Response:
     """Every answer of the connect route (errors too) is ``no-store``: it carries credentials."""
@@ -67,9 +116,21 @@ def _connect_is_never_stored(response: Response) -> Response:
     return response
 
 
+@blp.after_request
+def _not_modified_names_its_etag(response: Response) -> Response:
+    """A 304 carries the ETag it confirms (RFC 9110), so a long-poll loop can always send the
+    last ETag it got; with one ETag in If-None-Match that is the current one."""
+    if response.status_code == 304 and "ETag" not in response.headers:
+        tags = request.if_none_match.as_set()
+        if len(tags) == 1:
+            response.set_etag(next(iter(tags)))
+        response.headers.update(PRIVATE)
+    return response
+
+
 @blp.route("")
 class VibeBoxes(MethodView):
-    decorators = [jwt_required()]
+    decorators = [limiter.limit(status_limit, override_defaults=True), jwt_required()]
 
     @blp.etag
     @blp.response(200, VibeBoxListSchema)
@@ -84,19 +145,27 @@ class VibeBoxes(MethodView):
 
 @blp.route("/<uuid:box_id>")
 class VibeBoxDetail(MethodView):
-    decorators = [jwt_required()]
+    decorators = [limiter.limit(status_limit, override_defaults=True), jwt_required()]
 
     @blp.etag
+    @blp.arguments(WaitArgsSchema, location="query", as_kwargs=True)
     @blp.response(200, VibeBoxEnvelopeSchema)
     @blp.alt_response(404, description="No such box (or not yours)")
+    @blp.alt_response(
+        429,
+        description="`rate_limited` (STATUS_RATELIMIT), or `long_poll_busy`: this server "
+        "holds its maximum of waiting long polls (poll without `wait` after `Retry-After`)",
+    )
     @blp.doc(security=SECURITY)
-    def get(self, box_id: uuid.UUID):
+    def get(self, box_id: uuid.UUID, wait: int | None = None):
         """One VibeBox: status, step, progress, timeline; connection info once running.
 
-        Send `If-None-Match` with the last ETag to get 304 while nothing changed."""
-        session = db_session()
-        box = provisioning.get_box(session, box_id, owner_id=current_user.id)
-        document = {"vibeBox": _status_document(session, get_settings(), box)}
+        Send `If-None-Match` with the last ETag to get 304 while nothing changed. With
+        `?wait=N` (1-30 s) and `If-None-Match`, the answer waits until the box changes
+        (200 with the new document and ETag) or N seconds pass (304, same ETag)."""
+        document = _box_envelope(box_id, current_user.id)
+        if wait:
+            document = _long_poll(box_id, document, wait)
         return document, 200, PRIVATE
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from app.api.validation import RequestSchema
 
@@ -79,6 +79,21 @@ class VibeBoxEnvelopeSchema(Schema):
 
 class VibeBoxListSchema(Schema):
     vibeBoxes = fields.List(fields.Nested(VibeBoxSchema), required=True)
+
+
+class WaitArgsSchema(RequestSchema):
+    """Query of ``GET /api/vibeboxes/<id>``."""
+
+    class Meta:
+        unknown = EXCLUDE  # cache busters and the like are ignored, as before
+
+    wait = fields.Integer(
+        validate=validate.Range(min=1, max=30),
+        metadata={
+            "description": "Long poll: with `If-None-Match`, wait up to this many seconds "
+            "(1-30) for the box to change; 304 if it did not"
+        },
+    )
 
 
 class ConnectRequestSchema(RequestSchema):

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 
 class InvalidWebhookError(Exception):
@@ -162,3 +163,11 @@ class PaymentProvider(Protocol):
     def nack(self, message: str) -> WebhookReply:
         """The failure answer (the provider retries later)."""
         ...
+
+
+def with_query(url: str, extra: str) -> str:
+    """Append ``extra`` (already encoded; may hold Stripe's ``{CHECKOUT_SESSION_ID}``) to
+    the query of ``url``."""
+    parts = urlsplit(url)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit(parts._replace(query=query))

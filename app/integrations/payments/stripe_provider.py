@@ -39,7 +39,7 @@ import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import stripe
 
@@ -56,6 +56,7 @@ from app.integrations.payments.base import (
     ProviderNotConfiguredError,
     WebhookReply,
     WebhookRequest,
+    with_query,
 )
 
 if TYPE_CHECKING:
@@ -149,10 +150,10 @@ class StripeProvider:
             "metadata": metadata,
             # Copied onto the subscription, so its invoices and events carry the order too.
             "subscription_data": {"metadata": dict(metadata)},
-            "success_url": _with_query(
+            "success_url": with_query(
                 request.return_url, "checkout=success&session_id={CHECKOUT_SESSION_ID}"
             ),
-            "cancel_url": _with_query(request.return_url, "checkout=canceled"),
+            "cancel_url": with_query(request.return_url, "checkout=canceled"),
         }
         if request.user_email:
             params["customer_email"] = request.user_email
@@ -604,13 +605,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         lowered = name.lower()
         value = next((v for k, v in headers.items() if k.lower() == lowered), None)
     return value
-
-
-def _with_query(url: str, extra: str) -> str:
-    """Append ``extra`` (already encoded; may hold Stripe's ``{CHECKOUT_SESSION_ID}``)."""
-    parts = urlsplit(url)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit(parts._replace(query=query))
 
 
 def _parse_price_ids(raw: str) -> dict[str, str]:
