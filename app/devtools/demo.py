@@ -165,6 +165,12 @@ def fingerprint_of(public_key_line: str) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+def _no_writable_parent(path: Path) -> bool:
+    """No folder from / down to ``path`` is group- or world-writable (sshd's StrictModes)."""
+    path = path.resolve()
+    return all(not part.stat().st_mode & 0o022 for part in [path, *path.parents])
+
+
 def _wait(predicate: Any, process: subprocess.Popen[bytes], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -322,6 +328,9 @@ class Demo:
                 f"AllowUsers {login}",
                 f"AuthorizedKeysFile {self.directory / 'authorized_keys'}",
                 "PubkeyAuthentication yes",
+                # sshd refuses a key file below a group/world-writable folder (e.g. /tmp);
+                # ours is written by us, 0600, in a folder of ours (0700/0711).
+                f"StrictModes {'yes' if _no_writable_parent(self.directory) else 'no'}",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
                 f"PermitRootLogin {'prohibit-password' if root else 'no'}",
