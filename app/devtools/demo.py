@@ -17,7 +17,8 @@ works; otherwise there is no demo box and the banner says why.
 
 Anything configured explicitly turns the matching part off: ``HAPPY_SERVER_URL`` set -> no
 local Happy server and no demo box (its ``happy`` stand-in talks only to the local server);
-``VIBEBOX_DEMO=0`` -> neither; servers of your own in the pool -> no demo box. Production and
+``VIBEBOX_DEMO=0`` -> neither; servers of your own in the pool -> neither (their daemons use
+the real Happy server, so accounts must be made there). Production and
 testing never start them. The dev payment provider is the configuration's default in
 development (``PAYMENT_PROVIDERS`` unset; app/config.py).
 
@@ -411,15 +412,48 @@ class Demo:
             process.wait(timeout=10)
 
 
+def own_servers(database_url: str) -> int:
+    """Servers in the pool that are not the demo box (retired ones aside)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from app.config import normalize_database_url
+
+    engine = create_engine(normalize_database_url(database_url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            count = conn.scalar(
+                text(
+                    "SELECT count(*) FROM servers WHERE state <> 'retired'"
+                    " AND (label IS NULL OR label <> :demo)"
+                ),
+                {"demo": DEMO_LABEL},
+            )
+    finally:
+        engine.dispose()
+    return int(count or 0)
+
+
 def start_demo(
     env: Mapping[str, str], repo_root: Path, plan: DemoPlan, say: Any = print
 ) -> tuple[Demo, dict[str, str]]:
     """Start the parts ``plan`` asks for. Returns the demo (to :meth:`Demo.stop` on exit)
     and the variables the stack's processes need (``HAPPY_SERVER_URL``). A part that
-    cannot start is skipped with its reason in ``demo.lines``; the stack still starts."""
+    cannot start is skipped with its reason in ``demo.lines``; the stack still starts.
+
+    Servers of the operator's own in the pool turn the whole demo off: their daemons talk
+    to the real Happy server, so accounts must be made there too."""
     demo = Demo(demo_dir(env, repo_root))
     demo.lines.extend(plan.reasons)
     extra: dict[str, str] = {}
+    database_url = _value(env, "DATABASE_URL")
+    mine = own_servers(database_url) if database_url and plan.anything else 0
+    if mine:
+        demo.lines.append(
+            f"no demo: the pool has {mine} server(s) of your own (they use HAPPY_SERVER_URL, "
+            "default https://api.cluster-fluster.com)"
+        )
+        return demo, extra
     try:
         if plan.happy_server:
             say("demo: starting the local Happy server (development double)")

@@ -24,9 +24,14 @@ from typing import Any
 import psycopg
 import pytest
 import requests
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from app.config import normalize_database_url
+from tests.ops.test_services import run
+from tests.pool_fixtures import make_server
 from tests.support.redis_server import RedisServer
 from tests.support.sshd import remove_product_box_users
 
@@ -214,4 +219,16 @@ def test_make_run_with_nothing_configured_gets_a_paid_dev_checkout_box_to_runnin
         _stop(proc)
         remove_product_box_users(os.environ["BOX_USER_PREFIX"])
         redis_server.stop()
+    assert _port_closed(ssh_port) and _port_closed(happy_port)
+
+    # A server of the operator's own in the pool turns the whole demo off.
+    engine = create_engine(fresh_database, poolclass=NullPool)
+    try:
+        with Session(engine) as session:
+            make_server(session, label="mine")
+            session.commit()
+        started, extra = run.start_demo(env)
+    finally:
+        engine.dispose()
+    assert extra == {} and "no demo: the pool has 1 server(s) of your own" in started.lines[0]
     assert _port_closed(ssh_port) and _port_closed(happy_port)
