@@ -223,7 +223,13 @@ class Demo:
         log_path = self.directory / "happy-server.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                [self.python, "-m", "app.devtools.happy_server", "--port", str(port)],
+                [
+                    self.python,
+                    "-m",
+                    "app.devtools.happy_server",
+                    *("--port", str(port)),
+                    *("--state-file", str(self.directory / "happy-server-state.json")),
+                ],
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -40,6 +40,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import string
 import threading
@@ -47,6 +48,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -214,6 +216,43 @@ class HappyDouble(ThreadedHTTPDouble):
         with self._lock:
             account = self._state.accounts.get(public_key.hex())
             return [dict(m) for (owner, _), m in self._state.machines.items() if owner == account]
+
+    # --- persistence (development server only) -----------------------------------------
+
+    def save_state(self, path: Path) -> None:
+        """Write accounts, tokens, machines and link requests to ``path`` (0600, atomically):
+        the tokens are credentials of the development accounts."""
+        with self._lock:
+            state = self._state
+            document = {
+                "accounts": state.accounts,
+                "tokens": state.tokens,
+                "machines": [
+                    {"account": owner, "machine": m} for (owner, _), m in state.machines.items()
+                ],
+                "account_requests": state.account_requests,
+            }
+            data = json.dumps(document)
+        temp = path.with_name(path.name + ".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(data)
+        os.replace(temp, path)
+
+    def load_state(self, path: Path) -> None:
+        """Read what :meth:`save_state` wrote (nothing when ``path`` does not exist)."""
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._state.accounts = dict(document["accounts"])
+            self._state.tokens = dict(document["tokens"])
+            self._state.machines = {
+                (item["account"], item["machine"]["id"]): item["machine"]
+                for item in document["machines"]
+            }
+            self._state.account_requests = dict(document["account_requests"])
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -493,10 +532,20 @@ def main() -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="keep accounts, tokens and machines in this file across restarts (saved on stop)",
+    )
     args = parser.parse_args()
-    double = HappyDouble(args.host, args.port).start()
+    double = HappyDouble(args.host, args.port)
+    if args.state_file is not None:
+        double.load_state(args.state_file)
+    double.start()
     print(f"Happy server (development double) listening on {double.url}", flush=True)
     double.serve_until_signalled()
+    if args.state_file is not None:
+        double.save_state(args.state_file)
 
 
 if __name__ == "__main__":

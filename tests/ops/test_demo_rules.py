@@ -137,3 +137,19 @@ def test_a_taken_demo_ssh_port_is_refused_with_the_variable_to_change(tmp_path: 
         with pytest.raises(demo.DemoError, match="VIBEBOX_DEMO_SSH_PORT"):
             box.start_box({"VIBEBOX_DEMO_SSH_PORT": str(port)}, "root", "http://127.0.0.1:1")
     assert os.listdir(tmp_path) == []  # refused before anything was written
+
+
+def test_the_local_happy_server_keeps_its_accounts_across_a_restart(tmp_path: Path) -> None:
+    from app.devtools.happy_server import HappyDouble, make_secret
+    from app.integrations.happy import HappyClient
+
+    state = tmp_path / "happy-state.json"
+    with HappyDouble() as first:
+        token = HappyClient(first.url).create_account(make_secret())
+        account = HappyClient(first.url).get_profile(token)
+        first.save_state(state)
+    assert state.stat().st_mode & 0o777 == 0o600  # tokens are credentials
+    second = HappyDouble()
+    second.load_state(state)
+    with second:
+        assert HappyClient(second.url).get_profile(token) == account

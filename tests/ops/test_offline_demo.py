@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
@@ -203,6 +204,7 @@ def test_make_run_with_nothing_configured_gets_a_paid_dev_checkout_box_to_runnin
         )
         assert connect.status_code == 200, connect.text
         assert connect.json()["secretKey"]
+        happy_token = parse_qs(urlsplit(connect.json()["happyWebUrl"]).query)["token"][0]
     finally:
         _stop(proc)
         remove_product_box_users(os.environ["BOX_USER_PREFIX"])
@@ -215,6 +217,13 @@ def test_make_run_with_nothing_configured_gets_a_paid_dev_checkout_box_to_runnin
         _wait(lambda: "demo box reused" in log.read_text(), "no reuse", 180, proc, log)
         assert _pool_rows(fresh_database) == [("127.0.0.1", ssh_port, "root", "vibebox-demo")]
         assert re.search(rf"Demo box ssh 127\.0\.0\.1:{ssh_port}", log.read_text())
+        # The local Happy server kept the box's account (var/demo/happy-server-state.json).
+        profile = requests.get(
+            f"http://127.0.0.1:{happy_port}/v1/account/profile",
+            headers={"Authorization": f"Bearer {happy_token}"},
+            timeout=30,
+        )
+        assert profile.status_code == 200, profile.text
     finally:
         _stop(proc)
         remove_product_box_users(os.environ["BOX_USER_PREFIX"])
