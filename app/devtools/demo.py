@@ -222,6 +222,7 @@ class Demo:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         log_path = self.directory / "happy-server.log"
         with log_path.open("ab") as log:
+            log_path.chmod(0o600)
             process = subprocess.Popen(
                 [
                     self.python,
@@ -269,7 +270,7 @@ class Demo:
             )
         sshd = sshd_binary()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.directory.chmod(0o711 if os.geteuid() == 0 else 0o700)
+        self.directory.chmod(0o700)
         for key in (self.host_key_path, self.login_key_path):
             if not key.exists():
                 subprocess.run(
@@ -292,7 +293,7 @@ class Demo:
         authorized.write_text(Path(f"{self.login_key_path}.pub").read_text())
         authorized.chmod(0o600)
         runtime_root = self.directory / "runtime"
-        if not readable_by_others(self.directory):
+        if not readable_by_others(self.directory.parent):
             # Box users cannot reach ./var/demo (e.g. a checkout under /root): a runtime of
             # this run's own under /tmp, removed on exit.
             self._temp_runtime = Path(tempfile.mkdtemp(prefix="vibebox-demo-runtime-"))
@@ -309,6 +310,7 @@ class Demo:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         log_path = self.directory / "sshd.log"
         with log_path.open("ab") as log:
+            log_path.chmod(0o600)  # box users pass through this folder
             process = subprocess.Popen(
                 [sshd, "-D", "-e", "-f", str(config)],
                 stdin=subprocess.DEVNULL,
