@@ -187,7 +187,10 @@ def _answers_http(port: int) -> bool:
     try:
         with socket.create_connection((DEMO_HOST, port), timeout=1) as sock:
             sock.sendall(b"GET /__double__/stats HTTP/1.0\r\n\r\n")
-            return sock.recv(16).startswith(b"HTTP/")
+            answer = b""
+            while chunk := sock.recv(4096):  # the whole answer: the server then closes
+                answer += chunk
+            return answer.startswith(b"HTTP/")
     except OSError:
         return False
 
