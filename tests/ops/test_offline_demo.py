@@ -90,6 +90,13 @@ def fresh_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own (its stack's broker), stopped by its PID whatever happens."""
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
+
+
 def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -123,10 +130,9 @@ def _pool_rows(database_url: str) -> list[tuple[Any, ...]]:
 
 @pytest.mark.timeout(900)
 def test_make_run_with_nothing_configured_gets_a_paid_dev_checkout_box_to_running(
-    tmp_path: Path, fresh_database: str
+    tmp_path: Path, fresh_database: str, redis_server: RedisServer
 ) -> None:
     port, flower_port, ssh_port, happy_port = (_free_port() for _ in range(4))
-    redis_server = RedisServer(tmp_path / "redis").start()
     redis_url = redis_server.url(0)
     env = {
         k: v
@@ -227,7 +233,6 @@ def test_make_run_with_nothing_configured_gets_a_paid_dev_checkout_box_to_runnin
     finally:
         _stop(proc)
         remove_product_box_users(os.environ["BOX_USER_PREFIX"])
-        redis_server.stop()
     assert _port_closed(ssh_port) and _port_closed(happy_port)
 
     # A server of the operator's own in the pool turns the whole demo off.
