@@ -193,10 +193,16 @@ def normalize_database_url(url: str) -> str:
 KNOWN_PROVIDERS = ("stripe", "wechat", "alipay", "dev")
 
 
+# With PAYMENT_PROVIDERS unset, development checks out with the local dev provider (the
+# offline demo of `make run`); testing and production enable nothing unless configured.
+DEFAULT_PROVIDERS = {"development": ("dev",)}
+
+
 def _providers(env: str) -> tuple[str, ...]:
-    names = tuple(
-        n.strip().lower() for n in (_env("PAYMENT_PROVIDERS", "") or "").split(",") if n.strip()
-    )
+    raw = _env("PAYMENT_PROVIDERS")
+    if raw is None:
+        return DEFAULT_PROVIDERS.get(env, ())
+    names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
     unknown = [n for n in names if n not in KNOWN_PROVIDERS]
     if unknown:
         raise ConfigError(

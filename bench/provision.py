@@ -839,8 +839,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"scratch database {scratch.database_name}, Redis {scratch.redis_url}")
         migrate(scratch.database_url)
 
+        from app.devtools.happy_server import HappyDouble
         from tests.conftest import WORKER_TEST_ENV  # the suite's fast-retry settings
-        from tests.support.happy_double import HappyDouble
 
         double = stack.enter_context(HappyDouble())
         worker_env = {

@@ -223,7 +223,21 @@ def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - display only
 
 
-def banner(env: Mapping[str, str], descriptions: Mapping[str, str]) -> str:
+def payments_line(env: Mapping[str, str]) -> str:
+    """What the banner says about payments (app/config.py decides what is enabled)."""
+    configured = (env.get("PAYMENT_PROVIDERS") or "").strip()
+    if not configured:
+        if _env(env, "VIBEBOX_ENV", "development") == "development":
+            return "dev provider (pay on the dev checkout page)"
+        return "none enabled (set PAYMENT_PROVIDERS)"
+    names = [n.strip() for n in configured.split(",") if n.strip()]
+    extra = " (dev: pay on the dev checkout page)" if "dev" in names else ""
+    return f"{', '.join(names)}{extra}"
+
+
+def banner(
+    env: Mapping[str, str], descriptions: Mapping[str, str], demo_lines: Sequence[str] = ()
+) -> str:
     host = _display_host(_env(env, "HOST", "127.0.0.1"))
     port = _env(env, "PORT", "5000")
     flower_port = _env(env, "FLOWER_PORT", "5555")
@@ -235,6 +249,8 @@ def banner(env: Mapping[str, str], descriptions: Mapping[str, str]) -> str:
         f"  Flower      http://{host}:{flower_port}/  ({flower_auth})",
         f"  PostgreSQL  {descriptions.get('postgres', '?')}",
         f"  Redis       {descriptions.get('redis', '?')}",
+        f"  Payments: {payments_line(env)}",
+        *(f"  {line}" for line in demo_lines),
         "  Ctrl-C stops everything started here.",
     ]
     return "\n".join(lines)
@@ -291,6 +307,22 @@ def port_problem(env: Mapping[str, str]) -> str | None:
     return None
 
 
+def start_demo(env: MutableMapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """The offline demo's parts that ``env`` leaves unconfigured (app/devtools/demo.py):
+    (the started demo or None, variables for the stack such as HAPPY_SERVER_URL)."""
+    from app.devtools import demo as demo_tools
+
+    plan = demo_tools.plan_demo(env)
+    if not plan.anything:
+        if plan.reasons:
+            return demo_tools.Demo(demo_tools.demo_dir(env, REPO_ROOT), lines=[*plan.reasons]), {}
+        return None, {}
+    try:
+        return demo_tools.start_demo(env, REPO_ROOT, plan, say=say)
+    except demo_tools.DemoError as exc:
+        raise _services().ServiceError(str(exc)) from None
+
+
 def cmd_serve(_args: argparse.Namespace) -> int:
     services = _services()
     env = app_environment()
@@ -301,6 +333,7 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     (REPO_ROOT / "var").mkdir(exist_ok=True)  # beat keeps var/celerybeat-schedule
     reset_metrics_dir(env)
     session = services.ServiceSession("run", environ=env)
+    demo = None
     try:
         with services.running_services(session=session) as urls:
             env.update(urls)
@@ -308,7 +341,9 @@ def cmd_serve(_args: argparse.Namespace) -> int:
             status = services.supervise([tool("vibebox"), "db", "upgrade"], env)
             if status != 0:
                 return fail(f"vibebox db upgrade failed (exit {status})", status)
-            print(banner(env, session.descriptions), flush=True)
+            demo, extra = start_demo(env)
+            env.update(extra)
+            print(banner(env, session.descriptions, demo.lines if demo else ()), flush=True)
             honcho = [
                 tool("honcho"),
                 "start",
@@ -330,6 +365,9 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         return 130
     except services.ServiceError as exc:
         return fail(str(exc))
+    finally:
+        if demo is not None:
+            demo.stop()  # by PID, what start_demo started; box users stay (README)
 
 
 # --------------------------------------------------------------------------- test

@@ -13,7 +13,7 @@ SOURCES = [
     *ROOT.glob("scripts/*.py"),
 ]
 READS = re.compile(
-    r"""(?:_env|_int|_float|_bool|_positive|_non_negative|_networks|secret|_env_port|environ\.get|env\.get|getenv|_setting_or_file|_pem)\(\s*
+    r"""(?:_env|_int|_float|_bool|_positive|_non_negative|_value|_port|_networks|secret|_env_port|environ\.get|env\.get|getenv|_setting_or_file|_pem)\(\s*
         (?:env,\s*)?["']([A-Z][A-Z0-9_]+)["']""",
     re.VERBOSE,
 )

@@ -507,6 +507,41 @@ def admit_server(
     return Admission(server, checks)
 
 
+def repin_server(
+    session: Session,
+    server_id: uuid.UUID,
+    *,
+    private_key: str,
+    host_key_fingerprint: str,
+    encryption_key: bytes,
+    connect_check: ConnectCheck = check_connection,
+) -> Server:
+    """Replace a server's login key and pinned host key, after one successful login with
+    both (the host must present ``host_key_fingerprint``). For an operator who re-keyed the
+    server on purpose, e.g. the development demo box after ``var/demo`` was deleted."""
+    server = get_server(session, server_id, for_update=True)
+    expected = normalize_fingerprint(host_key_fingerprint)
+    where = f"{server.ssh_user}@{server.host}:{server.ssh_port}"
+    target = SSHTarget(
+        host=server.host,
+        port=server.ssh_port,
+        user=server.ssh_user,
+        private_key=private_key,
+        host_key_fingerprint=expected,
+    )
+    report = _run_check(connect_check, target, where, detect_resources=False)
+    if report.host_key_fingerprint != expected:
+        raise _mismatch(where, expected, report.host_key_fingerprint)
+    server.auth_method = "key"
+    server.credential_encrypted = encrypt_str(
+        encryption_key, private_key, aad=_credential_aad(server.id)
+    )
+    server.host_key_fingerprint = report.host_key_fingerprint
+    session.flush()
+    log.warning("pool: server %s re-pinned (%s, host key %s)", server.id, where, expected)
+    return server
+
+
 def _run_check(
     connect_check: ConnectCheck,
     target: SSHTarget,

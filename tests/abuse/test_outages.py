@@ -454,6 +454,7 @@ def test_make_run_survives_redis_restarts_and_a_crashed_worker(
         "PORT": str(port),
         "FLOWER_PORT": str(flower_port),
         "VIBEBOX_ENV": "development",
+        "VIBEBOX_DEMO": "0",  # not about the offline demo (tests/ops/test_offline_demo.py)
         "WEB_CONCURRENCY": "1",
         "WORKER_CONCURRENCY": "1",
         "REDIS_URL": url,

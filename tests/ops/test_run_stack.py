@@ -50,6 +50,7 @@ def test_run_serves_api_docs_and_flower_and_stops_everything_on_sigterm(tmp_path
         "PORT": str(port),
         "FLOWER_PORT": str(flower_port),
         "VIBEBOX_ENV": "development",
+        "VIBEBOX_DEMO": "0",  # the offline demo has its own test (test_offline_demo.py)
         "WEB_CONCURRENCY": "1",
         "WORKER_CONCURRENCY": "1",
         # the stack's own metric files; a stale one from an "earlier run" must be cleared

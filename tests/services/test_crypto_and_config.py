@@ -134,7 +134,7 @@ def test_every_value_in_env_example_is_refused_as_a_secret():
         if re.match(r"^[A-Z][A-Z0-9_]*=", line)
     ]
     values = [v for v in values if v]
-    assert "https://api.cluster-fluster.com" in values
+    assert "https://app.happy.engineering" in values
     assert set(values) <= known_public_values()
     for value in values:
         assert "publicly known" in (secret_problem("SECRET_KEY", value) or "")

@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-import nacl
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from app.devtools.box_runtime import BoxRuntime, sshd_binary
 from app.integrations.ssh import SSHTarget
 
 USER_PREFIX = "vbx_"
@@ -52,8 +51,6 @@ PRODUCT_PREFIX_RE = re.compile(r"^vt([0-9a-z]+)-")
 # Where a box user could leave files on this machine (what teardown must empty).
 WRITABLE_TEST_PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/var/spool/cron", "/run/lock")
 DIR_PREFIX = "vbx-boxes-"
-HAPPY_CLI = Path(__file__).parent / "happy_cli" / "happy"
-SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3", "/bin/python3")
 
 # useradd/userdel take /etc/passwd's lock and fail when it is busy: one at a time in this
 # process, and retries against other processes (xdist workers).
@@ -267,127 +264,6 @@ class ClientKey:
         return cls(private.decode(), public.decode() + " vibebox-tests")
 
 
-@dataclass(frozen=True)
-class BoxRuntime:
-    """What box users execute: ``bin/happy`` and PyNaCl in ``lib/``, world-readable.
-
-    Box users cannot read /root, so neither the project venv nor its pyenv python is usable
-    by them. We run the stand-in with the system python3 and copy the venv's PyNaCl (+ the
-    cffi backend it loads; both are self-contained, no shared libs) when the minor versions
-    match, else pip-install PyNaCl for that python into ``lib/``.
-    """
-
-    root: Path
-    python: str
-
-    @property
-    def bin_dir(self) -> Path:
-        return self.root / "bin"
-
-    @property
-    def lib_dir(self) -> Path:
-        return self.root / "lib"
-
-    @classmethod
-    def prepare(cls, root: Path) -> BoxRuntime:
-        python = next((p for p in SYSTEM_PYTHONS if os.access(p, os.X_OK)), None)
-        if python is None:
-            raise RuntimeError(
-                "the SSH test boxes need a system python3 outside /root: apt-get install -y python3"
-            )
-        runtime = cls(root, python)
-        runtime.bin_dir.mkdir(parents=True)
-        runtime.lib_dir.mkdir()
-        runtime._install_pynacl()
-        happy = runtime.bin_dir / "happy"
-        source = HAPPY_CLI.read_text().split("\n", 1)[1]
-        # The box users' environment is built from scratch (no PYTHONPATH): the stand-in
-        # finds PyNaCl itself.
-        happy.write_text(
-            f"#!{python}\nimport sys; sys.path.insert(0, {str(runtime.lib_dir)!r})\n{source}"
-        )
-        for path in [root, *root.rglob("*")]:
-            path.chmod(0o755 if path.is_dir() or path == happy else 0o644)
-        runtime._check_usable_by_others()
-        return runtime
-
-    def _install_pynacl(self) -> None:
-        version = subprocess.run(
-            [self.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        if version == f"{sys.version_info.major}.{sys.version_info.minor}":
-            import _cffi_backend  # the compiled module PyNaCl loads
-
-            shutil.copytree(
-                Path(nacl.__file__).parent,
-                self.lib_dir / "nacl",
-                ignore=shutil.ignore_patterns("__pycache__"),
-            )
-            shutil.copy2(_cffi_backend.__file__, self.lib_dir)
-            return
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--target",
-                str(self.lib_dir),
-                "--only-binary=:all:",
-                "--python-version",
-                version,
-                "pynacl",
-            ],
-            check=True,
-        )
-
-    def _check_usable_by_others(self) -> None:
-        nobody = 65534
-        result = subprocess.run(
-            [str(self.bin_dir / "happy"), "daemon", "status"],
-            env={
-                "PYTHONPATH": str(self.lib_dir),
-                "HAPPY_HOME_DIR": "/nonexistent/.happy",
-                "PATH": "/usr/bin:/bin",
-            },
-            user=nobody,
-            group=nobody,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd="/",
-        )
-        probe = subprocess.run(
-            [self.python, "-c", "import nacl.secret"],
-            env={"PYTHONPATH": str(self.lib_dir)},
-            user=nobody,
-            group=nobody,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd="/",
-        )
-        if probe.returncode != 0 or "Daemon is" not in result.stdout + result.stderr:
-            raise RuntimeError(
-                "the box runtime is not usable by an unprivileged user: "
-                f"{probe.stderr.strip()} {result.stderr.strip()}"
-            )
-
-    def env(self, happy_url: str) -> dict[str, str]:
-        """The environment a box session gets (sshd ``SetEnv``)."""
-        return {
-            "PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin",
-            "PYTHONPATH": str(self.lib_dir),
-            "HAPPY_SERVER_URL": happy_url,
-        }
-
-
 class SSHBox:
     """One box: a Unix user and an ``sshd -D`` process serving only that user."""
 
@@ -505,7 +381,7 @@ class SSHBox:
             log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
             with open(self.log_path, "ab") as log:
                 self._process = subprocess.Popen(
-                    [_sshd(), "-D", "-e", "-f", str(config)],
+                    [sshd_binary(), "-D", "-e", "-f", str(config)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -622,20 +498,13 @@ class SSHBox:
         return False
 
 
-def _sshd() -> str:
-    path = shutil.which("sshd", path="/usr/sbin:/usr/local/sbin:/sbin")
-    if path is None:
-        raise RuntimeError("sshd is not installed: apt-get install -y openssh-server")
-    return path  # absolute: sshd re-executes itself for each connection
-
-
 class BoxFleet:
     """Starts boxes (concurrently if asked) and tears all of them down, whatever happens."""
 
     def __init__(self, happy_url: str, *, base_dir: str = "/tmp") -> None:
         if os.geteuid() != 0:
             raise RuntimeError("SSH test boxes need root (useradd, sshd)")
-        _sshd()
+        sshd_binary()
         sweep_stale_boxes(base_dir)
         self.happy_url = happy_url
         # Box users must reach runtime/ (0755) but nothing else: 0711 on the top directory.
