@@ -31,6 +31,7 @@ SERVER_FIELDS = {
     "user",
     "authMethod",
     "hostKeyFingerprint",
+    "gateway",
     "cpuCores",
     "ramGb",
     "diskGb",
