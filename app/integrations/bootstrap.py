@@ -368,11 +368,14 @@ def bootstrap_host(
     finally:
         host.close()
 
+    # A reload (SIGHUP) is asynchronous: sshd may accept a connection or two with its old
+    # configuration, so after an environment change verification gets a few seconds.
     check = verify_host(
         target,
         happy_server_url=happy_server_url,
         connect_timeout=connect_timeout,
         command_timeout=command_timeout,
+        settle_for=10.0 if steps[-1].status == "done" else 0.0,
     )
     steps.append(BootstrapStep("verify", "skipped", "happy on PATH, URL set and reachable"))
     report = BootstrapReport(
@@ -407,12 +410,16 @@ def verify_host(
     connect_timeout: float = 10.0,
     command_timeout: float = 60.0,
     reconnect_for: float = 15.0,
+    settle_for: float = 0.0,
 ) -> Verification:
     """Check over a NEW connection that the host can take boxes: root or sudo -n, happy on
     the login's PATH, HAPPY_SERVER_URL set (to ``happy_server_url`` when given) and the
     Happy server reachable from the host. Retries connecting for ``reconnect_for`` seconds
-    (sshd may be reloading). Raises :class:`BootstrapError` with what is wrong."""
+    (sshd may be reloading) and, for ``settle_for`` seconds, a check that finds a problem
+    (sessions of a not yet reloaded sshd). Raises :class:`BootstrapError` with what is
+    wrong."""
     deadline = time.monotonic() + reconnect_for
+    settled = time.monotonic() + settle_for
     while True:
         try:
             with BoxSession(
@@ -434,7 +441,9 @@ def verify_host(
                     )
                 if problem is None:
                     problem = box_host.environment_problem()
-            break
+            if problem is None or time.monotonic() > settled:
+                break
+            time.sleep(0.3)
         except HostUnreachableError:
             if time.monotonic() > deadline:
                 raise

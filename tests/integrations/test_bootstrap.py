@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.support.happy_package
 """Bootstrap with Fabric against real sshd boxes: a bare host (no `happy`, no
 HAPPY_SERVER_URL) gets happy-coder from a LOCAL npm package (the `happy` stand-in packed as
 `happy-coder`, installed into a temp npm prefix), the URL in its sshd's own SetEnv line, and
@@ -5,11 +6,7 @@ a verification; nothing on this machine outside the test dirs is touched."""
 
 from __future__ import annotations
 
-import json
-import secrets
-import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,66 +24,13 @@ from app.integrations.bootstrap import (
     spec_version,
 )
 from app.integrations.ssh import BoxSession
-from tests.support.sshd import SUDOERS_DIR, BoxFleet, SSHBox
-
-
-def pack_happy_coder(fleet: BoxFleet, dest: Path, version: str) -> Path:
-    """The `happy` stand-in as an npm package `happy-coder` (bin: happy), `npm pack`ed."""
-    package = dest / f"pkg-{version}"
-    package.mkdir(parents=True)
-    shutil.copy2(fleet.runtime.bin_dir / "happy", package / "happy")
-    (package / "package.json").write_text(
-        json.dumps({"name": "happy-coder", "version": version, "bin": {"happy": "happy"}}, indent=2)
-    )
-    out = subprocess.run(
-        ["npm", "pack", "--pack-destination", str(dest), "--silent"],
-        cwd=package,
-        capture_output=True,
-        text=True,
-        check=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(dest), "npm_config_cache": str(dest / "c")},
-    )
-    tarball = dest / out.stdout.strip().splitlines()[-1]
-    assert tarball.exists(), out
-    return tarball
-
-
-@pytest.fixture(scope="session")
-def happy_tarballs(
-    box_fleet: BoxFleet, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    dest = tmp_path_factory.mktemp("happy-coder-pkg")
-    return {v: pack_happy_coder(box_fleet, dest, v) for v in ("0.13.0", "0.13.1")}
-
-
-@pytest.fixture
-def npm_prefix(box_fleet: BoxFleet) -> Iterator[Path]:
-    """A temp npm prefix the box users can read (the host's global npm is never used)."""
-    prefix = box_fleet.directory / f"npm-{secrets.token_hex(4)}"
-    prefix.mkdir(mode=0o755)
-    prefix.chmod(0o755)
-    yield prefix
-    shutil.rmtree(prefix, ignore_errors=True)
-
-
-@pytest.fixture
-def bare_box(box_fleet: BoxFleet) -> Iterator[SSHBox]:
-    box = box_fleet.new_box(bare=True)
-    yield box
-    box_fleet.remove(box)
-
-
-def box_settings(box: SSHBox, tarball: Path, prefix: Path) -> BootstrapSettings:
-    """Bootstrap settings that write only into this box's own files."""
-    return BootstrapSettings(
-        happy_coder_package=str(tarball),
-        npm_prefix=str(prefix),
-        node_install_command="echo node must not be installed here >&2; false",
-        env_method="sshd_setenv",
-        env_file=str(box.config_path),
-        sshd_reload_command=f"kill -HUP {box.sshd_pid}",
-        install_timeout_seconds=180,
-    )
+from tests.support.happy_package import (  # noqa: F401 - fixtures used by name
+    bare_box,
+    box_settings,
+    happy_tarballs,
+    npm_prefix,
+)
+from tests.support.sshd import SUDOERS_DIR, SSHBox
 
 
 def test_bootstrap_installs_happy_sets_url_verifies_and_second_run_does_nothing(
