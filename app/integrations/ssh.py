@@ -2,10 +2,16 @@
 with their own timeouts and secrets over stdin. What runs on the server for a box (its Unix
 user, credentials, daemon, teardown) is in :mod:`app.integrations.box_host`.
 
-Plain paramiko rather than ``fabric.Connection``: Fabric reads ``~/.ssh/config`` and
-auto-adds unknown host keys (both must not happen here), and its ``run(in_stream=...)``
-costs ~300 ms per call against a few ms for a raw ``exec_command`` fed through stdin on a
-connection with TCP_NODELAY (the ~95 ms measured without it were Nagle's algorithm).
+The per-box hot path is plain paramiko, not ``fabric.Connection.run``: measured on the
+same sshd box (``bench/ssh_paths.py``, BENCHMARKS.md "SSH paths"), Fabric's runner costs
+~10x on a trivial command (~44 ms vs ~4 ms: its I/O threads poll) and ~100x on a command
+fed through stdin (invoke reads ``in_stream`` one character per 10 ms poll), against a raw
+``exec_command`` on a connection with TCP_NODELAY (the ~95 ms once measured without it were
+Nagle's algorithm). Fabric is used for bootstrap and fleet operations
+(:mod:`app.integrations.fabric_ssh`), with the same pinned-key policy and no SSH config.
+
+A target may name a gateway (bastion): the connection is then a ``direct-tcpip`` channel
+opened on the gateway's own pinned connection, for every path here (and Fabric's).
 
 Every failure leaves this module as a domain error: ``HostUnreachableError`` (transient:
 refused, timed out, dropped), ``SSHAuthError`` / ``HostKeyMismatchError`` (permanent), or
