@@ -192,11 +192,23 @@ def _run_batch(
         except (PermanentError, SSHAuthError) as exc:
             early[index] = HostResult(name, None, "", str(exc), 0.0)
             connections.append(None)
-    live = [c for c in connections if c is not None]
+    # A GroupResult is a dict keyed by Connection, and Connections with the same user, host
+    # and port are equal (e.g. one address behind two gateways): such twins go in separate
+    # groups, run one after the other.
+    groups: list[list[int]] = []
+    for index, connection in enumerate(connections):
+        if connection is None:
+            continue
+        group_for = next((g for g in groups if all(connections[i] != connection for i in g)), None)
+        if group_for is None:
+            groups.append([index])
+        else:
+            group_for.append(index)
     started = time.monotonic()
-    outcome: dict[Connection, Any] = {}
-    if live:
-        group = ThreadingGroup.from_connections(live)
+    values: dict[int, Any] = {}
+    for indexes in groups:
+        members = [connections[i] for i in indexes]
+        group = ThreadingGroup.from_connections(members)
         try:
             outcome = dict(
                 group.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
@@ -205,15 +217,15 @@ def _run_batch(
             outcome = dict(exc.result)
         finally:
             group.close()
+        for i, member in zip(indexes, members, strict=True):
+            values[i] = outcome.get(member)
     seconds = time.monotonic() - started
     results = []
     for index, (name, target) in enumerate(batch):
         if index in early:
             results.append(early[index])
             continue
-        connection = connections[index]
-        value = outcome.get(connection) if connection is not None else None
-        results.append(_host_result(name, target, value, timeout, seconds))
+        results.append(_host_result(name, target, values.get(index), timeout, seconds))
     return results
 
 
