@@ -512,9 +512,10 @@ def cloud_init_user_data(
     config: dict[str, object] = {}
     keys = [k.strip() for k in authorized_keys if k.strip()]
     if login_user == "root":
+        # With disable_root false, cloud-init gives root the default user's keys.
         config["disable_root"] = False
         if keys:
-            config["users"] = [{"name": "root", "ssh_authorized_keys": keys}]
+            config["ssh_authorized_keys"] = keys
     else:
         config["users"] = [
             "default",
