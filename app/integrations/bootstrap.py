@@ -536,8 +536,22 @@ def cloud_init_user_data(
         }
     ]
     config["runcmd"] = [["/usr/local/sbin/vibebox-bootstrap"]]
-    body = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1000)
+    body = yaml.dump(
+        config, Dumper=_LiteralDumper, sort_keys=False, default_flow_style=False, width=1000
+    )
     return "#cloud-config\n" + body
+
+
+class _LiteralDumper(yaml.SafeDumper):
+    """Multi-line strings (the script) as readable ``|`` blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_LiteralDumper.add_representer(str, _str_representer)
 
 
 def report_json(report: BootstrapReport) -> str:
