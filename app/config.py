@@ -450,6 +450,54 @@ class RegionSettings:
         return dict(self.happy_server_urls).get(region) if region else None
 
 
+BOOTSTRAP_ENV_METHODS = ("pam_env", "sshd_setenv")
+DEFAULT_ENV_FILES = {
+    "pam_env": "/etc/environment",
+    "sshd_setenv": "/etc/ssh/sshd_config.d/00-vibebox-happy.conf",
+}
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """How ``vibebox pool bootstrap`` (and cloud-init user-data) prepare a host (README
+    "Bootstrapping a server")."""
+
+    happy_coder_package: str = "happy-coder@0.13.0"  # npm spec: name@version or a tarball
+    npm_prefix: str | None = None  # None: npm's global prefix (`npm prefix -g`)
+    node_install_command: str = (
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm"
+    )
+    # Where HAPPY_SERVER_URL (and PATH, when happy's bin dir is not on it) are set for the
+    # login's non-interactive SSH sessions: pam_env (/etc/environment, read by sshd through
+    # PAM on Debian/Ubuntu, no reload) or sshd_setenv (a SetEnv line in an sshd config file,
+    # then the reload command).
+    env_method: str = "pam_env"
+    env_file: str = DEFAULT_ENV_FILES["pam_env"]
+    sshd_reload_command: str = (
+        "sshd -t && (systemctl reload ssh || systemctl reload sshd || service ssh reload)"
+    )
+    install_timeout_seconds: float = 900.0
+
+    @classmethod
+    def from_env(cls) -> BootstrapSettings:
+        method = _env("BOOTSTRAP_ENV_METHOD", cls.env_method) or cls.env_method
+        if method not in BOOTSTRAP_ENV_METHODS:
+            raise ConfigError(
+                f"BOOTSTRAP_ENV_METHOD must be one of {', '.join(BOOTSTRAP_ENV_METHODS)}"
+            )
+        return cls(
+            happy_coder_package=_env("HAPPY_CODER_PACKAGE") or cls.happy_coder_package,
+            npm_prefix=_env("HAPPY_NPM_PREFIX") or None,
+            node_install_command=_env("BOOTSTRAP_NODE_INSTALL_COMMAND") or cls.node_install_command,
+            env_method=method,
+            env_file=_env("BOOTSTRAP_ENV_FILE") or DEFAULT_ENV_FILES[method],
+            sshd_reload_command=_env("BOOTSTRAP_SSHD_RELOAD_COMMAND") or cls.sshd_reload_command,
+            install_timeout_seconds=_float(
+                "BOOTSTRAP_INSTALL_TIMEOUT_SECONDS", cls.install_timeout_seconds
+            ),
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     env: str

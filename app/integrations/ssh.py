@@ -2,10 +2,16 @@
 with their own timeouts and secrets over stdin. What runs on the server for a box (its Unix
 user, credentials, daemon, teardown) is in :mod:`app.integrations.box_host`.
 
-Plain paramiko rather than ``fabric.Connection``: Fabric reads ``~/.ssh/config`` and
-auto-adds unknown host keys (both must not happen here), and its ``run(in_stream=...)``
-costs ~300 ms per call against a few ms for a raw ``exec_command`` fed through stdin on a
-connection with TCP_NODELAY (the ~95 ms measured without it were Nagle's algorithm).
+The per-box hot path is plain paramiko, not ``fabric.Connection.run``: measured on the
+same sshd box (``bench/ssh_paths.py``, BENCHMARKS.md "SSH paths"), Fabric's runner costs
+~10x on a trivial command (~44 ms vs ~4 ms: its I/O threads poll) and ~100x on a command
+fed through stdin (invoke reads ``in_stream`` one character per 10 ms poll), against a raw
+``exec_command`` on a connection with TCP_NODELAY (the ~95 ms once measured without it were
+Nagle's algorithm). Fabric is used for bootstrap and fleet operations
+(:mod:`app.integrations.fabric_ssh`), with the same pinned-key policy and no SSH config.
+
+A target may name a gateway (bastion): the connection is then a ``direct-tcpip`` channel
+opened on the gateway's own pinned connection, for every path here (and Fabric's).
 
 Every failure leaves this module as a domain error: ``HostUnreachableError`` (transient:
 refused, timed out, dropped), ``SSHAuthError`` / ``HostKeyMismatchError`` (permanent), or
@@ -57,6 +63,19 @@ class SSHTarget:
     password: str | None = field(default=None, repr=False)
     private_key: str | None = field(default=None, repr=False)  # PEM / OpenSSH text
     host_key_fingerprint: str | None = None  # "SHA256:<base64 without padding>"
+    # A bastion to reach ``host`` through (its own login and pinned key): the connection is
+    # a ``direct-tcpip`` channel opened on the gateway's SSH connection (ProxyJump).
+    gateway: SSHTarget | None = None
+
+    @property
+    def where(self) -> str:
+        via = f" via {self.gateway.where}" if self.gateway is not None else ""
+        return f"{self.user}@{self.host}:{self.port}{via}"
+
+    def key(self) -> tuple[object, ...]:
+        """Identity of a connection to this target (pins and gateway included)."""
+        gateway = self.gateway.key() if self.gateway is not None else None
+        return (self.host, self.port, self.user, self.host_key_fingerprint, gateway)
 
 
 @dataclass(frozen=True)
@@ -75,16 +94,25 @@ def host_key_fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
-def fetch_host_key_fingerprint(host: str, port: int = 22, timeout: float = 10.0) -> str:
+def fetch_host_key_fingerprint(
+    host: str, port: int = 22, timeout: float = 10.0, *, gateway: SSHTarget | None = None
+) -> str:
     """Fingerprint of the host key ``host`` presents (no login), to pin when it joins the pool.
 
     It is the key of the type paramiko negotiates, the same one :class:`BoxSession` checks.
+    With ``gateway`` (pinned, logged in) the host is reached through it, as connections will.
     """
     where = f"{host}:{port}"
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise HostUnreachableError(f"ssh {where}: {exc}", safe_message=_UNREACHABLE) from exc
+    gateway_client: paramiko.SSHClient | None = None
+    sock: socket.socket | paramiko.Channel
+    if gateway is not None:
+        gateway_client = connect_client(gateway, timeout=timeout)
+        sock = open_tunnel(gateway_client, gateway, host, port, timeout=timeout)
+    else:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise HostUnreachableError(f"ssh {where}: {exc}", safe_message=_UNREACHABLE) from exc
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = timeout
@@ -96,9 +124,11 @@ def fetch_host_key_fingerprint(host: str, port: int = 22, timeout: float = 10.0)
         ) from exc
     finally:
         transport.close()
+        if gateway_client is not None:
+            gateway_client.close()
 
 
-class _PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
+class PinnedHostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Accept exactly the pinned key. paramiko asks this before authenticating, so a
     mismatch means we never offer credentials and never run anything."""
 
@@ -131,6 +161,94 @@ def _load_private_key(text: str) -> paramiko.PKey:
     )
 
 
+def load_private_key(text: str) -> paramiko.PKey:
+    """The private key object for a PEM / OpenSSH key text (``SSHAuthError`` if unreadable)."""
+    return _load_private_key(text)
+
+
+def connect_client(
+    target: SSHTarget,
+    *,
+    timeout: float = 10.0,
+    sock: socket.socket | paramiko.Channel | None = None,
+    allow_unpinned: bool = False,
+) -> paramiko.SSHClient:
+    """A logged-in paramiko client for ``target`` (not its gateway: see ``sock``), the host
+    key checked against the pin before any credential is offered; no known_hosts, no agent,
+    no ~/.ssh keys or config. Failures leave as domain errors."""
+    where = target.where
+    if target.host_key_fingerprint is None and not allow_unpinned:
+        raise PermanentError(
+            f"ssh {where}: no pinned host key", safe_message="The server is not set up correctly."
+        )
+    if not target.password and not target.private_key:
+        raise SSHAuthError(
+            f"ssh {where}: no password or key configured",
+            safe_message="The server's login credentials are invalid.",
+        )
+    pkey = _load_private_key(target.private_key) if target.private_key else None
+    client = paramiko.SSHClient()  # no known_hosts: the pin is the only trust
+    client.set_missing_host_key_policy(PinnedHostKeyPolicy(target.host_key_fingerprint))
+    try:
+        client.connect(
+            target.host,
+            port=target.port,
+            username=target.user,
+            password=target.password,
+            pkey=pkey,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+            channel_timeout=timeout,
+            allow_agent=False,
+            look_for_keys=False,
+            sock=sock,
+        )
+    except HostKeyMismatchError:
+        client.close()
+        raise
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        raise SSHAuthError(
+            f"ssh {where}: authentication failed: {exc}",
+            safe_message="The server refused our login.",
+        ) from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        client.close()
+        raise HostUnreachableError(
+            f"ssh {where}: {type(exc).__name__}: {exc}", safe_message=_UNREACHABLE
+        ) from exc
+    transport = client.get_transport()
+    if transport is not None and isinstance(transport.sock, socket.socket):
+        # Without it, Nagle + delayed ACKs hold a command's stdin packets ~40 ms each:
+        # write_credentials on an open connection takes ~90 ms instead of ~8 ms.
+        transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return client
+
+
+def open_tunnel(
+    gateway_client: paramiko.SSHClient,
+    gateway: SSHTarget,
+    host: str,
+    port: int,
+    *,
+    timeout: float = 10.0,
+) -> paramiko.Channel:
+    """A ``direct-tcpip`` channel from the gateway to ``host:port`` (what ProxyJump does)."""
+    transport = gateway_client.get_transport()
+    try:
+        if transport is None or not transport.is_active():
+            raise EOFError("gateway connection is closed")
+        return transport.open_channel(
+            "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise HostUnreachableError(
+            f"ssh {host}:{port} via {gateway.where}: the gateway could not connect: {exc}",
+            safe_message=_UNREACHABLE,
+        ) from exc
+
+
 class BoxSession:
     """One SSH connection to one box, reused for consecutive operations on it.
 
@@ -154,10 +272,11 @@ class BoxSession:
         self.allow_unpinned = allow_unpinned
         self.commands: list[str] = []
         self._client: paramiko.SSHClient | None = None
+        self._gateway: paramiko.SSHClient | None = None
 
     @property
     def _where(self) -> str:
-        return f"{self.target.user}@{self.target.host}:{self.target.port}"
+        return self.target.where
 
     def __enter__(self) -> Self:
         self.connect()
@@ -172,62 +291,46 @@ class BoxSession:
         self.close()
 
     def connect(self) -> None:
-        """Open the connection (idempotent): verify the pinned host key, then log in."""
+        """Open the connection (idempotent): verify the pinned host key(s), then log in.
+        Through the target's gateway, when it has one (the gateway's key is pinned too)."""
         if self._client is not None:
             return
         target = self.target
-        if target.host_key_fingerprint is None and not self.allow_unpinned:
-            raise PermanentError(
-                f"ssh {self._where}: no pinned host key",
-                safe_message="The server is not set up correctly.",
+        sock: paramiko.Channel | None = None
+        if target.gateway is not None:
+            self._gateway = connect_client(
+                target.gateway, timeout=self.connect_timeout, allow_unpinned=False
             )
-        if not target.password and not target.private_key:
-            raise SSHAuthError(
-                f"ssh {self._where}: no password or key configured",
-                safe_message="The server's login credentials are invalid.",
-            )
-        pkey = _load_private_key(target.private_key) if target.private_key else None
-        client = paramiko.SSHClient()  # no known_hosts: the pin is the only trust
-        client.set_missing_host_key_policy(_PinnedHostKeyPolicy(target.host_key_fingerprint))
-        try:
-            client.connect(
-                target.host,
-                port=target.port,
-                username=target.user,
-                password=target.password,
-                pkey=pkey,
-                timeout=self.connect_timeout,
-                banner_timeout=self.connect_timeout,
-                auth_timeout=self.connect_timeout,
-                channel_timeout=self.connect_timeout,
-                allow_agent=False,
-                look_for_keys=False,
-            )
-        except HostKeyMismatchError:
-            client.close()
-            raise
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            raise SSHAuthError(
-                f"ssh {self._where}: authentication failed: {exc}",
-                safe_message="The server refused our login.",
-            ) from exc
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            client.close()
-            raise HostUnreachableError(
-                f"ssh {self._where}: {type(exc).__name__}: {exc}", safe_message=_UNREACHABLE
-            ) from exc
-        transport = client.get_transport()
-        if transport is not None and isinstance(transport.sock, socket.socket):
-            # Without it, Nagle + delayed ACKs hold a command's stdin packets ~40 ms each:
-            # write_credentials on an open connection takes ~90 ms instead of ~8 ms.
-            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._client = client
+            try:
+                sock = open_tunnel(
+                    self._gateway,
+                    target.gateway,
+                    target.host,
+                    target.port,
+                    timeout=self.connect_timeout,
+                )
+                self._client = connect_client(
+                    target,
+                    timeout=self.connect_timeout,
+                    sock=sock,
+                    allow_unpinned=self.allow_unpinned,
+                )
+            except BaseException:
+                self._gateway.close()
+                self._gateway = None
+                raise
+            return
+        self._client = connect_client(
+            target, timeout=self.connect_timeout, allow_unpinned=self.allow_unpinned
+        )
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
 
     def is_open(self) -> bool:
         """Connected, with a live transport (a closed or dropped one is not reused)."""
@@ -385,13 +488,13 @@ class SessionPool:
         self.max_idle = max_idle
         self.max_size = max_size
         self.clock = clock
-        self._idle: dict[tuple[str, int, str, str | None], tuple[BoxSession, float]] = {}
+        self._idle: dict[tuple[object, ...], tuple[BoxSession, float]] = {}
         self.reused = 0  # for tests and benchmarks
 
     @staticmethod
-    def _key(target: SSHTarget) -> tuple[str, int, str, str | None]:
+    def _key(target: SSHTarget) -> tuple[object, ...]:
         # The pin is part of the key: a re-pinned server never gets an old connection.
-        return (target.host, target.port, target.user, target.host_key_fingerprint)
+        return target.key()
 
     def _close_expired(self) -> None:
         """Idle connections are closed once stale, not kept open until their next use."""

@@ -18,6 +18,12 @@ from app.models.base import Base, Timestamps, UUIDPk, in_values
 
 SERVER_STATES = ("available", "allocated", "cleaning", "unhealthy", "draining", "retired")
 SERVER_AUTH_METHODS = ("key", "password")
+# A gateway (bastion) is all there or not at all.
+GATEWAY_COMPLETE = (
+    "gateway_host IS NULL OR (gateway_port IS NOT NULL AND gateway_user IS NOT NULL"
+    " AND gateway_auth_method IN ('key', 'password')"
+    " AND gateway_credential_encrypted IS NOT NULL AND gateway_host_key_fingerprint IS NOT NULL)"
+)
 
 
 class Server(UUIDPk, Timestamps, Base):
@@ -31,6 +37,7 @@ class Server(UUIDPk, Timestamps, Base):
         UniqueConstraint("host", "ssh_port", "ssh_user"),
         # Allocation picks the smallest fitting available server.
         Index("ix_servers_state_resources", "state", "cpu_cores", "ram_gb", "disk_gb"),
+        CheckConstraint(GATEWAY_COMPLETE, name="gateway_complete"),
     )
 
     host: Mapped[str] = mapped_column(String(255))
@@ -51,3 +58,11 @@ class Server(UUIDPk, Timestamps, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     cloud_provider: Mapped[str | None] = mapped_column(String(32))
     cloud_node_id: Mapped[str | None] = mapped_column(String(128))
+    # Optional bastion the server is reached through (SSH direct-tcpip, like ProxyJump):
+    # its own login, credential (encrypted, bound to this row) and pinned host key.
+    gateway_host: Mapped[str | None] = mapped_column(String(255))
+    gateway_port: Mapped[int | None] = mapped_column(Integer)
+    gateway_user: Mapped[str | None] = mapped_column(String(64))
+    gateway_auth_method: Mapped[str | None] = mapped_column(String(16))
+    gateway_credential_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
+    gateway_host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))

@@ -175,6 +175,32 @@ def check_host_allowed(
 
 
 @dataclass(frozen=True, kw_only=True)
+class GatewaySpec:
+    """A bastion a pool server is reached through: its own login and a host key the
+    operator gives (a gateway is never pinned on first contact)."""
+
+    host: str
+    port: int = 22
+    user: str
+    password: str | None = None
+    private_key: str | None = None
+    host_key_fingerprint: str
+
+    def __repr__(self) -> str:  # never show the credential
+        return f"GatewaySpec({self.user}@{self.host}:{self.port})"
+
+    def target(self) -> SSHTarget:
+        return SSHTarget(
+            host=self.host.strip().lower(),
+            port=self.port,
+            user=self.user.strip(),
+            password=self.password,
+            private_key=self.private_key,
+            host_key_fingerprint=normalize_fingerprint(self.host_key_fingerprint),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServerSpec:
     """What an operator tells us about a new pool server. Resources left as ``None`` are
     read from the server itself during the admission login (``nproc``, MemTotal, ``df``)."""
@@ -190,9 +216,11 @@ class ServerSpec:
     disk_gb: int | None = None
     region: str | None = None
     label: str | None = None
+    gateway: GatewaySpec | None = None  # reach the server through this bastion
 
     def __repr__(self) -> str:  # never show the credential
-        return f"ServerSpec({self.user}@{self.host}:{self.port})"
+        via = f" via {self.gateway!r}" if self.gateway is not None else ""
+        return f"ServerSpec({self.user}@{self.host}:{self.port}{via})"
 
 
 @dataclass(frozen=True)
@@ -290,7 +318,9 @@ def check_connection(
     HAPPY_SERVER_URL in the login environment (else ``happy_server_url``, the backend's,
     which box users then get) and a route from the server to that URL. Every problem found
     is named with its fix in one BoxEnvironmentError."""
-    actual = ssh.fetch_host_key_fingerprint(target.host, target.port, timeout=timeout)
+    actual = ssh.fetch_host_key_fingerprint(
+        target.host, target.port, timeout=timeout, gateway=target.gateway
+    )
     expected = target.host_key_fingerprint
     if expected is not None and actual != expected:
         raise HostKeyMismatchError(
@@ -348,6 +378,23 @@ def _credential_aad(server_id: uuid.UUID) -> str:
     return f"server-credential:{server_id}"
 
 
+def _gateway_credential_aad(server_id: uuid.UUID) -> str:
+    return f"server-gateway-credential:{server_id}"
+
+
+def _validate_gateway(gateway: GatewaySpec, errors: dict[str, list[str]]) -> None:
+    if (gateway.password is None) == (gateway.private_key is None):
+        errors["gateway"] = ["Give exactly one of password and private key for the gateway."]
+    elif gateway.private_key is not None and not PRIVATE_KEY_RE.search(gateway.private_key):
+        errors["gateway"] = ["The gateway's private key is not a PEM or OpenSSH private key."]
+    elif not gateway.host.strip() or not gateway.user.strip():
+        errors["gateway"] = ["The gateway needs a host and a user."]
+    elif not 1 <= gateway.port <= 65535:
+        errors["gateway"] = ["The gateway's port must be between 1 and 65535."]
+    elif not FINGERPRINT_RE.match(gateway.host_key_fingerprint.strip()):
+        errors["gateway"] = ["The gateway's host key must be given as SHA256:<base64>."]
+
+
 def _validate_spec(spec: ServerSpec) -> None:
     errors: dict[str, list[str]] = {}
     if (spec.password is None) == (spec.private_key is None):
@@ -367,6 +414,8 @@ def _validate_spec(spec: ServerSpec) -> None:
         value = getattr(spec, name)
         if value is not None and value < 1:
             errors[name] = ["Must be at least 1."]
+    if spec.gateway is not None:
+        _validate_gateway(spec.gateway, errors)
     if errors:
         raise ValidationError("The server description is not valid", errors=errors)
 
@@ -432,7 +481,15 @@ def admit_server(
     if _find(session, host, spec.port, user) is not None:
         raise ConflictError(f"{where} is already in the pool", code="server_exists")
     if allowed_networks is not None:
-        check_host_allowed(host, spec.port, allowed_networks, resolve=resolve)
+        if spec.gateway is None:
+            check_host_allowed(host, spec.port, allowed_networks, resolve=resolve)
+        else:
+            # We connect to the gateway; the server's name may resolve only there, so it is
+            # checked when it is an address.
+            networks = list(allowed_networks)
+            check_host_allowed(spec.gateway.host, spec.gateway.port, networks, resolve=resolve)
+            if _is_ip_literal(host):
+                check_host_allowed(host, spec.port, networks, resolve=resolve)
 
     target = SSHTarget(
         host=host,
@@ -441,6 +498,7 @@ def admit_server(
         password=spec.password,
         private_key=spec.private_key,
         host_key_fingerprint=expected,
+        gateway=spec.gateway.target() if spec.gateway is not None else None,
     )
     detect = None in (spec.cpu_cores, spec.ram_gb, spec.disk_gb)
     if skip_checks:
@@ -483,6 +541,18 @@ def admit_server(
         last_checked_at=_now(),
         last_latency_ms=report.latency_ms,
     )
+    if spec.gateway is not None:
+        gateway = spec.gateway.target()
+        gateway_secret = gateway.password if gateway.password is not None else gateway.private_key
+        assert gateway_secret is not None  # _validate_gateway
+        server.gateway_host = gateway.host
+        server.gateway_port = gateway.port
+        server.gateway_user = gateway.user
+        server.gateway_auth_method = "password" if gateway.password is not None else "key"
+        server.gateway_credential_encrypted = encrypt_str(
+            encryption_key, gateway_secret, aad=_gateway_credential_aad(server_id)
+        )
+        server.gateway_host_key_fingerprint = gateway.host_key_fingerprint
     try:
         with session.begin_nested():
             session.add(server)
@@ -529,7 +599,15 @@ def repin_server(
         private_key=private_key,
         host_key_fingerprint=expected,
     )
-    report = _run_check(connect_check, target, where, detect_resources=False)
+    # Only the keys change here; the environment was checked when the server was admitted.
+    report = _run_check(
+        connect_check,
+        target,
+        where,
+        detect_resources=False,
+        check_environment=False,
+        happy_server_url="",
+    )
     if report.host_key_fingerprint != expected:
         raise _mismatch(where, expected, report.host_key_fingerprint)
     server.auth_method = "key"
@@ -540,6 +618,14 @@ def repin_server(
     session.flush()
     log.warning("pool: server %s re-pinned (%s, host key %s)", server.id, where, expected)
     return server
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _run_check(
@@ -600,6 +686,27 @@ def ssh_target_for(server: Server, encryption_key: bytes) -> SSHTarget:
         password=secret if is_password else None,
         private_key=None if is_password else secret,
         host_key_fingerprint=server.host_key_fingerprint,
+        gateway=gateway_target_for(server, encryption_key),
+    )
+
+
+def gateway_target_for(server: Server, encryption_key: bytes) -> SSHTarget | None:
+    """How to log in to ``server``'s gateway (None: the server is reached directly)."""
+    if server.gateway_host is None or server.gateway_credential_encrypted is None:
+        return None
+    secret = decrypt_str(
+        encryption_key,
+        server.gateway_credential_encrypted,
+        aad=_gateway_credential_aad(server.id),
+    )
+    is_password = server.gateway_auth_method == "password"
+    return SSHTarget(
+        host=server.gateway_host,
+        port=server.gateway_port or 22,
+        user=server.gateway_user or "root",
+        password=secret if is_password else None,
+        private_key=None if is_password else secret,
+        host_key_fingerprint=server.gateway_host_key_fingerprint,
     )
 
 

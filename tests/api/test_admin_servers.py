@@ -33,6 +33,7 @@ SERVER_FIELDS = {
     "user",
     "authMethod",
     "hostKeyFingerprint",
+    "gateway",
     "cpuCores",
     "ramGb",
     "diskGb",
@@ -430,3 +431,53 @@ def test_servers_are_in_the_openapi_document(client):
     paths = client.get("/openapi.json").get_json()["paths"]
     assert {"get", "post"} <= set(paths["/api/admin/servers"])
     assert {"get", "patch", "delete"} <= set(paths["/api/admin/servers/{server_id}"])
+
+
+@pytest.fixture
+def gateway_box(pool_fleet):
+    box = pool_fleet.new_box(extra_config=("LogLevel DEBUG1",))
+    yield box
+    pool_fleet.remove(box)
+
+
+def test_add_a_server_behind_a_gateway(client, admin, session, key_box, gateway_box):
+    gateway = {
+        "host": "127.0.0.1",
+        "port": gateway_box.port,
+        "user": gateway_box.user,
+        "privateKey": gateway_box.client_key.private_pem,
+        "hostKeyFingerprint": gateway_box.host_key_fingerprint,
+    }
+    response = client.post(
+        "/api/admin/servers", json=key_body(key_box, gateway=gateway), headers=admin
+    )
+
+    assert response.status_code == 201, response.get_json()
+    doc = response.get_json()
+    assert doc["gateway"] == {
+        "host": "127.0.0.1",
+        "port": gateway_box.port,
+        "user": gateway_box.user,
+        "authMethod": "key",
+        "hostKeyFingerprint": gateway_box.host_key_fingerprint,
+    }
+    assert doc["hostKeyFingerprint"] == key_box.host_key_fingerprint
+    assert "ctype direct-tcpip" in gateway_box.sshd_log()  # admission went through it
+    assert "PRIVATE KEY" not in response.get_data(True)
+
+
+def test_a_gateway_without_its_host_key_is_a_422(client, admin, session, key_box, gateway_box):
+    gateway = {
+        "host": "127.0.0.1",
+        "port": gateway_box.port,
+        "user": gateway_box.user,
+        "privateKey": gateway_box.client_key.private_pem,
+    }
+    response = client.post(
+        "/api/admin/servers", json=key_body(key_box, gateway=gateway), headers=admin
+    )
+
+    assert response.status_code == 422, response.get_json()
+    assert "hostKeyFingerprint" in str(response.get_json())
+    assert server_count(session) == 0
+    assert "Accepted publickey" not in gateway_box.sshd_log()

@@ -286,6 +286,11 @@ class SSHBox:
         # PATH the login's sessions get (None: the runtime's, with `happy` on it); takes
         # effect on the next (re)start.
         self.path_override: str | None = None
+        # A "bare" host: sessions get no `happy` on PATH and no HAPPY_SERVER_URL (what
+        # `vibebox pool bootstrap` starts from).
+        self.bare = False
+        # Extra sshd_config lines (e.g. "AllowTcpForwarding no", "LogLevel DEBUG1").
+        self.extra_config: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
 
     # --- paths ---------------------------------------------------------------------------
@@ -302,6 +307,15 @@ class SSHBox:
     @property
     def log_path(self) -> Path:
         return self.directory / "sshd.log"
+
+    @property
+    def config_path(self) -> Path:
+        """This box's own sshd_config (a test may let the product edit it)."""
+        return self.directory / "sshd_config"
+
+    @property
+    def sshd_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def host_key_fingerprint(self) -> str:
@@ -455,6 +469,9 @@ class SSHBox:
 
     def _config(self) -> str:
         values = self.runtime.env(self.happy_url)
+        if self.bare:
+            values["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+            del values["HAPPY_SERVER_URL"]
         if self.path_override is not None:
             values["PATH"] = self.path_override
         env = " ".join(f"{k}={v}" for k, v in values.items())
@@ -475,9 +492,14 @@ class SSHBox:
                 "PrintMotd no",
                 "MaxStartups 200",
                 "MaxSessions 100",
-                "LogLevel VERBOSE",
                 "Subsystem sftp internal-sftp",
                 f"SetEnv {env}",
+                *self.extra_config,
+                *(
+                    []
+                    if any(x.startswith("LogLevel") for x in self.extra_config)
+                    else ["LogLevel VERBOSE"]
+                ),
                 "",
             ]
         )
@@ -523,9 +545,18 @@ class BoxFleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def new_box(self, *, password: str | None = None, happy_url: str | None = None) -> SSHBox:
+    def new_box(
+        self,
+        *,
+        password: str | None = None,
+        happy_url: str | None = None,
+        bare: bool = False,
+        extra_config: tuple[str, ...] = (),
+    ) -> SSHBox:
         """A new box; ``happy_url`` overrides the HAPPY_SERVER_URL its sessions get (e.g. an
-        address nothing listens on, for a server that cannot reach Happy)."""
+        address nothing listens on, for a server that cannot reach Happy). ``bare``: no
+        ``happy`` on the login's PATH and no HAPPY_SERVER_URL (a host to bootstrap);
+        ``extra_config``: more sshd_config lines."""
         box = SSHBox(
             self.directory / "boxes",
             self.runtime,
@@ -533,6 +564,8 @@ class BoxFleet:
             self.client_key,
             password=password,
         )
+        box.bare = bare
+        box.extra_config = list(extra_config)
         with self._lock:
             self.boxes.append(box)  # before create(): a half-made box is still cleaned up
         return box.create()

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from app.api.admin.schemas import PageArgsSchema
 from app.api.validation import RequestSchema
 from app.models.server import SERVER_STATES
-from app.services.pool import FINGERPRINT_RE, OPERATOR_STATES, PRIVATE_KEY_RE
+from app.services.pool import FINGERPRINT_RE, OPERATOR_STATES, PRIVATE_KEY_RE, GatewaySpec
 
 HOST_RE = r"^[A-Za-z0-9_.:\-\[\]]+$"  # DNS name, IPv4 or IPv6 literal; no spaces, no user@
 USER_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
@@ -48,6 +48,12 @@ class ServerSchema(Schema):
         attribute="server.last_latency_ms", dump_only=True, allow_none=True
     )
     lastError = fields.String(attribute="server.last_error", dump_only=True, allow_none=True)
+    gateway = fields.Method(
+        "_gateway",
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "Bastion the server is reached through (no credential)"},
+    )
     allocatedBoxId = fields.UUID(
         attribute="allocated_box_id",
         dump_only=True,
@@ -55,6 +61,18 @@ class ServerSchema(Schema):
         metadata={"description": "The live (not terminated) box on this server, if any"},
     )
     createdAt = fields.DateTime(attribute="server.created_at", dump_only=True)
+
+    def _gateway(self, view: Any) -> dict[str, Any] | None:
+        server = view.server
+        if server.gateway_host is None:
+            return None
+        return {
+            "host": server.gateway_host,
+            "port": server.gateway_port,
+            "user": server.gateway_user,
+            "authMethod": server.gateway_auth_method,
+            "hostKeyFingerprint": server.gateway_host_key_fingerprint,
+        }
 
 
 class EnvironmentChecksSchema(Schema):
@@ -109,6 +127,36 @@ class ServerListArgsSchema(PageArgsSchema):
     state = fields.String(validate=validate.OneOf(SERVER_STATES))
 
 
+class GatewayCreateSchema(RequestSchema):
+    """A bastion (SSH gateway): its own login and its host key, which must be given."""
+
+    host = fields.String(
+        required=True, validate=[validate.Length(min=1, max=255), validate.Regexp(HOST_RE)]
+    )
+    port = fields.Integer(load_default=22, validate=validate.Range(min=1, max=65535))
+    user = fields.String(required=True, validate=validate.Regexp(USER_RE))
+    password = fields.String(load_only=True, validate=validate.Length(min=1, max=1024))
+    private_key = fields.String(
+        data_key="privateKey", load_only=True, validate=validate.Length(min=1, max=32768)
+    )
+    host_key_fingerprint = fields.String(
+        data_key="hostKeyFingerprint",
+        required=True,
+        validate=validate.Regexp(FINGERPRINT_RE, error="Must look like SHA256:<base64>."),
+    )
+
+    @validates_schema(skip_on_field_errors=False)
+    def _one_credential(self, data: dict[str, Any], **_: Any) -> None:
+        if ("password" in data) == ("private_key" in data):
+            raise ValidationError("Give exactly one of password and privateKey.", "password")
+        if "private_key" in data and not PRIVATE_KEY_RE.search(data["private_key"]):
+            raise ValidationError("Not a PEM or OpenSSH private key.", "privateKey")
+
+    @post_load
+    def _spec(self, data: dict[str, Any], **_: Any) -> GatewaySpec:
+        return GatewaySpec(**data)
+
+
 class ServerCreateSchema(RequestSchema):
     host = fields.String(
         required=True, validate=[validate.Length(min=1, max=255), validate.Regexp(HOST_RE)]
@@ -132,6 +180,11 @@ class ServerCreateSchema(RequestSchema):
     disk_gb = fields.Integer(data_key="diskGb", required=True, validate=_disk)
     region = fields.String(allow_none=True, validate=validate.Length(max=64))
     label = fields.String(allow_none=True, validate=validate.Length(max=128))
+    gateway = fields.Nested(
+        GatewayCreateSchema,
+        allow_none=True,
+        metadata={"description": "Reach the server through this SSH bastion (ProxyJump)"},
+    )
     skip_checks = fields.Boolean(
         data_key="skipChecks",
         load_default=False,
