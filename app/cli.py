@@ -21,6 +21,7 @@ from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
 from app.cli_boxes import boxes_cli
+from app.cli_cloud import cloud_cli
 from app.cli_pool import pool_cli
 
 NO_DATABASE = (
@@ -150,6 +151,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(user_cli)
     app.cli.add_command(orders_cli)
     app.cli.add_command(pool_cli)
+    app.cli.add_command(cloud_cli)
     app.cli.add_command(boxes_cli)
 
 
@@ -238,6 +240,7 @@ cli.add_command(db_cli)
 cli.add_command(user_cli)
 cli.add_command(orders_cli)
 cli.add_command(pool_cli)
+cli.add_command(cloud_cli)
 cli.add_command(boxes_cli)
 
 
