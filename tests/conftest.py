@@ -263,6 +263,15 @@ def box_fleet(happy_double: Any):  # type: ignore[no-untyped-def]
         yield fleet
 
 
+@pytest.fixture(scope="session")
+def do_double(box_fleet: Any):  # type: ignore[no-untyped-def]
+    """The DigitalOcean v2 API double; its droplets are real sshd machines on loopback."""
+    from tests.support.do_double import DigitalOceanDouble
+
+    with DigitalOceanDouble(box_fleet) as double:
+        yield double
+
+
 @pytest.fixture
 def box(box_fleet: Any):  # type: ignore[no-untyped-def]
     """A fresh box, destroyed after the test."""
