@@ -283,6 +283,9 @@ def _credential_aad(server_id: uuid.UUID) -> str:
     return f"server-credential:{server_id}"
 
 
+credential_aad = _credential_aad  # cloud servers are sealed the same way (services/capacity.py)
+
+
 def _validate_spec(spec: ServerSpec) -> None:
     errors: dict[str, list[str]] = {}
     if (spec.password is None) == (spec.private_key is None):
@@ -724,6 +727,7 @@ def release_server(
     if server.state not in _STICKY_ON_RELEASE:
         server.state = to_state
         if to_state == "available":
+            server.idle_since = _now()
             wake_waiting_boxes(session)
     session.flush()
     log.info("pool: server %s released (%s)", server.id, server.state)
@@ -835,6 +839,7 @@ def finish_cleaning(session: Session, server_id: uuid.UUID) -> Server:
     server = get_server(session, server_id, for_update=True)
     if server.state == "cleaning":
         server.state = "available"
+        server.idle_since = _now()
         server.last_error = None
         server.consecutive_failures = 0
         wake_waiting_boxes(session)
