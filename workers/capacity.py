@@ -21,6 +21,11 @@ from workers import celery_app, get_settings
 from workers.base import StepTask, sweeper
 
 log = logging.getLogger(__name__)
+# One runner per server; a killed worker's lock expires after this (then the sweep's resend
+# runs). A duplicate creation is still harmless: create looks the tag up first, and the
+# orphan reconciliation destroys a node its server row does not name.
+LOCK_SECONDS = 120
+LOCK_KEY = "vibebox:lock:cloud:{}"
 
 
 def context() -> capacity.CapacityContext:
@@ -32,7 +37,7 @@ def context() -> capacity.CapacityContext:
 
 def _locked(server_id: str) -> object:
     return get_redis(get_settings().redis_url).lock(
-        f"vibebox:lock:cloud:{server_id}", timeout=900, blocking=False
+        LOCK_KEY.format(server_id), timeout=LOCK_SECONDS, blocking=False
     )
 
 

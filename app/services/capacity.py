@@ -433,6 +433,10 @@ def _create_and_locate(
     if node is None:
         return _give_up(session, server_id, ctx, "the node vanished at the provider")
     if not node.public_ips:
+        server = session.get(Server, server_id, populate_existing=True)
+        if server is not None:
+            server.updated_at = _now()  # progress: the sweep resends only stalled servers
+        session.commit()
         return Progress("retry", ctx.settings.cloud.poll_seconds, f"node {node.id} {node.state}")
     server = session.get(Server, server_id, populate_existing=True)
     assert server is not None
@@ -573,9 +577,10 @@ def sweep(session: Session, ctx: CapacityContext) -> SweepReport:
 
 
 def resend_stuck(session: Session, ctx: CapacityContext, report: SweepReport) -> None:
-    """Servers in creating/bootstrapping/retiring that made no progress for a while (a killed
-    worker, a lost message) are sent on again."""
-    cutoff = _now() - timedelta(seconds=max(ctx.settings.cloud.poll_seconds * 6, 30))
+    """Servers in creating/bootstrapping/retiring that made no progress for
+    STUCK_STEP_SECONDS (a killed worker, a lost message) are sent on again."""
+    stalled = max(ctx.settings.cloud.poll_seconds * 4, ctx.settings.provisioning.stuck_after_seconds)
+    cutoff = _now() - timedelta(seconds=stalled)
     rows = session.execute(
         select(Server.id, Server.state).where(
             Server.state.in_((*IN_FLIGHT, "retiring")), Server.updated_at < cutoff
