@@ -579,7 +579,9 @@ def sweep(session: Session, ctx: CapacityContext) -> SweepReport:
 def resend_stuck(session: Session, ctx: CapacityContext, report: SweepReport) -> None:
     """Servers in creating/bootstrapping/retiring that made no progress for
     STUCK_STEP_SECONDS (a killed worker, a lost message) are sent on again."""
-    stalled = max(ctx.settings.cloud.poll_seconds * 4, ctx.settings.provisioning.stuck_after_seconds)
+    stalled = max(
+        ctx.settings.cloud.poll_seconds * 4, ctx.settings.provisioning.stuck_after_seconds
+    )
     cutoff = _now() - timedelta(seconds=stalled)
     rows = session.execute(
         select(Server.id, Server.state).where(
