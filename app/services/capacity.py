@@ -634,7 +634,8 @@ def refill_warm_pool(
 
 def retire_idle(session: Session, provider: CloudProvider, report: SweepReport) -> None:
     """Idle servers beyond the warm target (all of them when the provider is disabled), idle
-    for ``idle_retire_seconds``, go ``retiring`` (their node is destroyed by a task)."""
+    for ``idle_retire_seconds``, and servers an operator ``retired`` go ``retiring`` (their
+    node is destroyed by a task)."""
     occupied = exists().where(VibeBox.server_id == Server.id, pool.LIVE_BOX)
     idle = list(
         session.scalars(
@@ -648,6 +649,16 @@ def retire_idle(session: Session, provider: CloudProvider, report: SweepReport) 
             .with_for_update(skip_locked=True, of=Server)
         )
     )
+    # An operator retired or removed-with-history a cloud server: its node still costs money.
+    for server in session.scalars(
+        select(Server)
+        .where(Server.cloud_provider_id == provider.id, Server.state == "retired", ~occupied)
+        .with_for_update(skip_locked=True, of=Server)
+    ):
+        server.state = "retiring"
+        jobs.enqueue_server(session, "capacity.retire_server", server.id)
+        report.retiring.append(server.id)
+        log.info("capacity: server %s retired by an operator: destroying its node", server.id)
     keep = provider.warm_target if provider.enabled else 0
     cutoff = _now() - timedelta(seconds=provider.idle_retire_seconds)
     for server in idle[keep:]:

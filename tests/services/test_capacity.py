@@ -268,3 +268,18 @@ def test_rate_limited_creation_waits_for_the_reset(session, settings, do, ctx):
     assert progress.outcome == "retry" and 1.0 <= progress.delay <= 3.5
     session.refresh(server)
     assert server.state == "creating" and "rate limited" in (server.last_error or "")
+
+
+def test_a_cloud_server_an_operator_retired_has_its_droplet_destroyed(session, settings, do, ctx):
+    provider = make_provider(session, settings, do)
+    capacity.request_capacity(session, make_box(session).id, encryption_key=settings.encryption_key)
+    session.commit()
+    (server,) = cloud_servers(session, provider)
+    assert bring_up(session, server.id, ctx).outcome == "available"
+    from app.services import pool
+
+    pool.update_server(session, server.id, state="retired")
+    session.commit()
+    assert capacity.sweep(session, ctx).retiring == [server.id]
+    assert capacity.destroy_server(session, server.id, ctx).outcome == "destroyed"
+    assert do.live_droplets() == []
