@@ -131,3 +131,50 @@ def test_sigkill_between_create_and_commit_leaks_no_droplet(
     tagged = [d for d in do.live_droplets() if cloud.server_tag(server.id) in d.tags]
     assert [str(d.id) for d in tagged] == [server.cloud_node_id]  # adopted, not duplicated
     assert len(do.live_droplets()) == 1
+
+
+def test_beat_keeps_the_warm_pool_retires_idle_servers_and_destroys_orphans(
+    admin, make_user, do, celery_worker, celery_beat, settings
+):
+    provider = add_provider(settings, do, warm_target=1, idle_retire_seconds=0)
+    orphan = do.add_foreign_droplet(f"vibebox-{uuid.uuid4()}", [cloud.TAG])
+
+    def wait(predicate, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.3)
+
+    # Beat's sweep creates the warm server, the worker brings it up; the orphan is destroyed.
+    wait(lambda: [s.state for s in cloud_servers()] == ["available"], "a warm server")
+    wait(lambda: orphan.deleted, "the orphan to be destroyed")
+    (warm,) = cloud_servers()
+
+    # A paid box takes the warm server at once (no creation on its path).
+    user = make_user()
+    started = time.monotonic()
+    box_id = provision(admin, user)
+    doc = user.wait_for(box_id, {"running", "error"}, timeout=90)
+    assert doc["status"] == "running", doc
+    assert "creating_server" not in [e["kind"] for e in doc.get("events", [])]
+    print(f"paid-to-running with a warm server: {time.monotonic() - started:.1f}s")
+    # ...and the sweep refills the pool behind it.
+    wait(
+        lambda: sorted(s.state for s in cloud_servers()) == ["allocated", "available"],
+        "the warm pool refilled",
+    )
+
+    # Warm target 0: idle servers retire (idle_retire_seconds=0) and their droplets go.
+    session = db_session()
+    cloud_providers.update_provider(
+        session, provider.id, encryption_key=settings.encryption_key, warm_target=0
+    )
+    session.commit()
+    db_session.remove()
+    wait(
+        lambda: sorted(s.state for s in cloud_servers()) == ["allocated", "destroyed"],
+        "the idle server retired",
+    )
+    (kept,) = [s for s in cloud_servers() if s.state == "allocated"]
+    assert kept.id == warm.id
+    assert [str(d.id) for d in do.live_droplets()] == [warm.cloud_node_id]
