@@ -10,6 +10,7 @@ from app.api.admin.schemas import PageArgsSchema
 from app.api.validation import RequestSchema
 from app.models.cloud import CLOUD_DRIVERS
 
+INT32_MAX = 2**31 - 1
 NAME_RE = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 USER_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
 
@@ -78,7 +79,7 @@ class _ProviderFields(RequestSchema):
     size_prices = fields.Dict(
         data_key="sizePrices",
         keys=fields.String(validate=validate.Length(min=1, max=64)),
-        values=fields.Integer(validate=validate.Range(min=0)),
+        values=fields.Integer(validate=validate.Range(min=0, max=INT32_MAX)),
         metadata={"description": "Size slug -> monthly price in cents (budget cap)"},
     )
     warm_size = fields.String(
@@ -87,15 +88,21 @@ class _ProviderFields(RequestSchema):
     ssh_port = fields.Integer(data_key="sshPort", validate=validate.Range(min=1, max=65535))
     login_user = fields.String(data_key="loginUser", validate=validate.Regexp(USER_RE))
     api_base_url = fields.Url(
-        data_key="apiBaseUrl", allow_none=True, require_tld=False, schemes={"http", "https"}
+        data_key="apiBaseUrl",
+        allow_none=True,
+        require_tld=False,
+        schemes={"http", "https"},
+        validate=validate.Length(max=255),
     )
     warm_target = fields.Integer(data_key="warmTarget", validate=validate.Range(min=0, max=1000))
     max_servers = fields.Integer(data_key="maxServers", validate=validate.Range(min=0, max=10000))
     monthly_budget_cents = fields.Integer(
-        data_key="monthlyBudgetCents", allow_none=True, validate=validate.Range(min=0)
+        data_key="monthlyBudgetCents",
+        allow_none=True,
+        validate=validate.Range(min=0, max=INT32_MAX),
     )
     idle_retire_seconds = fields.Integer(
-        data_key="idleRetireSeconds", validate=validate.Range(min=0)
+        data_key="idleRetireSeconds", validate=validate.Range(min=0, max=INT32_MAX)
     )
     boot_seconds = fields.Integer(data_key="bootSeconds", validate=validate.Range(min=1, max=3600))
     enabled = fields.Boolean()
