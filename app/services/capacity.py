@@ -494,7 +494,13 @@ def _give_up(session: Session, server_id: uuid.UUID, ctx: CapacityContext, reaso
     server.last_error = reason[:2000]
     session.commit()
     progress = destroy_server(session, server_id, ctx, reason=reason)
-    return replace(progress, outcome="destroyed", detail=reason)
+    if progress.outcome != "destroyed":
+        # The provider did not let us destroy it yet: the retire task keeps trying (and the
+        # sweep resends it while the server stays `retiring`).
+        jobs.enqueue_server(session, "capacity.retire_server", server_id)
+        session.commit()
+        return replace(progress, outcome="skipped", detail=f"retiring: {reason}")
+    return replace(progress, detail=reason)
 
 
 def destroy_server(

@@ -283,3 +283,38 @@ def test_a_cloud_server_an_operator_retired_has_its_droplet_destroyed(session, s
     assert capacity.sweep(session, ctx).retiring == [server.id]
     assert capacity.destroy_server(session, server.id, ctx).outcome == "destroyed"
     assert do.live_droplets() == []
+
+
+def test_server_errors_while_creating_are_retried(session, settings, do, ctx):
+    provider = make_provider(session, settings, do)
+    capacity.request_capacity(session, make_box(session).id, encryption_key=settings.encryption_key)
+    session.commit()
+    (server,) = cloud_servers(session, provider)
+    do.fail_next(2, 503, "/v2/")
+    progress = capacity.advance_server(session, server.id, ctx)
+    assert progress.outcome == "retry" and progress.delay == ctx.settings.cloud.poll_seconds
+    assert bring_up(session, server.id, ctx).outcome == "available"
+    assert len(do.live_droplets()) == 1
+
+
+def test_a_refused_creation_gives_the_server_up_and_pauses_the_provider(session, settings, do, ctx):
+    provider = make_provider(session, settings, do)
+    do.droplet_limit = 0
+    try:
+        capacity.request_capacity(
+            session, make_box(session).id, encryption_key=settings.encryption_key
+        )
+        session.commit()
+        (server,) = cloud_servers(session, provider)
+        assert capacity.advance_server(session, server.id, ctx).outcome == "destroyed"
+    finally:
+        do.droplet_limit = 25
+    session.refresh(server)
+    assert server.state == "destroyed" and "quota" in (server.last_error or "")
+    message = capacity.request_capacity(
+        session, make_box(session).id, encryption_key=settings.encryption_key
+    )
+    assert message is not None and message.startswith(
+        f"capacity: provider {provider.name} refused to create a server"
+    )
+    assert len(cloud_servers(session, provider)) == 1  # no new attempt during the cooldown
