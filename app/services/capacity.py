@@ -51,6 +51,7 @@ from app.integrations.cloud import CloudCompute, CloudRateLimitedError
 from app.integrations.ssh import SSHTarget
 from app.models import CloudProvider, Plan, Server, VibeBox
 from app.services import cloud_providers, events, jobs, pool
+from app.services.engine import backoff
 
 log = logging.getLogger(__name__)
 
@@ -381,16 +382,24 @@ def advance_server(session: Session, server_id: uuid.UUID, ctx: CapacityContext)
         return _give_up(session, server_id, ctx, f"failed: {exc.safe_message}")
     except TransientError as exc:
         session.rollback()
-        _note(session, server_id, str(exc))
-        return Progress("retry", settings.cloud.poll_seconds, str(exc))
+        failures = _note(session, server_id, str(exc))
+        # Exponential backoff with jitter, from CLOUD_POLL_SECONDS up to a minute.
+        delay = backoff(
+            failures, settings.cloud.poll_seconds, max(60.0, settings.cloud.poll_seconds)
+        )
+        return Progress("retry", delay, str(exc))
 
 
-def _note(session: Session, server_id: uuid.UUID, error: str) -> None:
+def _note(session: Session, server_id: uuid.UUID, error: str) -> int:
+    """Record a transient fault; returns how many in a row (for the backoff)."""
     server = session.get(Server, server_id)
+    failures = 0
     if server is not None:
         server.last_error = error[:2000]
         server.consecutive_failures += 1
+        failures = server.consecutive_failures
     session.commit()
+    return failures
 
 
 def _create_and_locate(
