@@ -92,6 +92,7 @@ task_routes = {
     "teardown.*": {"queue": "provisioning"},
     "control.*": {"queue": "control"},
     "maintenance.*": {"queue": "maintenance"},
+    "capacity.*": {"queue": "maintenance"},
 }
 
 worker_send_task_events = True  # Flower's live view
@@ -114,6 +115,11 @@ beat_schedule: dict[str, dict[str, object]] = {
         "task": "maintenance.expire_subscriptions",
         "schedule": float(os.environ.get("EXPIRY_INTERVAL_SECONDS", "300")),
         "options": {"expires": 300},
+    },
+    "cloud-capacity": {
+        "task": "capacity.sweep",
+        "schedule": float(os.environ.get("CLOUD_SWEEP_INTERVAL_SECONDS", "60")),
+        "options": {"expires": 60},
     },
     "reconcile-pending-orders": {
         "task": "maintenance.reconcile_orders",

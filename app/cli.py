@@ -21,6 +21,7 @@ from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
 from app.cli_boxes import boxes_cli
+from app.cli_cloud import cloud_cli
 from app.cli_plans import plans_cli
 from app.cli_pool import pool_cli
 
@@ -151,6 +152,7 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(user_cli)
     app.cli.add_command(orders_cli)
     app.cli.add_command(pool_cli)
+    app.cli.add_command(cloud_cli)
     app.cli.add_command(boxes_cli)
     app.cli.add_command(plans_cli)
 
@@ -240,6 +242,7 @@ cli.add_command(db_cli)
 cli.add_command(user_cli)
 cli.add_command(orders_cli)
 cli.add_command(pool_cli)
+cli.add_command(cloud_cli)
 cli.add_command(boxes_cli)
 cli.add_command(plans_cli)
 

@@ -499,6 +499,32 @@ class BootstrapSettings:
 
 
 @dataclass(frozen=True)
+class CloudSettings:
+    """The capacity service (README "Cloud capacity")."""
+
+    orphan_policy: str = "destroy"  # instances with our tag and no live server: destroy|report
+    sweep_interval_seconds: float = 60.0
+    boot_timeout_seconds: float = 600.0  # a node not reachable by then is destroyed, replaced
+    poll_seconds: float = 5.0
+    api_timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_env(cls) -> CloudSettings:
+        policy = (_env("CLOUD_ORPHAN_POLICY", cls.orphan_policy) or cls.orphan_policy).lower()
+        if policy not in ("destroy", "report"):
+            raise ConfigError(f"CLOUD_ORPHAN_POLICY must be destroy or report, got {policy!r}")
+        return cls(
+            orphan_policy=policy,
+            sweep_interval_seconds=_float(
+                "CLOUD_SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds
+            ),
+            boot_timeout_seconds=_float("CLOUD_BOOT_TIMEOUT_SECONDS", cls.boot_timeout_seconds),
+            poll_seconds=_float("CLOUD_POLL_SECONDS", cls.poll_seconds),
+            api_timeout_seconds=_float("CLOUD_API_TIMEOUT_SECONDS", cls.api_timeout_seconds),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     env: str
     database_url: str
@@ -519,6 +545,7 @@ class Settings:
     log_level: str
     provisioning: ProvisioningSettings = field(default_factory=lambda: ProvisioningSettings())
     limits: LimitSettings = field(default_factory=lambda: LimitSettings())
+    cloud: CloudSettings = field(default_factory=lambda: CloudSettings())
     payment_providers: tuple[str, ...] = ()
     public_base_url: str = "http://127.0.0.1:5000"
     checkout_return_url: str = "http://127.0.0.1:5000/"
@@ -643,6 +670,7 @@ class Settings:
             log_level=(_env("LOG_LEVEL", "INFO") or "INFO").upper(),
             provisioning=ProvisioningSettings.from_env(),
             limits=LimitSettings.from_env(),
+            cloud=CloudSettings.from_env(),
             payment_providers=_providers(env),
             public_base_url=public_base_url,
             checkout_return_url=_env("CHECKOUT_RETURN_URL", public_base_url + "/")

@@ -52,6 +52,17 @@ PAID_TO_RUNNING = Histogram(
     "From a box's creation (payment) to the end of its provision workflow (running)",
     buckets=(10, 30, 60, 90, 120, 180, 300, 600, 900, 1800, 3600, 7200, 21600),
 )
+CLOUD_ORPHANS = Counter(
+    "vibebox_cloud_orphans",
+    "Cloud instances with our tag and no live server row, by provider and action "
+    "(destroyed, reported, adopted)",
+    ["provider", "action"],
+)
+CLOUD_SERVERS = Counter(
+    "vibebox_cloud_servers",
+    "Cloud servers by provider and event (requested, available, destroyed, failed)",
+    ["provider", "event"],
+)
 
 
 def observe_step(step: str, outcome: str, seconds: float) -> None:

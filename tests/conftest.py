@@ -263,6 +263,15 @@ def box_fleet(happy_double: Any):  # type: ignore[no-untyped-def]
         yield fleet
 
 
+@pytest.fixture(scope="session")
+def do_double(box_fleet: Any):  # type: ignore[no-untyped-def]
+    """The DigitalOcean v2 API double; its droplets are real sshd machines on loopback."""
+    from tests.support.do_double import DigitalOceanDouble
+
+    with DigitalOceanDouble(box_fleet) as double:
+        yield double
+
+
 @pytest.fixture
 def box(box_fleet: Any):  # type: ignore[no-untyped-def]
     """A fresh box, destroyed after the test."""
@@ -289,6 +298,8 @@ WORKER_TEST_ENV = {
     "HEALTH_PROBE_TIMEOUT_SECONDS": "2",
     "DAEMON_MAX_RESTARTS": "2",
     "DAEMON_RESTART_BACKOFF_SECONDS": "1",
+    "CLOUD_SWEEP_INTERVAL_SECONDS": "2",
+    "CLOUD_POLL_SECONDS": "0.5",
 }
 
 

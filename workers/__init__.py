@@ -89,7 +89,7 @@ def _end_session(task: Any = None, **_: Any) -> None:
             app_logging.unbind(token)
 
 
-from workers import billing, boxes, maintenance  # noqa: E402,F401  - register tasks
+from workers import billing, boxes, capacity, maintenance  # noqa: E402,F401  - register tasks
 
 app = celery_app
 __all__ = ["app", "celery_app", "get_settings"]

@@ -17,6 +17,7 @@ SWAGGER_UI_URL = "/docs/assets/"
 def register_blueprints(app: Flask, api: Api) -> None:
     from app.api.admin.routes import blp as admin_blp
     from app.api.auth.routes import blp as auth_blp
+    from app.api.cloud_providers.routes import blp as cloud_providers_blp
     from app.api.health.routes import blp as health_blp
     from app.api.metrics.routes import bp as metrics_bp
     from app.api.orders.routes import blp as orders_blp
@@ -43,5 +44,6 @@ def register_blueprints(app: Flask, api: Api) -> None:
         orders_blp,
         admin_blp,
         servers_blp,
+        cloud_providers_blp,
     ):
         api.register_blueprint(blp)

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from sqlalchemy import (
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     LargeBinary,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -16,7 +20,21 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, Timestamps, UUIDPk, in_values
 
-SERVER_STATES = ("available", "allocated", "cleaning", "unhealthy", "draining", "retired")
+SERVER_STATES = (
+    "available",
+    "allocated",
+    "cleaning",
+    "unhealthy",
+    "draining",
+    "retired",
+    # Cloud servers (app/services/capacity.py): creating -> bootstrapping -> available, and
+    # retiring -> destroyed.
+    "creating",
+    "bootstrapping",
+    "retiring",
+    "destroyed",
+)
+CLOUD_STATES = ("creating", "bootstrapping", "retiring", "destroyed")
 SERVER_AUTH_METHODS = ("key", "password")
 # A gateway (bastion) is all there or not at all.
 GATEWAY_COMPLETE = (
@@ -56,7 +74,7 @@ class Server(UUIDPk, Timestamps, Base):
     last_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_latency_ms: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
-    cloud_provider: Mapped[str | None] = mapped_column(String(32))
+    cloud_provider: Mapped[str | None] = mapped_column(String(32))  # the libcloud driver name
     cloud_node_id: Mapped[str | None] = mapped_column(String(128))
     # Optional bastion the server is reached through (SSH direct-tcpip, like ProxyJump):
     # its own login, credential (encrypted, bound to this row) and pinned host key.
@@ -66,3 +84,12 @@ class Server(UUIDPk, Timestamps, Base):
     gateway_auth_method: Mapped[str | None] = mapped_column(String(16))
     gateway_credential_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary)
     gateway_host_key_fingerprint: Mapped[str | None] = mapped_column(String(128))
+    # Servers we created at a cloud provider (None: added by an operator).
+    cloud_provider_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("cloud_providers.id", ondelete="SET NULL"), index=True
+    )
+    cloud_size: Mapped[str | None] = mapped_column(String(64))
+    price_monthly_cents: Mapped[int | None] = mapped_column(Integer)
+    price_hourly: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))  # dollars per hour
+    # When the server last became free (idle retirement of cloud servers counts from here).
+    idle_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

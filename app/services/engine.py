@@ -736,11 +736,12 @@ class StepRunner:
             return Outcome("stopped", "teardown cancelled by a renewal")
         except NoCapacityError as exc:
             session.rollback()
+            reason = self._request_capacity(box_id) or exc.safe_message
             delay = wait_for_capacity(
                 session,
                 box_id,
                 name,
-                reason=exc.safe_message,
+                reason=reason,
                 base=p.retry_base_seconds,
                 maximum=p.capacity_retry_max_seconds,
             )
@@ -777,6 +778,20 @@ class StepRunner:
             session.rollback()
             log.exception("box %s: %s crashed", box_id, name)
             return self._retry_or_fail(box_id, name, "Internal error; retrying.", repr(exc))
+
+    def _request_capacity(self, box_id: uuid.UUID) -> str | None:
+        """Ask the capacity service for a cloud server (committed with the wait); its
+        message, or None (no provider serves the box: the pool's shortfall applies)."""
+        from app.services import capacity
+
+        try:
+            return capacity.request_capacity(
+                self.session, box_id, encryption_key=self.ctx.settings.encryption_key
+            )
+        except Exception:  # the box waits either way; the next attempt asks again
+            self.session.rollback()
+            log.exception("box %s: capacity request failed", box_id)
+            return None
 
     def _retry_or_fail(self, box_id: uuid.UUID, name: str, safe: str, detail: str) -> Outcome:
         session, p = self.session, self.p

@@ -393,6 +393,7 @@ def _validate_gateway(gateway: GatewaySpec, errors: dict[str, list[str]]) -> Non
         errors["gateway"] = ["The gateway's port must be between 1 and 65535."]
     elif not FINGERPRINT_RE.match(gateway.host_key_fingerprint.strip()):
         errors["gateway"] = ["The gateway's host key must be given as SHA256:<base64>."]
+credential_aad = _credential_aad  # cloud servers are sealed the same way (services/capacity.py)
 
 
 def _validate_spec(spec: ServerSpec) -> None:
@@ -1009,6 +1010,7 @@ def release_server(
     if server.state not in _STICKY_ON_RELEASE:
         server.state = to_state
         if to_state == "available":
+            server.idle_since = _now()
             wake_waiting_boxes(session)
     session.flush()
     log.info("pool: server %s released (%s)", server.id, server.state)
@@ -1120,6 +1122,7 @@ def finish_cleaning(session: Session, server_id: uuid.UUID) -> Server:
     server = get_server(session, server_id, for_update=True)
     if server.state == "cleaning":
         server.state = "available"
+        server.idle_since = _now()
         server.last_error = None
         server.consecutive_failures = 0
         wake_waiting_boxes(session)

@@ -45,6 +45,11 @@ SERVER_FIELDS = {
     "lastLatencyMs",
     "lastError",
     "allocatedBoxId",
+    "cloudProviderId",
+    "cloudNodeId",
+    "cloudSize",
+    "priceMonthlyCents",
+    "idleSince",
     "createdAt",
 }
 

@@ -21,6 +21,8 @@ EXPORTED = {
     "vibebox_degraded_boxes",
     "vibebox_oldest_in_progress_box_age_seconds",
     "vibebox_oldest_waiting_for_capacity_age_seconds",
+    "vibebox_cloud_servers_total",
+    "vibebox_cloud_orphans_total",
 }
 METRIC = re.compile(r"\bvibebox_[a-z_]+")
 
@@ -54,3 +56,4 @@ def test_the_alert_rules_are_valid_yaml_and_cover_the_promised_alerts():
     assert 'outcome="failed"' in exprs["VibeBoxStepFailures"]
     assert "waiting_for_capacity" in exprs["VibeBoxCapacityExhausted"]
     assert 'status="400"' in exprs["VibeBoxWebhookRejects"]
+    assert "vibebox_cloud_orphans_total" in exprs["VibeBoxCloudOrphans"]

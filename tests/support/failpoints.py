@@ -62,6 +62,30 @@ def _install() -> None:
 
 _install()
 
+# Cloud creation: pause right after the provider created the node, before our commit.
+CLOUD_PAUSE_KEY = "vibebox:test:pause:cloud-create"
+CLOUD_PAUSED_KEY = "vibebox:test:paused:cloud-create"
+
+
+def _install_cloud() -> None:
+    from app.integrations import cloud
+
+    create = cloud.LibcloudCompute.create_node
+
+    def paused_create(self, **kwargs):  # type: ignore[no-untyped-def]
+        node = create(self, **kwargs)
+        if _client.get(CLOUD_PAUSE_KEY) is not None:
+            _client.set(CLOUD_PAUSED_KEY, node.id, ex=120)
+            deadline = time.monotonic() + MAX_PAUSE_SECONDS
+            while time.monotonic() < deadline and _client.get(CLOUD_PAUSE_KEY) is not None:
+                time.sleep(0.05)
+        return node
+
+    cloud.LibcloudCompute.create_node = paused_create  # type: ignore[method-assign]
+
+
+_install_cloud()
+
 
 @celery_app.task(name="tests.nap", acks_late=True, ignore_result=True)
 def nap(seconds: float) -> None:

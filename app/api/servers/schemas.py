@@ -60,6 +60,18 @@ class ServerSchema(Schema):
         allow_none=True,
         metadata={"description": "The live (not terminated) box on this server, if any"},
     )
+    cloudProviderId = fields.UUID(
+        attribute="server.cloud_provider_id",
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The cloud provider that created it (None: added by hand)"},
+    )
+    cloudNodeId = fields.String(attribute="server.cloud_node_id", dump_only=True, allow_none=True)
+    cloudSize = fields.String(attribute="server.cloud_size", dump_only=True, allow_none=True)
+    priceMonthlyCents = fields.Integer(
+        attribute="server.price_monthly_cents", dump_only=True, allow_none=True
+    )
+    idleSince = fields.DateTime(attribute="server.idle_since", dump_only=True, allow_none=True)
     createdAt = fields.DateTime(attribute="server.created_at", dump_only=True)
 
     def _gateway(self, view: Any) -> dict[str, Any] | None:
