@@ -78,7 +78,11 @@ def _credentials(
 
 def _common(func: Any) -> Any:
     options = [
-        click.option("--region", help="Region slug (nyc1, us-east-1, ...)."),
+        click.option("--region", help="The cloud's region slug (nyc1, us-east-1, ...)."),
+        click.option(
+            "--box-region",
+            help="The VibeBox region (one of REGIONS) its servers serve ('' clears it).",
+        ),
         click.option("--image", help="Image slug or id (ubuntu-24-04-x64, ami-...)."),
         click.option("--size", "sizes", multiple=True, metavar="PLAN=SIZE", help="Size per plan."),
         click.option(
@@ -129,6 +133,7 @@ def _raw(opts: dict[str, Any]) -> dict[str, Any]:
     raw: dict[str, Any] = {}
     names = {
         "region": "region",
+        "box_region": "boxRegion",
         "image": "image",
         "warm_size": "warmSize",
         "ssh_port": "sshPort",
@@ -143,6 +148,8 @@ def _raw(opts: dict[str, Any]) -> dict[str, Any]:
     for name, key in names.items():
         if opts.get(name) is not None:
             raw[key] = opts[name]
+    if raw.get("boxRegion") == "":
+        raw["boxRegion"] = None  # '' clears it
     if opts.get("sizes"):
         raw["planSizes"] = _pairs(opts["sizes"], "--size")
     if opts.get("size_rules"):

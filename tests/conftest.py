@@ -30,6 +30,15 @@ PROMETHEUS_DIR = tempfile.mkdtemp(prefix="vibebox-prometheus-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_DIR
 atexit.register(shutil.rmtree, PROMETHEUS_DIR, True)
 
+# The test boxes are sshds on this very machine: a Fabric bootstrap run by a test (cloud
+# servers, `pool bootstrap`) must never edit this machine's /etc/environment. Whatever its
+# environment step writes lands in this per-process file instead (and, not being read by any
+# sshd, makes the bootstrap's verification fail loudly rather than change the host).
+BOOTSTRAP_SINK_DIR = tempfile.mkdtemp(prefix="vibebox-bootstrap-")
+os.environ["BOOTSTRAP_ENV_METHOD"] = "pam_env"
+os.environ["BOOTSTRAP_ENV_FILE"] = os.path.join(BOOTSTRAP_SINK_DIR, "environment")
+atexit.register(shutil.rmtree, BOOTSTRAP_SINK_DIR, True)
+
 _REQUIRED = ("DATABASE_URL", "REDIS_URL")
 # /metrics and /readyz?workers=1 take this bearer token outside development.
 METRICS_TOKEN = "test-metrics-token"

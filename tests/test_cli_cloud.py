@@ -22,6 +22,8 @@ def test_add_list_update_remove(app, db, session, settings):
         "do-fra",
         "--region",
         "fra1",
+        "--box-region",
+        "intl",
         "--image",
         "ubuntu-24-04-x64",
         "--size",
@@ -46,16 +48,19 @@ def test_add_list_update_remove(app, db, session, settings):
     assert "added cloud provider do-fra" in added.output and TOKEN not in added.output
     provider = session.scalars(select(CloudProvider)).one()
     assert provider.driver == "digitalocean" and provider.plan_sizes == {"basic": "s-2vcpu-4gb"}
+    assert (provider.region, provider.box_region) == ("fra1", "intl")
     assert provider.size_rules == [{"size": "s-4vcpu-8gb", "cpu": 4, "ramGb": 8, "diskGb": 160}]
     assert cloud_providers.credentials_of(provider, settings.encryption_key) == {"key": TOKEN}
 
     listed = run(app, "list")
     assert listed.exit_code == 0 and "do-fra" in listed.output and TOKEN not in listed.output
 
-    updated = run(app, "update", "do-fra", "--disable", "--warm-target", "0")
+    updated = run(
+        app, "update", "do-fra", "--disable", "--warm-target", "0", "--box-region", ""
+    )
     assert updated.exit_code == 0, updated.output
     session.refresh(provider)
-    assert (provider.enabled, provider.warm_target) == (False, 0)
+    assert (provider.enabled, provider.warm_target, provider.box_region) == (False, 0, None)
 
     removed = run(app, "remove", "do-fra")
     assert removed.exit_code == 0, removed.output

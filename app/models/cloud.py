@@ -32,7 +32,10 @@ class CloudProvider(UUIDPk, Timestamps, Base):
 
     name: Mapped[str] = mapped_column(String(64), unique=True)
     driver: Mapped[str] = mapped_column(String(16))
-    region: Mapped[str] = mapped_column(String(64))
+    region: Mapped[str] = mapped_column(String(64))  # the cloud's own region slug (nyc3)
+    # The VibeBox region (REGIONS) this provider's servers serve; None: boxes of any region
+    # when regions are off. Servers it creates carry it as their `region`.
+    box_region: Mapped[str | None] = mapped_column(String(64))
     image: Mapped[str] = mapped_column(String(128))
     plan_sizes: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
     size_rules: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)

@@ -43,10 +43,10 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from app import telemetry
-from app.config import Settings
+from app.config import BootstrapSettings, Settings
 from app.crypto import encrypt_str
 from app.errors import PermanentError, TransientError
-from app.integrations import cloud, ssh
+from app.integrations import bootstrap, cloud, ssh
 from app.integrations.cloud import CloudCompute, CloudRateLimitedError
 from app.integrations.ssh import SSHTarget
 from app.models import CloudProvider, Plan, Server, VibeBox
@@ -192,7 +192,7 @@ def limit_refusal(session: Session, provider: CloudProvider, size: str) -> str |
 def _providers_for(session: Session, region: str | None) -> list[CloudProvider]:
     stmt = select(CloudProvider).where(CloudProvider.enabled.is_(True))
     if region is not None:
-        stmt = stmt.where(CloudProvider.region == region)
+        stmt = stmt.where(CloudProvider.box_region == region)
     return list(session.scalars(stmt.order_by(CloudProvider.name)))
 
 
@@ -217,7 +217,7 @@ def new_cloud_server(
         cpu_cores=choice.cpu_cores,
         ram_gb=choice.ram_gb,
         disk_gb=choice.disk_gb,
-        region=provider.region,
+        region=provider.box_region,
         label=f"{provider.name}/{choice.size}",
         state="creating",
         consecutive_failures=0,
@@ -259,7 +259,7 @@ def request_capacity(session: Session, box_id: uuid.UUID, *, encryption_key: byt
     plan = session.get(Plan, box.plan_id)
     if plan is None:
         return None
-    providers = _providers_for(session, getattr(box, "region", None))
+    providers = _providers_for(session, box.region)
     if not providers:
         return None
     refusals: list[str] = []
@@ -331,18 +331,24 @@ class Progress:
     detail: str = ""
 
 
-def bootstrap_cloud_server(server: SSHTarget, *, timeout: float = 30.0) -> None:
-    """Make a freshly created cloud server ready for boxes, and verify it.
-
-    For now the pool's admission checks (root or passwordless sudo, ``happy`` on the
-    login's PATH) with the pinned host key; the Fabric bootstrap
-    (``app/integrations/bootstrap.py``) replaces this body. Raises TransientError (retry
-    until the boot timeout) or PermanentError (give the server up).
+def bootstrap_cloud_server(
+    server: SSHTarget, happy_server_url: str, *, timeout: float = 30.0
+) -> None:
+    """Make a freshly created cloud server ready for boxes, and verify it: the Fabric
+    bootstrap (``app/integrations/bootstrap.py``: node, happy-coder, ``HAPPY_SERVER_URL``
+    of the server's region in the login environment, then the admission checks). The host
+    key is pinned already (first contact). Raises TransientError (retried until the boot
+    timeout) or PermanentError (the server is given up and replaced).
     """
-    pool.check_connection(server, timeout=timeout)
+    bootstrap.bootstrap_host(
+        server,
+        happy_server_url=happy_server_url,
+        settings=BootstrapSettings.from_env(),
+        connect_timeout=timeout,
+    )
 
 
-Bootstrap = Callable[[SSHTarget], None]
+Bootstrap = Callable[[SSHTarget, str], None]  # (target, its Happy server URL)
 
 
 @dataclass
@@ -474,7 +480,7 @@ def _bootstrap(session: Session, server_id: uuid.UUID, ctx: CapacityContext) -> 
         log.info("capacity: server %s host key pinned (first contact): %s", server_id, fingerprint)
     target = pool.ssh_target_for(server, settings.encryption_key)
     session.commit()
-    ctx.bootstrap(target)
+    ctx.bootstrap(target, settings.happy_url_for(server.region))
     server = session.get(Server, server_id, populate_existing=True)
     if server is None or server.state != "bootstrapping":
         session.commit()

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 UPDATABLE = frozenset(
     {
         "region",
+        "box_region",
         "image",
         "plan_sizes",
         "size_rules",

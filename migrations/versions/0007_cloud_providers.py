@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("driver", sa.String(length=16), nullable=False),
         sa.Column("region", sa.String(length=64), nullable=False),
+        sa.Column("box_region", sa.String(length=64), nullable=True),
         sa.Column("image", sa.String(length=128), nullable=False),
         sa.Column("plan_sizes", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("size_rules", postgresql.JSONB(astext_type=sa.Text()), nullable=False),

@@ -62,8 +62,13 @@ def make_box(session, plan: str = "basic") -> VibeBox:
 
 
 @pytest.fixture
-def ctx(settings) -> capacity.CapacityContext:
-    fast = replace(settings, cloud=replace(settings.cloud, poll_seconds=0.2))
+def ctx(settings, do) -> capacity.CapacityContext:
+    # The droplets' sessions use the fleet's Happy server: so must the bootstrap.
+    fast = replace(
+        settings,
+        cloud=replace(settings.cloud, poll_seconds=0.2),
+        happy_server_url=do.fleet.happy_url,
+    )
     return capacity.CapacityContext(settings=fast, compute_for=capacity.default_compute_for(fast))
 
 
@@ -318,3 +323,26 @@ def test_a_refused_creation_gives_the_server_up_and_pauses_the_provider(session,
         f"capacity: provider {provider.name} refused to create a server"
     )
     assert len(cloud_servers(session, provider)) == 1  # no new attempt during the cooldown
+
+
+def test_a_box_gets_a_server_only_from_a_provider_serving_its_region(session, settings, do):
+    """``box_region`` is the VibeBox region (REGIONS) a provider serves; ``region`` is the
+    cloud's own slug. A box of region cn never gets an intl server, and the created server
+    carries the box's region, so allocation (region-exact) hands it to that box."""
+    intl = make_provider(session, settings, do, box_region="intl")
+    cn = make_provider(session, settings, do, box_region="cn")
+    box = make_box(session)
+    box.region = "cn"
+    session.commit()
+    message = capacity.request_capacity(session, box.id, encryption_key=settings.encryption_key)
+    session.commit()
+    assert message is not None and cn.name in message and intl.name not in message
+    assert cloud_servers(session, intl) == []
+    (server,) = cloud_servers(session, cn)
+    assert (server.region, server.state) == ("cn", "creating")
+    # A region no provider serves: nothing is created, the pool's own message applies.
+    lone = make_box(session)
+    lone.region = "eu"
+    session.commit()
+    assert capacity.request_capacity(session, lone.id, encryption_key=settings.encryption_key) is None
+    assert len(cloud_servers(session, cn)) == 1 and cloud_servers(session, intl) == []

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
+from app.devtools.box_runtime import sshd_binary
 from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 from tests.support.sshd import (
     GECOS_TAG,
@@ -53,7 +54,6 @@ from tests.support.sshd import (
     BoxFleet,
     _account_command,
     _remove_user,
-    _sshd,
 )
 
 SIZES = [
@@ -339,7 +339,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         log = open(directory / "sshd.log", "ab")  # noqa: SIM115 - lives with the process
         droplet.process = subprocess.Popen(
-            [_sshd(), "-D", "-e", "-f", str(config)],
+            [sshd_binary(), "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

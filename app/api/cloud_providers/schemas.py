@@ -29,6 +29,12 @@ class CloudProviderSchema(Schema):
     name = fields.String(attribute="provider.name", dump_only=True)
     driver = fields.String(attribute="provider.driver", dump_only=True)
     region = fields.String(attribute="provider.region", dump_only=True)
+    boxRegion = fields.String(
+        attribute="provider.box_region",
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The VibeBox region (REGIONS) its servers serve"},
+    )
     image = fields.String(attribute="provider.image", dump_only=True)
     planSizes = fields.Dict(attribute="provider.plan_sizes", dump_only=True)
     sizeRules = fields.List(fields.Dict(), attribute="provider.size_rules", dump_only=True)
@@ -64,6 +70,15 @@ class CloudProviderListArgsSchema(PageArgsSchema):
 
 class _ProviderFields(RequestSchema):
     region = fields.String(validate=validate.Length(min=1, max=64))
+    box_region = fields.String(
+        data_key="boxRegion",
+        allow_none=True,
+        validate=validate.Length(min=1, max=64),
+        metadata={
+            "description": "The VibeBox region (one of REGIONS) the servers serve; "
+            "null: boxes of any region (regions off)"
+        },
+    )
     image = fields.String(validate=validate.Length(min=1, max=128))
     plan_sizes = fields.Dict(
         data_key="planSizes",
