@@ -176,7 +176,15 @@ def test_help_lists_only_vibebox_commands():
     result = invoke_cli(["--help"], env={})
     assert result.exit_code == 0
     lines = result.output.split("Commands:")[1].strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["boxes", "db", "orders", "plans", "pool", "user"]
+    assert [line.split()[0] for line in lines] == [
+        "boxes",
+        "cloud",
+        "db",
+        "orders",
+        "plans",
+        "pool",
+        "user",
+    ]
 
 
 def test_without_a_database_every_command_says_so_in_one_line(tmp_path):
