@@ -344,5 +344,6 @@ def test_a_box_gets_a_server_only_from_a_provider_serving_its_region(session, se
     lone = make_box(session)
     lone.region = "eu"
     session.commit()
-    assert capacity.request_capacity(session, lone.id, encryption_key=settings.encryption_key) is None
+    key = settings.encryption_key
+    assert capacity.request_capacity(session, lone.id, encryption_key=key) is None
     assert len(cloud_servers(session, cn)) == 1 and cloud_servers(session, intl) == []
