@@ -81,6 +81,10 @@ class StepContext:
     # ``happy`` talks to HAPPY_SERVER_URL. Without it every region uses ``happy``.
     happy_clients: Callable[[str], HappyAPI] | None = None
     sleep: Callable[[float], None] = field(default=time.sleep)  # tests count the waits
+    # Daemon pids seen alive as their box user by ``bring_up_daemon`` in this task (box user
+    # -> pid): ``mark_running``, run ahead right after ``start_daemon``, needs no second
+    # SSH round trip to know that pid is alive.
+    daemon_pids: dict[str, int] = field(default_factory=dict)
 
     def happy_at(self, region: str | None) -> HappyAPI:
         """The Happy server of ``region`` (boxes of a region have their account there)."""
@@ -319,6 +323,8 @@ def bring_up_daemon(
     timeout = ctx.settings.provisioning.ssh_command_timeout_seconds
     outcome = host.ensure_daemon(user, timeout=timeout)
     if outcome.ok:
+        if outcome.liveness.pid is not None:
+            ctx.daemon_pids[user.name] = outcome.liveness.pid
         return outcome.started, outcome.machine_id
     evidence = host.collect_evidence(user, creds)
     found = describe(evidence)
@@ -426,13 +432,15 @@ class MarkRunning(Step):
             if plan.box is None:
                 return True
             box = plan.box
+            reported = reported_pid(machine)
+            if reported is not None and ctx.daemon_pids.get(box.user.name) == reported:
+                return True  # this task just saw that pid alive as the box user
             liveness = _over_ssh_host(
                 ctx, box.target, lambda host: host.liveness(box.user), region=box.region
             )
             if liveness.alive:
                 # Alive, but the report may still be an earlier daemon's: wait for ours. (A
                 # report without a pid, unlike happy-coder 0.13's, cannot be matched.)
-                reported = reported_pid(machine)
                 return reported is None or reported == liveness.pid
             if restarted:
                 raise TransientError(
@@ -446,6 +454,7 @@ class MarkRunning(Step):
                 lambda host: bring_up_daemon(host, box.user, box.creds, ctx, region=box.region),
                 region=box.region,
             )
+            ctx.daemon_pids.pop(box.user.name, None)  # it died once: look at the box again
             return False
 
         wait_for_daemon(

@@ -81,8 +81,10 @@ def test_waiting_boxes_cost_one_attempt_each_and_a_new_server_goes_to_the_oldest
         session.commit()
         box_ids.append(box.id)
     db_session.remove()
-    waiting = select(func.count()).select_from(VibeBox).where(
-        VibeBox.id.in_(box_ids), VibeBox.status == "waiting_for_capacity"
+    waiting = (
+        select(func.count())
+        .select_from(VibeBox)
+        .where(VibeBox.id.in_(box_ids), VibeBox.status == "waiting_for_capacity")
     )
     _wait_until(lambda: _scalar(waiting) == WAITING_BOXES, 180, "every box to wait")
     waits = select(func.sum(VibeBox.capacity_waits)).where(VibeBox.id.in_(box_ids))

@@ -5,8 +5,8 @@ engine and allocation; the remote side of each step is scripted (engine_harness)
 from __future__ import annotations
 
 import uuid
-from itertools import count
 from datetime import UTC, datetime, timedelta
+from itertools import count
 
 import pytest
 

@@ -151,3 +151,21 @@ def test_a_machine_listed_shutting_down_is_not_running(settings):
     ctx, plan = make(settings, happy, host)
     MarkRunning().execute(plan, ctx)
     assert host.checks == 1  # the box is asked only once Happy says running
+
+
+def test_the_pid_start_daemon_just_saw_alive_needs_no_second_look_at_the_box(settings):
+    happy = FakeHappy([[], running(42)])
+    host = FakeHost([DaemonLiveness(True, 42)])
+    ctx, plan = make(settings, happy, host)
+    ctx.daemon_pids[USER.name] = 42  # bring_up_daemon in this task (RUN_AHEAD)
+    MarkRunning().execute(plan, ctx)
+    assert host.checks == 0
+
+
+def test_a_known_pid_that_is_not_the_reported_one_is_checked_on_the_box(settings):
+    happy = FakeHappy([running(41), running(42)])
+    host = FakeHost([DaemonLiveness(True, 42)])
+    ctx, plan = make(settings, happy, host)
+    ctx.daemon_pids[USER.name] = 42
+    MarkRunning().execute(plan, ctx)
+    assert host.checks == 1 and happy.polls == 2
