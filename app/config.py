@@ -241,10 +241,15 @@ class ProvisioningSettings:
     max_attempts: int = 8  # per step, for transient faults
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 300.0
-    capacity_retry_max_seconds: float = 60.0
+    # Waiting for capacity is woken by the event (a server freed, added or made available
+    # wakes the oldest waiting boxes it fits); this backoff is only the fallback.
+    capacity_retry_max_seconds: float = 300.0
     max_server_moves: int = 3  # servers tried before the box fails
     stuck_after_seconds: float = 600.0  # a step with no progress this long is re-enqueued
     mark_running_timeout_seconds: float = 90.0
+    # Detection polls the Happy server after 0.05 s, doubling up to the cap of 1 s: a daemon
+    # that registers at once is seen within ~50 ms, a slow one costs one request a second.
+    mark_running_first_poll_seconds: float = 0.05
     mark_running_poll_seconds: float = 1.0
     happy_timeout_seconds: float = 10.0
     ssh_connect_timeout_seconds: float = 10.0
@@ -274,6 +279,9 @@ class ProvisioningSettings:
             stuck_after_seconds=_float("STUCK_STEP_SECONDS", cls.stuck_after_seconds),
             mark_running_timeout_seconds=_float(
                 "MARK_RUNNING_TIMEOUT_SECONDS", cls.mark_running_timeout_seconds
+            ),
+            mark_running_first_poll_seconds=_float(
+                "MARK_RUNNING_FIRST_POLL_SECONDS", cls.mark_running_first_poll_seconds
             ),
             mark_running_poll_seconds=_float(
                 "MARK_RUNNING_POLL_SECONDS", cls.mark_running_poll_seconds

@@ -796,6 +796,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="diagnostic: period of the status-document pollers (default 20; the baseline's "
         "list_machines poll stays at 20 ms, it is part of the raw work)",
     )
+    parser.add_argument(
+        "--shipped",
+        action="store_true",
+        help="the worker runs with the shipped defaults (app/config.py) instead of the test "
+        "suite's fast-retry settings",
+    )
+    parser.add_argument(
+        "--pool", default="prefork", help="the worker's Celery pool (prefork, threads)"
+    )
     args = parser.parse_args(argv)
     if args.runs < 1 or args.boxes < 1 or args.concurrency < 1 or args.reps < 1:
         parser.error("--runs, --boxes, --concurrency and --reps must be >= 1")
@@ -844,7 +853,7 @@ def run(args: argparse.Namespace) -> int:
 
         double = stack.enter_context(HappyDouble())
         worker_env = {
-            **WORKER_TEST_ENV,
+            **({} if args.shipped else WORKER_TEST_ENV),
             "HAPPY_SERVER_URL": double.url,
             # Reuse a connection between the steps of one box (milliseconds apart) but not
             # across runs on the same sshd box: production boxes are different servers.
@@ -884,12 +893,13 @@ def run(args: argparse.Namespace) -> int:
         worker = CeleryWorkerProcess(
             RESULTS_DIR,
             concurrency=args.concurrency,
+            pool=args.pool,
             extra_env={**worker_env, "LOG_LEVEL": "INFO"},
             app_module="workers",
         )
         worker.log_path = RESULTS_DIR / f"provision-{stamp}-worker.log"
         stack.callback(worker.stop)
-        log(f"starting celery worker -c {args.concurrency} (log: {worker.log_path})")
+        log(f"starting celery worker -P {args.pool} -c {args.concurrency} (log: {worker.log_path})")
         worker.start()
 
         bench = Bench(
@@ -927,6 +937,8 @@ def run(args: argparse.Namespace) -> int:
                 "warmup": args.warmup,
                 "poll_seconds": POLL_SECONDS,
                 "system_poll_seconds": args.system_poll_ms / 1000,
+                "shipped_defaults": args.shipped,
+                "pool": args.pool,
                 "worker_env": {k: v for k, v in worker_env.items() if k != "HAPPY_SERVER_URL"},
             },
             "machine": machine,

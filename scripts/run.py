@@ -28,7 +28,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent  # the venv's bin when run as .venv/bin/python
-PROCFILE_PROCESSES = ("web", "worker", "beat", "flower")  # `release` runs before, not beside
+# `release` runs before, not beside. Two workers: threads for provisioning (README).
+PROCFILE_PROCESSES = ("web", "worker", "maintenance", "beat", "flower")
 PYTEST_NO_TESTS = 5
 
 

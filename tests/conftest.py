@@ -329,8 +329,9 @@ def celery_worker(  # type: ignore[no-untyped-def]
     """A real `celery worker` process on this test process's database, Redis and Happy."""
     from tests.support.worker import CeleryWorkerProcess
 
+    # The shipped provisioning pool (Procfile: threads); here it also serves maintenance.
     worker = CeleryWorkerProcess(
-        tmp_path_factory.mktemp("celery"), concurrency=6, extra_env=worker_env
+        tmp_path_factory.mktemp("celery"), concurrency=6, extra_env=worker_env, pool="threads"
     )
     worker.start()
     yield worker

@@ -7,6 +7,7 @@ session (task_postrun). Progress lives in PostgreSQL, not in the result backend.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from celery import Celery
@@ -19,21 +20,26 @@ celery_app = Celery("vibebox")
 celery_app.config_from_object("celery_config")
 
 _settings: Settings | None = None
+_settings_lock = threading.Lock()  # the provisioning worker's threads start together
 
 
 def get_settings() -> Settings:
     """Settings of this worker process (read once from the environment)."""
     global _settings
-    if _settings is None:
-        _settings = Settings.from_env()
-        init_db(_settings.database_url)
-        from app import logging as app_logging
-        from app.services import box_watch
+    if _settings is not None:
+        return _settings
+    with _settings_lock:
+        if _settings is None:
+            settings = Settings.from_env()
+            init_db(settings.database_url)
+            from app import logging as app_logging
+            from app.services import box_watch
 
-        box_watch.configure_publisher(_settings.redis_url)  # wakes the API's long polls
+            box_watch.configure_publisher(settings.redis_url)  # wakes the API's long polls
 
-        app_logging.configure(_settings.log_level)
-    return _settings
+            app_logging.configure(settings.log_level)
+            _settings = settings  # published last: other threads see it initialised
+        return _settings
 
 
 @worker_process_init.connect

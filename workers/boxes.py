@@ -8,6 +8,7 @@ the box id only.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from functools import cache
@@ -26,9 +27,16 @@ from workers.base import BoxFailedError, StepTask
 log = logging.getLogger(__name__)
 
 
+# The provisioning worker runs a threads pool (README: "Worker pools"): the SSH pool is
+# shared by the threads (it locks), each thread has its own HTTP session to Happy
+# (requests.Session is not documented as thread-safe) and its own database session
+# (``db_session`` is thread-scoped, removed on task_postrun).
+_local = threading.local()
+_shared_lock = threading.Lock()
+
+
 @cache
-def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], BoxSession]]:
-    """Per worker process: one HTTP session to Happy, one pool of SSH connections."""
+def _shared() -> tuple[SessionPool, Callable[[SSHTarget], BoxSession]]:
     settings = get_settings()
     p = settings.provisioning
 
@@ -39,18 +47,31 @@ def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], Box
             command_timeout=p.ssh_command_timeout_seconds,
         )
 
-    happy = HappyClient(
-        settings.happy_server_url,
-        timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds),
-    )
-    return happy, SessionPool(connect, max_idle=p.ssh_pool_max_idle_seconds), connect
+    return SessionPool(connect, max_idle=p.ssh_pool_max_idle_seconds), connect
 
 
-@cache
+def _integrations() -> tuple[HappyClient, SessionPool, Callable[[SSHTarget], BoxSession]]:
+    """Per worker process: one pool of SSH connections; per thread: one HTTP session to
+    Happy."""
+    with _shared_lock:
+        sessions, connect = _shared()
+    return _happy_client(get_settings().happy_server_url), sessions, connect
+
+
+def _happy_client(url: str) -> HappyClient:
+    clients: dict[str, HappyClient] = getattr(_local, "happy", None) or {}
+    _local.happy = clients
+    if url not in clients:
+        p = get_settings().provisioning
+        clients[url] = HappyClient(
+            url, timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds)
+        )
+    return clients[url]
+
+
 def _regional_happy(url: str) -> HappyClient:
-    """Per worker process: one HTTP session per regional Happy server (HAPPY_SERVER_URLS)."""
-    p = get_settings().provisioning
-    return HappyClient(url, timeout=(min(3.05, p.happy_timeout_seconds), p.happy_timeout_seconds))
+    """One HTTP session per regional Happy server (HAPPY_SERVER_URLS), per thread."""
+    return _happy_client(url)
 
 
 def step_context() -> StepContext:
@@ -68,11 +89,23 @@ def run_box_step(task: Task, box_id: str, step: str) -> str:
     """Run one step; a retry is a Celery RETRY, a final failure a FAILURE."""
     ctx = step_context()  # first: it initialises this process's settings and database
     outcome = engine.StepRunner(db_session(), ctx).run(uuid.UUID(box_id), step)
-    log.info("box %s: step %s ended %s", box_id, step, outcome.kind)
+    ended_at = outcome.step or step
+    log.info("box %s: step %s ended %s", box_id, ended_at, outcome.kind)
     if outcome.kind in ("retry", "waiting"):
+        if ended_at != step:
+            # A step this task ran ahead into: its own task comes back after the delay.
+            request_id = getattr(task.request, "request_id", None) or (
+                (getattr(task.request, "headers", None) or {}).get("request_id")
+            )
+            TASKS[ended_at].apply_async(
+                args=[box_id],
+                countdown=outcome.delay,
+                headers={"request_id": request_id} if request_id else None,
+            )
+            return outcome.kind
         raise task.retry(countdown=outcome.delay, max_retries=None)
     if outcome.kind == "failed":
-        raise BoxFailedError(f"box {box_id} failed at {step}: {outcome.detail}")
+        raise BoxFailedError(f"box {box_id} failed at {ended_at}: {outcome.detail}")
     return outcome.kind
 
 

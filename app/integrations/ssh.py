@@ -29,6 +29,7 @@ import hmac
 import io
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -471,7 +472,9 @@ class SessionPool:
     """Open connections kept per target for a short while, so consecutive steps of one box
     that land in the same worker process skip the ~110 ms connect + first-command cost.
 
-    Single-threaded use (one per worker process). ``run`` executes an idempotent ``work``;
+    Shared by the threads of a worker process (a lock guards the idle map; a connection is
+    used by one thread at a time: checked out, it is nobody else's). ``run`` executes an
+    idempotent ``work``;
     when a *reused* connection turns out to be dead it is replaced and ``work`` runs once
     more on a fresh one, so a stale pooled connection is never mistaken for a dead server.
     """
@@ -489,6 +492,7 @@ class SessionPool:
         self.max_size = max_size
         self.clock = clock
         self._idle: dict[tuple[object, ...], tuple[BoxSession, float]] = {}
+        self._lock = threading.Lock()
         self.reused = 0  # for tests and benchmarks
 
     @staticmethod
@@ -503,24 +507,30 @@ class SessionPool:
             self._idle.pop(key)[0].close()
 
     def _checkout(self, target: SSHTarget) -> tuple[BoxSession, bool]:
-        self._close_expired()
-        entry = self._idle.pop(self._key(target), None)
+        with self._lock:
+            self._close_expired()
+            entry = self._idle.pop(self._key(target), None)
+            if entry is not None:
+                session, last_used = entry
+                if self.clock() - last_used <= self.max_idle and session.is_open():
+                    self.reused += 1
+                    return session, True
         if entry is not None:
-            session, last_used = entry
-            if self.clock() - last_used <= self.max_idle and session.is_open():
-                self.reused += 1
-                return session, True
-            session.close()
-        return self.factory(target), False
+            entry[0].close()
+        return self.factory(target), False  # connecting happens outside the lock
 
     def _checkin(self, target: SSHTarget, session: BoxSession) -> None:
-        self._close_expired()
         if not session.is_open():
             return
-        self._idle[self._key(target)] = (session, self.clock())
-        while len(self._idle) > self.max_size:  # drop the least recently used
-            oldest = min(self._idle, key=lambda k: self._idle[k][1])
-            self._idle.pop(oldest)[0].close()
+        with self._lock:
+            self._close_expired()
+            replaced = self._idle.pop(self._key(target), None)
+            self._idle[self._key(target)] = (session, self.clock())
+            while len(self._idle) > self.max_size:  # drop the least recently used
+                oldest = min(self._idle, key=lambda k: self._idle[k][1])
+                self._idle.pop(oldest)[0].close()
+        if replaced is not None:  # two threads used the same server at once: keep one
+            replaced[0].close()
 
     def run(self, target: SSHTarget, work: Callable[[BoxSession], T]) -> T:
         session, reused = self._checkout(target)
@@ -541,6 +551,7 @@ class SessionPool:
         return result
 
     def close(self) -> None:
-        for session, _ in self._idle.values():
+        with self._lock:
+            idle, self._idle = list(self._idle.values()), {}
+        for session, _ in idle:
             session.close()
-        self._idle.clear()

@@ -490,7 +490,7 @@ def _bootstrap(session: Session, server_id: uuid.UUID, ctx: CapacityContext) -> 
     server.last_error = None
     server.consecutive_failures = 0
     provider = session.get(CloudProvider, server.cloud_provider_id)
-    pool.wake_waiting_boxes(session)
+    pool.wake_waiting_boxes(session, server)
     session.commit()
     telemetry.CLOUD_SERVERS.labels(
         provider=provider.name if provider else "?", event="available"
@@ -556,8 +556,8 @@ def destroy_server(
     ).inc()
     log.info("capacity: server %s destroyed (node %s)", server_id, node_id)
     if reason is not None:
-        # Boxes that counted on it ask again now (and get a replacement).
-        pool.wake_waiting_boxes(session)
+        # The box that counted on it asks again now (and gets a replacement).
+        pool.wake_waiting_boxes(session, server)
         session.commit()
     return Progress("destroyed", detail=reason or "")
 

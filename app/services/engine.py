@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -215,6 +215,11 @@ def _settle(box: VibeBox) -> None:
 # --- claiming and finishing steps -----------------------------------------------------------
 
 
+# A countdown may fire this much before the ``next_retry_at`` it was scheduled for (clock
+# differences between worker machines) and still count as due; below the shortest wait.
+EARLY_SLACK_SECONDS = 0.5
+
+
 class Claim(enum.Enum):
     RUN = "run"  # do the work
     DONE = "done"  # already done: continue with the next step
@@ -237,6 +242,15 @@ def claim(session: Session, box_id: uuid.UUID, name: str, *, lease_seconds: floa
         return Claim.STOP  # out of order: the reconciler resumes the first unfinished step
     now = utcnow()
     if step.state == "running" and step.updated_at > now - timedelta(seconds=lease_seconds):
+        return Claim.STOP
+    if (
+        box.status == S.WAITING_FOR_CAPACITY
+        and box.next_retry_at is not None
+        and box.next_retry_at > now + timedelta(seconds=EARLY_SLACK_SECONDS)
+    ):
+        # An earlier countdown of a box that was woken since (the wake and the resend set
+        # ``next_retry_at`` to now): its turn is the latest countdown, not this one, so the
+        # messages of a waiting box never multiply.
         return Claim.STOP
     step.state = "running"
     step.attempts += 1
@@ -654,6 +668,7 @@ class Outcome:
     detail: str = ""
     delay: float | None = None
     next_step: str | None = None
+    step: str | None = None  # the step it came to (a task may run several: RUN_AHEAD)
 
 
 class StepRunner:
@@ -674,8 +689,14 @@ class StepRunner:
         claimed, committed and retried on its own)."""
         while True:
             started = time.perf_counter()
-            outcome = self._run_one(box_id, name)
+            outcome = replace(self._run_one(box_id, name), step=name)
             telemetry.observe_step(name, outcome.kind, time.perf_counter() - started)
+            if outcome.kind == "done" and name in RUN_AHEAD:
+                # A redelivered message (its worker died after this step) or a retry sent
+                # as an earlier step's task: nobody enqueued the follower, so go on to it
+                # (its claim settles any race under the box's row lock).
+                name = RUN_AHEAD[name]
+                continue
             if outcome.kind != "succeeded" or outcome.next_step is None:
                 return outcome
             if RUN_AHEAD.get(name) != outcome.next_step:
@@ -818,9 +839,17 @@ class StepRunner:
         return Outcome("retry", safe, delay=delay)
 
 
-# Consecutive steps on the same server: the first runs ahead into the next.
+# Consecutive steps of one box run in one task: no queue hop between them. Each step is
+# still claimed (lease), committed and retried on its own, so a worker that dies mid-chain
+# leaves a claimed step (the lease lets the reconciler resume it) or a pending one (the
+# redelivered message continues from there: ``StepRunner.run``). What still hops: the first
+# step (the API answers before any remote work), retries and capacity waits (a countdown;
+# no worker thread sleeps through a backoff), a move to another server and server cleaning.
 RUN_AHEAD: dict[str, str] = {
+    "create_happy_account": "allocate_server",
+    "allocate_server": "configure_server",
     "configure_server": "start_daemon",
+    "start_daemon": "mark_running",
     "stop_daemon": "wipe_credentials",
     "wipe_credentials": "verify_clean",
 }

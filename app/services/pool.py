@@ -563,7 +563,7 @@ def admit_server(
         if constraint == UNIQUE_CONSTRAINT:
             raise ConflictError(f"{where} is already in the pool", code="server_exists") from None
         raise
-    wake_waiting_boxes(session)
+    wake_waiting_boxes(session, server)
     checks = report.checks or (SKIPPED_CHECKS if skip_checks else EnvironmentChecks(False))
     log.info(
         "pool: server %s added (%s, %s auth, host key %s, happy %s, Happy server %s: %s)",
@@ -844,7 +844,7 @@ def _change_state(session: Session, server: Server, wanted: str) -> None:
             )
     server.state = wanted
     if wanted == "available":
-        wake_waiting_boxes(session)
+        wake_waiting_boxes(session, server)
     log.info("pool: server %s state %s -> %s (operator)", server.id, current, wanted)
 
 
@@ -976,15 +976,43 @@ def capacity_shortfall(session: Session, plan_id: str, *, region: str | None = N
     )
 
 
-def wake_waiting_boxes(session: Session) -> int:
-    """A server became available: boxes waiting for capacity try allocation at once (after
-    commit) instead of waiting out their backoff."""
-    waiting = list(
-        session.scalars(select(VibeBox.id).where(VibeBox.status == "waiting_for_capacity"))
+def wake_waiting_boxes(session: Session, server: Server | None = None, *, count: int = 1) -> int:
+    """``count`` servers became available (``server``, when one is named): the OLDEST boxes
+    waiting for capacity that such a server fits (plan and region), at most ``count`` of
+    them, try allocation at once (after commit) instead of waiting out their backoff. The
+    others keep waiting: their backoff (up to CAPACITY_RETRY_MAX_SECONDS) is only the
+    fallback, so a freed server costs one allocation attempt, not one per waiting box.
+
+    A woken box gets ``next_retry_at = now``: the countdown it was waiting on is then
+    recognised as stale and dropped (``engine.claim``). Boxes locked by an allocation in
+    progress are skipped (they are trying already). Returns how many were woken."""
+    if count < 1:
+        return 0
+    query = (
+        select(VibeBox)
+        .where(VibeBox.status == "waiting_for_capacity")
+        .order_by(VibeBox.created_at, VibeBox.id)
+        .limit(count)
+        .with_for_update(skip_locked=True, of=VibeBox)
     )
-    for box_id in waiting:
-        jobs.enqueue(session, box_id, "allocate_server")
-    return len(waiting)
+    if server is not None:
+        query = query.join(Plan, Plan.id == VibeBox.plan_id).where(
+            Plan.cpu_cores <= server.cpu_cores,
+            Plan.ram_gb <= server.ram_gb,
+            Plan.disk_gb <= server.disk_gb,
+            # A box of region R takes only servers of R; a box without one takes any.
+            VibeBox.region.is_(None)
+            if server.region is None
+            else (VibeBox.region.is_(None)) | (VibeBox.region == server.region),
+        )
+    woken = list(session.scalars(query))
+    now = _now()
+    for box in woken:
+        box.next_retry_at = now
+        jobs.enqueue(session, box.id, "allocate_server")
+    if woken:
+        log.info("pool: woke %d waiting box(es), oldest first", len(woken))
+    return len(woken)
 
 
 def release_server(
@@ -1011,7 +1039,7 @@ def release_server(
         server.state = to_state
         if to_state == "available":
             server.idle_since = _now()
-            wake_waiting_boxes(session)
+            wake_waiting_boxes(session, server)
     session.flush()
     log.info("pool: server %s released (%s)", server.id, server.state)
     return server
@@ -1125,6 +1153,6 @@ def finish_cleaning(session: Session, server_id: uuid.UUID) -> Server:
         server.idle_since = _now()
         server.last_error = None
         server.consecutive_failures = 0
-        wake_waiting_boxes(session)
+        wake_waiting_boxes(session, server)
         log.info("pool: server %s cleaned and available", server.id)
     return server

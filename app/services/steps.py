@@ -11,7 +11,7 @@ which is what makes redeliveries and duplicates safe.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -80,6 +80,11 @@ class StepContext:
     # A Happy client for another Happy server URL (a region's own server, HAPPY_SERVER_URLS);
     # ``happy`` talks to HAPPY_SERVER_URL. Without it every region uses ``happy``.
     happy_clients: Callable[[str], HappyAPI] | None = None
+    sleep: Callable[[float], None] = field(default=time.sleep)  # tests count the waits
+    # Daemon pids seen alive as their box user by ``bring_up_daemon`` in this task (box user
+    # -> pid): ``mark_running``, run ahead right after ``start_daemon``, needs no second
+    # SSH round trip to know that pid is alive.
+    daemon_pids: dict[str, int] = field(default_factory=dict)
 
     def happy_at(self, region: str | None) -> HappyAPI:
         """The Happy server of ``region`` (boxes of a region have their account there)."""
@@ -124,6 +129,15 @@ class Step:
         """DB only: store the outcome."""
 
 
+def poll_intervals(first: float, cap: float) -> Iterator[float]:
+    """The waits between detection polls: ``first``, doubling up to ``cap`` (no 1 s floor
+    for a daemon that registers at once; a slow one costs one request per ``cap``)."""
+    delay = min(first, cap) if first > 0 else cap
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
 def wait_for_daemon(
     ctx: StepContext,
     creds: HappyCredentials,
@@ -132,15 +146,22 @@ def wait_for_daemon(
     *,
     what: str = "running",
     region: str | None = None,
+    confirm: Callable[[HappyMachine], bool] | None = None,
 ) -> HappyMachine:
     """Poll the Happy server (the honest source) until the box's machine satisfies
-    ``predicate``; TransientError at the deadline."""
+    ``predicate`` (and ``confirm``, e.g. a check on the box, when given); TransientError at
+    the deadline. Polls after a short first interval that doubles up to
+    MARK_RUNNING_POLL_SECONDS."""
     settings = ctx.settings.provisioning
     deadline = time.monotonic() + settings.mark_running_timeout_seconds
+    intervals = poll_intervals(
+        settings.mark_running_first_poll_seconds, settings.mark_running_poll_seconds
+    )
     while True:
         machines = ctx.happy_at(region).list_machines(creds.token, creds.secret)
         for machine in machines:
-            if machine.id == machine_id and predicate(machine):
+            found = machine.id == machine_id and predicate(machine)
+            if found and (confirm is None or confirm(machine)):
                 return machine
         if time.monotonic() >= deadline:
             raise TransientError(
@@ -148,7 +169,7 @@ def wait_for_daemon(
                 safe_message=f"The Happy daemon has not reported {what} yet.",
             )
         ctx.heartbeat()
-        time.sleep(settings.mark_running_poll_seconds)
+        ctx.sleep(next(intervals))
 
 
 class CreateHappyAccount(Step):
@@ -302,6 +323,8 @@ def bring_up_daemon(
     timeout = ctx.settings.provisioning.ssh_command_timeout_seconds
     outcome = host.ensure_daemon(user, timeout=timeout)
     if outcome.ok:
+        if outcome.liveness.pid is not None:
+            ctx.daemon_pids[user.name] = outcome.liveness.pid
         return outcome.started, outcome.machine_id
     evidence = host.collect_evidence(user, creds)
     found = describe(evidence)
@@ -361,8 +384,29 @@ class StartDaemon(Step):
         box.happy_machine_id = result
 
 
+@dataclass(frozen=True)
+class RunningPlan:
+    """What ``mark_running`` checks: the machine on the Happy server, the daemon on the box."""
+
+    creds: HappyCredentials
+    machine_id: str
+    region: str | None
+    box: BoxPlan | None  # None: a box without a server row (checked by Happy only)
+
+
+def reported_pid(machine: HappyMachine) -> int | None:
+    pid = (machine.daemon_state or {}).get("pid")
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
 class MarkRunning(Step):
-    """Honest 'running': the Happy server lists this machine with daemonState running."""
+    """Honest 'running': the Happy server lists this machine with daemonState running, and
+    the pid it reports is the pid in the box user's daemon.state.json, alive as that user.
+
+    The state file is written before the daemon registers, so the box alone proves nothing;
+    the Happy server alone keeps a dead daemon's last report forever. Both are needed. A
+    daemon that died after registering is started again once per attempt (its new pid must
+    then be reported)."""
 
     name = "mark_running"
 
@@ -377,12 +421,49 @@ class MarkRunning(Step):
             raise PermanentError(
                 "mark_running before account/daemon", safe_message="Internal error."
             )
-        return creds, box.happy_machine_id, box.region
+        on_box = box_plan(session, box, ctx) if box.server_id is not None else None
+        return RunningPlan(creds, box.happy_machine_id, box.region, on_box)
 
-    def execute(self, plan: tuple[HappyCredentials, str, str | None], ctx: StepContext) -> None:
-        creds, machine_id, region = plan
+    def execute(self, plan: RunningPlan, ctx: StepContext) -> None:
+        restarted = False
+
+        def alive_on_box(machine: HappyMachine) -> bool:
+            nonlocal restarted
+            if plan.box is None:
+                return True
+            box = plan.box
+            reported = reported_pid(machine)
+            if reported is not None and ctx.daemon_pids.get(box.user.name) == reported:
+                return True  # this task just saw that pid alive as the box user
+            liveness = _over_ssh_host(
+                ctx, box.target, lambda host: host.liveness(box.user), region=box.region
+            )
+            if liveness.alive:
+                # Alive, but the report may still be an earlier daemon's: wait for ours. (A
+                # report without a pid, unlike happy-coder 0.13's, cannot be matched.)
+                return reported is None or reported == liveness.pid
+            if restarted:
+                raise TransientError(
+                    f"daemon of {box.user.name} died again (pid {liveness.pid})",
+                    safe_message="The Happy daemon stopped after it started; retrying.",
+                )
+            restarted = True
+            _over_ssh_host(
+                ctx,
+                box.target,
+                lambda host: bring_up_daemon(host, box.user, box.creds, ctx, region=box.region),
+                region=box.region,
+            )
+            ctx.daemon_pids.pop(box.user.name, None)  # it died once: look at the box again
+            return False
+
         wait_for_daemon(
-            ctx, creds, machine_id, lambda m: m.daemon_status == "running", region=region
+            ctx,
+            plan.creds,
+            plan.machine_id,
+            lambda m: m.daemon_status == "running",
+            region=plan.region,
+            confirm=alive_on_box,
         )
 
 

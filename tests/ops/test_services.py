@@ -543,10 +543,13 @@ def test_procfile_runs_every_process_the_design_names() -> None:
     assert processes["release"] == "vibebox db upgrade"
     assert "gunicorn" in processes["web"] and "'app:create_app()'" in processes["web"]
     assert "${HOST:-127.0.0.1}:${PORT:-5000}" in processes["web"]
-    assert "-Q provisioning,control,maintenance,celery" in processes["worker"]
+    # Box steps wait on the network: threads; sweeps need hard time limits: prefork.
+    assert "-Q provisioning,control,celery --pool threads" in processes["worker"]
+    assert "-Q maintenance --pool prefork" in processes["maintenance"]
     assert "celery -A workers beat" in processes["beat"]
-    # Under honcho one exiting process stops them all: worker and beat are restarted instead.
+    # Under honcho one exiting process stops them all: workers and beat are restarted instead.
     assert "scripts/run.py respawn worker -- celery -A workers worker" in processes["worker"]
+    assert "respawn maintenance -- celery -A workers worker" in processes["maintenance"]
     assert "scripts/run.py respawn beat -- celery -A workers beat" in processes["beat"]
     assert processes["flower"] == "python scripts/run.py flower"
 
@@ -610,7 +613,16 @@ def test_ci_entry_point_runs_make_test() -> None:
 
 # --------------------------------------------------------------------------- compose
 
-COMPOSE_SERVICES = {"postgres", "redis", "migrate", "web", "worker", "beat", "flower"}
+COMPOSE_SERVICES = {
+    "postgres",
+    "redis",
+    "migrate",
+    "web",
+    "worker",
+    "maintenance",
+    "beat",
+    "flower",
+}
 
 
 def _compose_client() -> list[str] | None:
@@ -691,7 +703,7 @@ def test_compose_with_env_example_copied_runs_production_on_the_published_port(
         assert out.returncode == 0, out.stderr
         resolved[port] = yaml.safe_load(out.stdout)["services"]
     for port, services_ in resolved.items():
-        for name in ("migrate", "web", "worker", "beat", "flower"):
+        for name in ("migrate", "web", "worker", "maintenance", "beat", "flower"):
             environment = services_[name]["environment"]
             assert environment["VIBEBOX_ENV"] == "production", name
             assert str(environment["PORT"]) == port
@@ -716,7 +728,7 @@ def test_compose_file_wires_health_and_start_order() -> None:
     assert "ping" in services_["redis"]["healthcheck"]["test"]
     assert services_["migrate"]["command"] == ["vibebox", "db", "upgrade"]
     assert services_["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("web", "worker", "beat", "flower"):
+    for name in ("web", "worker", "maintenance", "beat", "flower"):
         service = services_[name]
         assert service["env_file"] == ".env"
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

@@ -168,10 +168,19 @@ class Harness:
         return engine.first_unfinished(box, wf) or wf.steps[-1]
 
     def run(self, box_id: uuid.UUID, step: str | None = None) -> engine.Outcome:
+        """Run the box's next step (and what it runs ahead into), as the countdown of its
+        retry or capacity wait firing now: the harness does not wait out delays."""
         name = step or self.next_step(box_id)
         assert name is not None, "the box is settled"
+        self.countdown_elapsed(box_id)
         self.session.commit()
         return self.runner.run(box_id, name)
+
+    def countdown_elapsed(self, box_id: uuid.UUID) -> None:
+        box = self.box(box_id)
+        if box.next_retry_at is not None and box.next_retry_at > utcnow():
+            box.next_retry_at = utcnow()
+            self.session.commit()
 
     def drive(self, box_id: uuid.UUID, limit: int = 40) -> VibeBox:
         """Play the worker until the box settles (or ``limit`` runs)."""

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from itertools import count
 
 import pytest
 
 from app.models import Server, Subscription, VibeBox
 from app.services import engine, lifecycle, pool, provisioning
 from app.services.engine import BoxStatus as S
+from app.services.jobs import Job
 from tests.services.engine_harness import PERMANENT, TRANSIENT, UNUSABLE, Harness
 
 
@@ -152,11 +154,11 @@ def test_defect3_failures_stay_in_the_history_and_progress_does_not_go_back(h):
 def test_defect4_capacity_waits_back_off_and_say_why(h, settings):
     h.add_server(cpu=2, ram=4, disk=40)  # too small for pro
     box = _subscribed_box(h, plan="pro")
-    h.run(box.id)  # account
     delays = []
-    for _ in range(6):
+    for _ in range(6):  # the first task makes the account, then tries allocation (RUN_AHEAD)
         outcome = h.run(box.id)
         assert outcome.kind == "waiting"
+        assert outcome.step == "allocate_server"
         delays.append(outcome.delay)
     waiting = h.box(box.id)
     assert waiting.status == S.WAITING_FOR_CAPACITY
@@ -174,7 +176,7 @@ def test_defect4_capacity_waits_back_off_and_say_why(h, settings):
     # A fitting server added wakes the waiting box at once.
     h.published.clear()
     pool_server = h.add_server(cpu=4, ram=8, disk=80)
-    pool.wake_waiting_boxes(h.session)
+    pool.wake_waiting_boxes(h.session, pool_server)
     h.session.commit()
     assert "allocate_server" in h.jobs_for(box.id)
     assert h.drive(box.id).server_id == pool_server.id
@@ -191,6 +193,7 @@ def test_defect6_a_retry_landing_after_terminate_does_not_resurrect_the_box(h):
     box = _subscribed_box(h)  # no server at all: it waits for capacity
     h.run(box.id)
     assert h.run(box.id).kind == "waiting"
+    h.countdown_elapsed(box.id)
     # The allocation retry is claimed by a worker...
     assert engine.claim(h.session, box.id, "allocate_server", lease_seconds=60) is engine.Claim.RUN
     h.session.commit()
@@ -233,8 +236,7 @@ def test_an_unusable_server_is_quarantined_and_the_box_moves(h):
     first = h.add_server()
     box = _subscribed_box(h)
     h.world.script["configure_server"] = [UNUSABLE]
-    h.run(box.id)
-    h.run(box.id)
+    # One task: the account, allocation and configuration run in a row (RUN_AHEAD).
     assert h.run(box.id).kind == "moved"
     assert h.session.get(Server, first.id).state == "unhealthy"
     second = h.add_server()
@@ -275,3 +277,107 @@ def test_expiry_tears_down_and_the_server_goes_to_cleaning(h):
     assert lifecycle.expire_subscription(h.session, sub.id, grace_seconds=0) == [box.id]
     h.session.commit()
     assert h.drive(box.id).status == S.TERMINATED
+
+
+# --- waiting for capacity costs next to nothing (issue 13) ------------------------------------
+
+
+_paid_at = count()
+
+
+def _waiting_boxes(h: Harness, n: int, plan: str = "pro") -> list[VibeBox]:
+    """Boxes paid one after another (a test runs in one transaction, where now() does not
+    move: the order is set explicitly), each waiting for capacity."""
+    boxes = []
+    for _ in range(n):
+        box = _subscribed_box(h, plan=plan)
+        box.created_at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=next(_paid_at))
+        h.session.commit()
+        assert h.run(box.id).kind == "waiting"
+        boxes.append(box)
+    h.published.clear()
+    return boxes
+
+
+def test_a_freed_server_wakes_only_the_oldest_waiting_box_it_fits(h):
+    boxes = _waiting_boxes(h, 5)
+    small = _waiting_boxes(h, 1, plan="basic")
+    h.published.clear()
+    server = h.add_server(cpu=4, ram=8, disk=80)
+    assert pool.wake_waiting_boxes(h.session, server) == 1
+    h.session.commit()
+    woken = [j.box_id for j in h.published if isinstance(j, Job)]
+    assert woken == [str(boxes[0].id)]  # FIFO: the first paid, one per server
+    assert h.box(boxes[0].id).next_retry_at <= datetime.now(UTC)  # due now
+    # More servers freed than boxes wait: each is woken once, oldest first (a basic box
+    # fits a pro server too).
+    h.published.clear()
+    assert pool.wake_waiting_boxes(h.session, server, count=10) == 6
+    h.session.commit()
+    assert [j.box_id for j in h.published if isinstance(j, Job)][:2] == [
+        str(boxes[0].id),
+        str(boxes[1].id),
+    ]
+    # A server too small for pro wakes only boxes it fits.
+    h.published.clear()
+    tiny = h.add_server(cpu=2, ram=4, disk=40)
+    h.published.clear()
+    pool.wake_waiting_boxes(h.session, tiny, count=10)
+    h.session.commit()
+    assert [j.box_id for j in h.published if isinstance(j, Job)] == [str(small[0].id)]
+
+
+def test_releasing_a_server_wakes_one_box_and_it_gets_the_server(h):
+    boxes = _waiting_boxes(h, 3, plan="basic")
+    server = h.add_server()
+    h.published.clear()
+    pool.release_server(h.session, server.id)  # e.g. cleaned and back in the pool
+    h.session.commit()
+    assert h.jobs_for(boxes[0].id) == ["allocate_server"]
+    assert h.jobs_for(boxes[1].id) == h.jobs_for(boxes[2].id) == []
+    outcome = h.runner.run(boxes[0].id, "allocate_server")  # the woken task, no countdown
+    assert outcome.kind == "succeeded" and h.box(boxes[0].id).server_id == server.id
+
+
+def test_a_stale_countdown_of_a_waiting_box_is_dropped(h):
+    (box,) = _waiting_boxes(h, 1)
+    before = h.box(box.id).capacity_waits
+    # The countdown scheduled before a wake (next_retry_at is later than now): dropped.
+    assert h.runner.run(box.id, "allocate_server").kind == "stopped"
+    assert h.box(box.id).capacity_waits == before  # no allocation attempt was made
+    h.countdown_elapsed(box.id)  # its turn: it runs
+    assert h.runner.run(box.id, "allocate_server").kind == "waiting"
+    assert h.box(box.id).capacity_waits == before + 1
+
+
+def test_a_redelivered_message_continues_the_chain_it_had_run_ahead_into(h):
+    h.add_server()
+    box = _subscribed_box(h)
+    h.published.clear()
+    # The worker finished the account and died before it claimed the allocation.
+    assert engine.claim(h.session, box.id, "create_happy_account", lease_seconds=60) is (
+        engine.Claim.RUN
+    )
+    h.session.commit()
+    engine.finish(h.session, box.id, "create_happy_account", enqueue_next=False)
+    h.session.commit()
+    assert h.jobs_for(box.id) == []  # nobody enqueued the allocation
+    outcome = h.runner.run(box.id, "create_happy_account")  # the redelivered message
+    assert (outcome.kind, outcome.step) == ("succeeded", "mark_running")
+    assert h.box(box.id).status == S.RUNNING
+
+
+def test_one_task_runs_the_whole_provisioning_chain(h):
+    h.add_server()
+    box = _subscribed_box(h)
+    h.published.clear()
+    outcome = h.run(box.id)
+    assert (outcome.kind, outcome.step) == ("succeeded", "mark_running")
+    assert [step for step, _ in h.world.calls] == [
+        "create_happy_account",
+        "configure_server",
+        "start_daemon",
+        "mark_running",
+    ]
+    assert h.box(box.id).status == S.RUNNING
+    assert h.jobs_for(box.id) == []  # no queue hop

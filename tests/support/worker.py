@@ -28,9 +28,11 @@ class CeleryWorkerProcess:
         extra_env: dict[str, str] | None = None,
         app_module: str = "tests.support.failpoints",
         redis_url: str | None = None,
+        pool: str = "prefork",
     ):
         self.log_path = log_dir / f"celery-worker-{uuid.uuid4().hex[:6]}.log"
         self.concurrency = concurrency
+        self.pool = pool
         self.extra_env = extra_env or {}
         self.app_module = app_module
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
@@ -83,7 +85,7 @@ class CeleryWorkerProcess:
                 QUEUES,
                 "-c",
                 str(self.concurrency),
-                "--pool=prefork",
+                f"--pool={self.pool}",
                 "-n",
                 self.name,
                 "--without-mingle",
