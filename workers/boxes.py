@@ -14,6 +14,7 @@ from functools import cache
 
 from celery import Task
 
+import celery_config
 from app.db import db_session
 from app.integrations.happy import HappyClient
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
@@ -70,6 +71,12 @@ def run_box_step(task: Task, box_id: str, step: str) -> str:
     outcome = engine.StepRunner(db_session(), ctx).run(uuid.UUID(box_id), step)
     log.info("box %s: step %s ended %s", box_id, step, outcome.kind)
     if outcome.kind in ("retry", "waiting"):
+        if outcome.delay is not None and outcome.delay > celery_config.max_countdown:
+            # Too long to hold as an unacknowledged message (RabbitMQ's consumer_timeout,
+            # Redis's visibility_timeout): the box keeps its next_retry_at and the
+            # reconciler sends the step on once that has passed.
+            log.info("box %s: %s deferred %.0fs to the reconciler", box_id, step, outcome.delay)
+            return "deferred"
         raise task.retry(countdown=outcome.delay, max_retries=None)
     if outcome.kind == "failed":
         raise BoxFailedError(f"box {box_id} failed at {step}: {outcome.detail}")
