@@ -65,12 +65,19 @@ def on_rabbitmq(rabbitmq: Any, redis_client: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def celery_worker(on_rabbitmq, worker_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+def rabbitmq_env(on_rabbitmq, worker_env):  # type: ignore[no-untyped-def]
+    """Only the broker URL changed: CELERY_RESULT_BACKEND empty (= unset), so results take
+    their default (REDIS_URL), as on an operator's stack."""
+    return {**worker_env, "CELERY_BROKER_URL": on_rabbitmq.url, "CELERY_RESULT_BACKEND": ""}
+
+
+@pytest.fixture(scope="module")
+def celery_worker(on_rabbitmq, rabbitmq_env, tmp_path_factory):  # type: ignore[no-untyped-def]
     """Overrides the session's Redis worker for this module: a worker on RabbitMQ."""
     worker = CeleryWorkerProcess(
         tmp_path_factory.mktemp("celery-rabbitmq"),
         concurrency=4,
-        extra_env=worker_env,
+        extra_env=rabbitmq_env,
         broker_url=on_rabbitmq.url,
     )
     worker.start()
@@ -79,11 +86,8 @@ def celery_worker(on_rabbitmq, worker_env, tmp_path_factory):  # type: ignore[no
 
 
 @pytest.fixture(scope="module")
-def celery_beat(on_rabbitmq, celery_worker, worker_env, tmp_path_factory):  # type: ignore[no-untyped-def]
-    beat = CeleryBeatProcess(
-        tmp_path_factory.mktemp("beat-rabbitmq"),
-        extra_env={**worker_env, "CELERY_BROKER_URL": on_rabbitmq.url},
-    )
+def celery_beat(celery_worker, rabbitmq_env, tmp_path_factory):  # type: ignore[no-untyped-def]
+    beat = CeleryBeatProcess(tmp_path_factory.mktemp("beat-rabbitmq"), extra_env=rabbitmq_env)
     beat.start()
     yield beat
     beat.stop()
@@ -195,7 +199,7 @@ def test_two_workers_on_two_machines_run_every_box_once_when_one_is_killed(
     celery_worker,
     celery_beat,
     settings,
-    worker_env,
+    rabbitmq_env,
     on_rabbitmq,
     tmp_path,
 ):
@@ -206,7 +210,7 @@ def test_two_workers_on_two_machines_run_every_box_once_when_one_is_killed(
     a = CeleryWorkerProcess(
         tmp_path,
         concurrency=2,
-        extra_env=worker_env,
+        extra_env=rabbitmq_env,
         broker_url=on_rabbitmq.url,
         queues="provisioning",
         name=f"a-{uuid.uuid4().hex[:6]}@%h",
@@ -214,7 +218,7 @@ def test_two_workers_on_two_machines_run_every_box_once_when_one_is_killed(
     b = CeleryWorkerProcess(
         tmp_path,
         concurrency=2,
-        extra_env=worker_env,
+        extra_env=rabbitmq_env,
         broker_url=on_rabbitmq.url,
         queues="provisioning,control,maintenance,celery",
         name=f"b-{uuid.uuid4().hex[:6]}@%h",
