@@ -147,12 +147,16 @@ class CeleryWorkerProcess:
         if self not in STARTED:
             STARTED.append(self)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{self.tail()}")
-            replies = celery_app.control.ping(destination=[self.full_name], timeout=1.0)
-            if replies:
-                return
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"celery worker exited early:\n{self.tail()}")
+                replies = celery_app.control.ping(destination=[self.full_name], timeout=1.0)
+                if replies:
+                    return
+        except BaseException:
+            self.stop()  # a failed ping (broker gone) must not leave the worker running
+            raise
         self.stop()
         raise RuntimeError(f"celery worker did not answer ping within {timeout}s:\n{self.tail()}")
 
