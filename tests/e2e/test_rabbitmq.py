@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 from app.db import db_session
 from app.extensions import get_redis
 from app.models import HappyAccount, Server, VibeBox
+from app.services.provisioning import STEPS
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.sshd import BoxAccount
@@ -76,7 +77,7 @@ def celery_worker(on_rabbitmq, rabbitmq_env, tmp_path_factory):  # type: ignore[
     """Overrides the session's Redis worker for this module: a worker on RabbitMQ."""
     worker = CeleryWorkerProcess(
         tmp_path_factory.mktemp("celery-rabbitmq"),
-        concurrency=4,
+        concurrency=len(STEPS) + 1,  # every step parked at once, one process to spare
         extra_env=rabbitmq_env,
         broker_url=on_rabbitmq.url,
     )
@@ -126,23 +127,54 @@ def test_box_reaches_running_on_rabbitmq(admin, make_user, add_to_pool, box, cel
     assert doc["status"] == "running", doc
 
 
-@pytest.mark.parametrize("step", ["allocate_server", "start_daemon"])
-def test_worker_sigkilled_mid_chain_on_rabbitmq_still_runs_the_box_once(
-    admin, make_user, add_to_pool, box, celery_worker, celery_beat, settings, step
+def test_worker_sigkilled_during_each_step_on_rabbitmq_still_runs_every_box_once(
+    admin, make_user, add_to_pool, box_fleet, celery_worker, celery_beat, settings
 ):
+    """As tests/e2e/test_crash_safety.py on Redis: one box parked at each step (after its side
+    effect, before it is recorded), then the whole worker SIGKILLed at once."""
     redis = get_redis(settings.redis_url)
+    servers = box_fleet.start(len(STEPS))
+    try:
+        add_to_pool(*servers)
+        users = [make_user() for _ in STEPS]
+        box_ids = []
+        for user, step in zip(users, STEPS, strict=True):
+            redis.set(PAUSE_KEY.format(user.user_id), step, ex=120)
+            box_ids.append(provision(admin, user))
+        for user, step in zip(users, STEPS, strict=True):
+            _wait_until(
+                lambda u=user: redis.get(PAUSED_KEY.format(u.user_id)) is not None, 60, step
+            )
+        # RabbitMQ hands the unacknowledged messages back as soon as the connection drops.
+        celery_worker.kill()
+        for user in users:
+            redis.delete(PAUSE_KEY.format(user.user_id))
+        celery_worker.start()
+        for user, box_id in zip(users, box_ids, strict=True):
+            doc = user.wait_for(box_id, {"running", "error"}, timeout=120)
+            assert doc["status"] == "running", doc
+        _assert_each_box_running_once(box_ids, users)
+    finally:
+        for s in servers:
+            box_fleet.remove(s)
+
+
+def test_message_lost_after_commit_on_rabbitmq_reconciler_still_provisions(
+    admin, make_user, add_to_pool, box, celery_worker, celery_beat
+):
+    from workers import celery_app
+
     add_to_pool(box)
     user = make_user()
-    redis.set(PAUSE_KEY.format(user.user_id), step, ex=120)
-    box_id = provision(admin, user)
-    _wait_until(lambda: redis.get(PAUSED_KEY.format(user.user_id)) is not None, 60, step)
-    # RabbitMQ hands the unacknowledged message back as soon as the connection drops.
-    celery_worker.kill()
-    redis.delete(PAUSE_KEY.format(user.user_id))
-    celery_worker.start()
-    doc = user.wait_for(box_id, {"running", "error"}, timeout=120)
+    celery_worker.stop()  # nobody consumes: the chain's first message waits in RabbitMQ
+    try:
+        box_id = provision(admin, user)
+        assert user.box(box_id)["status"] == "pending"
+        assert celery_app.control.purge() >= 1  # the message is gone; PostgreSQL remembers
+    finally:
+        celery_worker.start()
+    doc = user.wait_for(box_id, {"running", "error"}, timeout=90)
     assert doc["status"] == "running", doc
-    _assert_each_box_running_once([box_id], [user])
 
 
 def _fresh_broker_connections(worker: CeleryWorkerProcess) -> None:
