@@ -610,7 +610,7 @@ def test_ci_entry_point_runs_make_test() -> None:
 
 # --------------------------------------------------------------------------- compose
 
-COMPOSE_SERVICES = {"postgres", "redis", "migrate", "web", "worker", "beat", "flower"}
+COMPOSE_SERVICES = {"postgres", "redis", "rabbitmq", "migrate", "web", "worker", "beat", "flower"}
 
 
 def _compose_client() -> list[str] | None:
@@ -714,6 +714,8 @@ def test_compose_file_wires_health_and_start_order() -> None:
     assert "pg_isready" in " ".join(services_["postgres"]["healthcheck"]["test"])
     assert services_["redis"]["image"].startswith("redis:7")
     assert "ping" in services_["redis"]["healthcheck"]["test"]
+    # RabbitMQ only on request (--profile rabbitmq, with CELERY_BROKER_URL pointing at it)
+    assert services_["rabbitmq"]["profiles"] == ["rabbitmq"]
     assert services_["migrate"]["command"] == ["vibebox", "db", "upgrade"]
     assert services_["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("web", "worker", "beat", "flower"):
