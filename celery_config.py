@@ -4,6 +4,11 @@ Crash safety: a task is acknowledged only after it finished (``task_acks_late``)
 redelivered when its worker dies (``task_reject_on_worker_lost``); each worker process
 reserves one message at a time. Redis redelivers an unacknowledged message after
 ``visibility_timeout``, which must stay above the longest task run time and any countdown.
+
+Brokers: Redis (the default, ``REDIS_URL``) or RabbitMQ (``CELERY_BROKER_URL=amqp://...``);
+README "Brokers" says which for which deployment. Whatever the broker, Redis stays required
+(rate limits, locks, the token blocklist), so results default to ``REDIS_URL``: a result
+backend on the broker URL would not even load for AMQP (Celery has no ``amqp`` backend).
 """
 
 from __future__ import annotations
@@ -15,7 +20,13 @@ from kombu import Queue
 _redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 broker_url = os.environ.get("CELERY_BROKER_URL") or _redis
-result_backend = os.environ.get("CELERY_RESULT_BACKEND") or broker_url
+result_backend = os.environ.get("CELERY_RESULT_BACKEND") or _redis
+
+
+def is_amqp(url: str) -> bool:
+    """True for a RabbitMQ broker URL (``amqp://``, ``amqps://``, ``pyamqp://``)."""
+    return url.split("://", 1)[0].lower() in {"amqp", "amqps", "pyamqp", "librabbitmq"}
+
 
 task_serializer = "json"
 result_serializer = "json"
@@ -42,6 +53,20 @@ result_expires = 24 * 3600
 # comes back only when its worker is really gone.
 _visibility = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
 
+# A retry's countdown is held by the worker as an unacknowledged message (both brokers). On
+# RabbitMQ a delivery unacknowledged for longer than the server's ``consumer_timeout``
+# (default 30 min) closes the worker's channel and redelivers everything it held; on Redis
+# one held past ``visibility_timeout`` is delivered a second time. So a countdown is held
+# only up to this cap (plus the task's run time, well below both limits); a longer backoff
+# is not held at all: the box keeps its ``next_retry_at`` and the reconciler sends it on
+# (workers/boxes.py). The engine's own caps (PROVISION_RETRY_MAX_SECONDS 300,
+# CAPACITY_RETRY_MAX_SECONDS 60) stay below it by default.
+max_countdown = min(
+    float(os.environ.get("CELERY_MAX_COUNTDOWN_SECONDS", "900")),
+    # never so long that a held message outlives Redis's visibility timeout
+    max(0.0, _visibility - float(os.environ.get("CELERY_TASK_TIME_LIMIT", "360")) - 60),
+)
+
 # Redis restarts and outages (README: Security). The worker never gives up on the broker:
 # it reconnects with backoff (2 s steps, at most 30 s apart) for as long as Redis is away,
 # instead of exiting after Celery's default 100 attempts (about 45 minutes), which under
@@ -50,12 +75,22 @@ _visibility = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
 broker_connection_retry = True
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
-broker_transport_options = {
-    "visibility_timeout": _visibility,
-    "socket_connect_timeout": 5,
-    "socket_keepalive": True,
-    "health_check_interval": 10,
-}
+broker_transport_options: dict[str, object]
+if is_amqp(broker_url):
+    # Publisher confirms: a publish returns only once RabbitMQ has taken the message (and,
+    # the queues being durable and the messages persistent, written it), so "committed,
+    # then enqueued" means the step survives a broker restart. RabbitMQ redelivers an
+    # unacknowledged message as soon as the consumer's connection or channel closes - no
+    # visibility timeout to wait for - and AMQP heartbeats notice a vanished peer.
+    broker_transport_options = {"confirm_publish": True, "connect_timeout": 5}
+    broker_heartbeat = 30
+else:
+    broker_transport_options = {
+        "visibility_timeout": _visibility,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+    }
 # Publishing (API, beat, chains): a few quick retries, then the caller decides (the API
 # leaves committed work to the reconciler; see app/outage.py).
 task_publish_retry = True
@@ -80,6 +115,12 @@ redis_backend_health_check_interval = 10
 worker_cancel_long_running_tasks_on_connection_loss = False
 
 task_default_queue = "celery"
+# Classic durable queues on RabbitMQ, not quorum queues (README "Brokers"): every message is
+# persistent and confirmed either way, and PostgreSQL, not the broker, is the record of what
+# must happen (the reconciler resends a lost step), so replicating queues across a RabbitMQ
+# cluster buys little here; quorum queues would also need Celery's native delayed delivery
+# (topic exchanges and a tower of TTL queues) for our countdown retries, because a quorum
+# queue does not support the global QoS a worker uses to hold ETA messages.
 task_queues = (
     Queue("provisioning"),
     Queue("control"),
@@ -98,6 +139,10 @@ task_routes = {
 worker_send_task_events = True  # Flower's live view
 task_send_sent_event = True
 worker_hijack_root_logger = False
+
+# Beat runs once: every beat process may be started (one per machine, for failover), but only
+# the holder of the Redis leader lease sends (workers/beat.py).
+beat_scheduler = "workers.beat:LeaderScheduler"
 
 # Each sweeper's period comes from the environment (seconds).
 beat_schedule: dict[str, dict[str, object]] = {

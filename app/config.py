@@ -585,6 +585,7 @@ class Settings:
         URL: where a user's Happy token for that region is kept (one per Happy server)."""
         url = self.happy_url_for(region)
         return None if url == self.happy_server_url else url
+
     # Status polls (GET /api/vibeboxes[/<id>], GET /api/orders/<id>) have their own limit.
     status_ratelimit: str = "600 per minute"
     # Long polls (GET /api/vibeboxes/<id>?wait=N): per web process.
@@ -659,7 +660,8 @@ class Settings:
             database_url=normalize_database_url(database_url),
             redis_url=redis_url,
             celery_broker_url=broker,
-            celery_result_backend=_env("CELERY_RESULT_BACKEND", broker) or broker,
+            # Redis is required whatever the broker; Celery has no backend for amqp:// URLs.
+            celery_result_backend=_env("CELERY_RESULT_BACKEND", redis_url) or redis_url,
             secret_key=secret_key,
             jwt_secret_key=jwt_secret_key,
             encryption_key=encryption_key,

@@ -412,6 +412,8 @@ def missing_system_packages() -> dict[str, str]:
         "/usr/bin/crontab": "cron",  # box users leave crontab entries for teardown to find
         "/usr/bin/at": "at",  # ... and at jobs
         "/usr/bin/docker-compose": "docker-compose",  # validates docker-compose.yml offline
+        # the end-to-end tests on RabbitMQ start their own node (tests/support/rabbitmq.py)
+        "/usr/lib/rabbitmq/bin/rabbitmq-server": "rabbitmq-server",
     }
     return {path: pkg for path, pkg in needs.items() if not Path(path).exists()}
 

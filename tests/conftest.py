@@ -347,3 +347,13 @@ def celery_beat(celery_worker: Any, worker_env: dict[str, str], tmp_path_factory
     beat.start()
     yield beat
     beat.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A RabbitMQ node of this test process's own (Debian's rabbitmq-server on free ports,
+    its data under a temp dir), never the machine's; stopped by PID at the end."""
+    from tests.support.rabbitmq import RabbitMQServer
+
+    with RabbitMQServer(tmp_path_factory.mktemp("rabbitmq")) as server:
+        yield server

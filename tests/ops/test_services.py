@@ -616,6 +616,7 @@ def test_ci_entry_point_runs_make_test() -> None:
 COMPOSE_SERVICES = {
     "postgres",
     "redis",
+    "rabbitmq",
     "migrate",
     "web",
     "worker",
@@ -726,6 +727,8 @@ def test_compose_file_wires_health_and_start_order() -> None:
     assert "pg_isready" in " ".join(services_["postgres"]["healthcheck"]["test"])
     assert services_["redis"]["image"].startswith("redis:7")
     assert "ping" in services_["redis"]["healthcheck"]["test"]
+    # RabbitMQ only on request (--profile rabbitmq, with CELERY_BROKER_URL pointing at it)
+    assert services_["rabbitmq"]["profiles"] == ["rabbitmq"]
     assert services_["migrate"]["command"] == ["vibebox", "db", "upgrade"]
     assert services_["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("web", "worker", "maintenance", "beat", "flower"):

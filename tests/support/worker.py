@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from celery import Celery
 
 QUEUES = "provisioning,control,maintenance,celery"
+# Every worker and beat these helpers start, so a test that needs the broker to itself (another
+# broker, two beats) can pause the session's ones (``paused``) and bring them back after.
+STARTED: list[CeleryWorkerProcess | CeleryBeatProcess] = []
+
+
+def amqp_client(name: str, broker_url: str) -> Celery:
+    """A Celery app publishing to a RabbitMQ broker (results stay on REDIS_URL)."""
+    client = Celery(name)
+    client.config_from_object("celery_config")
+    client.conf.update(
+        broker_read_url=broker_url,
+        broker_write_url=broker_url,
+        broker_transport_options={"confirm_publish": True, "connect_timeout": 5},
+    )
+    return client
+
+
+@contextlib.contextmanager
+def paused(*keep: object) -> Iterator[None]:
+    """Stop every running worker and beat started here (except ``keep``); start them again
+    afterwards."""
+    stopped = [p for p in STARTED if p.alive() and p not in keep]
+    for process in stopped:
+        process.stop()
+    try:
+        yield
+    finally:
+        for process in stopped:
+            process.start()
 
 
 class CeleryWorkerProcess:
@@ -29,13 +61,22 @@ class CeleryWorkerProcess:
         app_module: str = "tests.support.failpoints",
         redis_url: str | None = None,
         pool: str = "prefork",
+        broker_url: str | None = None,
+        queues: str = QUEUES,
+        name: str | None = None,
     ):
         self.log_path = log_dir / f"celery-worker-{uuid.uuid4().hex[:6]}.log"
         self.concurrency = concurrency
         self.pool = pool
         self.extra_env = extra_env or {}
         self.app_module = app_module
-        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        self.queues = queues
+        # ``-n``: a node name as on a real machine (``a@%h``), else a unique one
+        self.name = name or f"test-{uuid.uuid4().hex[:8]}@localhost"
+        # A worker on a RabbitMQ broker (results, failpoints and locks stay on REDIS_URL).
+        self.broker_url = broker_url
+        if broker_url:
+            self.extra_env = {**self.extra_env, "CELERY_BROKER_URL": broker_url}
         self.proc: subprocess.Popen[bytes] | None = None
         # A worker on a Redis of its own (broker, results, failpoints) instead of the suite's.
         self.redis_url = redis_url
@@ -50,6 +91,10 @@ class CeleryWorkerProcess:
 
     def client(self) -> Celery:
         """A Celery app that talks to this worker's broker (sends tasks, pings, results)."""
+        if self.broker_url is not None:
+            if self._client is None:
+                self._client = amqp_client(f"client-of-{self.name}", self.broker_url)
+            return self._client
         if self.redis_url is None:
             from workers import celery_app
 
@@ -64,6 +109,11 @@ class CeleryWorkerProcess:
             client.backend_cls = self.redis_url
             self._client = client
         return self._client
+
+    @property
+    def full_name(self) -> str:
+        """The node name the worker answers to (``%h`` expanded as Celery does)."""
+        return self.name.replace("%h", socket.gethostname())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -82,7 +132,7 @@ class CeleryWorkerProcess:
                 "worker",
                 "--loglevel=INFO",
                 "-Q",
-                QUEUES,
+                self.queues,
                 "-c",
                 str(self.concurrency),
                 f"--pool={self.pool}",
@@ -96,13 +146,19 @@ class CeleryWorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # our own process group: signals reach only this worker
         )
+        if self not in STARTED:
+            STARTED.append(self)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"celery worker exited early:\n{self.tail()}")
-            replies = celery_app.control.ping(destination=[self.name], timeout=1.0)
-            if replies:
-                return
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"celery worker exited early:\n{self.tail()}")
+                replies = celery_app.control.ping(destination=[self.full_name], timeout=1.0)
+                if replies:
+                    return
+        except BaseException:
+            self.stop()  # a failed ping (broker gone) must not leave the worker running
+            raise
         self.stop()
         raise RuntimeError(f"celery worker did not answer ping within {timeout}s:\n{self.tail()}")
 
@@ -156,6 +212,24 @@ class CeleryBeatProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self not in STARTED:
+            STARTED.append(self)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def sent(self, entry: str) -> int:
+        """How many times this beat has sent the schedule entry ``entry`` (from its log)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return 0
+        return text.count(f"Sending due task {entry} ")
 
     def stop(self, timeout: float = 10.0) -> None:
         if not self.proc or self.proc.poll() is not None:
