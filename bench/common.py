@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,41 @@ STEP_NAMES = (
 
 class BenchError(RuntimeError):
     """The benchmark could not measure what it set out to (not a slow result)."""
+
+
+class CorrectnessError(BenchError):
+    """A benchmark's correctness check failed: the run exits 1 (never for a timing)."""
+
+
+def guarded_main(run: Callable[[], int], script: str) -> int:
+    """What every benchmark with sshd boxes does around its run: needs DATABASE_URL and
+    REDIS_URL and root; SIGTERM/SIGHUP stop it like Ctrl-C (everything started is stopped
+    by the run's ExitStack); a ``BenchError`` is exit 1."""
+    missing = [n for n in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(n)]
+    if missing:
+        print(
+            f"error: {' and '.join(missing)} not set. The benchmark needs a PostgreSQL and a "
+            "Redis server; for embedded ones run:\n"
+            f"  python scripts/services.py exec -- .venv/bin/python bench/{script}",
+            file=sys.stderr,
+        )
+        return 2
+    if os.geteuid() != 0:
+        print("error: the sshd boxes need root (useradd, sshd)", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_term)
+    try:
+        return run()
+    except KeyboardInterrupt:
+        log("interrupted; everything this run started has been stopped")
+        return 130
+    except CorrectnessError as exc:
+        log(f"CORRECTNESS CHECK FAILED: {exc}")
+        return 1
+    except BenchError as exc:
+        log(f"error: {exc}")
+        return 1
 
 
 def log(message: str) -> None:

@@ -38,6 +38,13 @@ def _cdf(ax: Any, values: list[float], label: str, color: str) -> None:
     ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label, color=color)
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_ratios(results: dict[str, Any], out: Path) -> Path:
     plt = _plt()
     rows = results["rows"]
@@ -70,11 +77,7 @@ def plot_ratios(results: dict[str, Any], out: Path) -> Path:
         "dashed: target; green: target met",
         fontsize=10,
     )
-    fig.tight_layout()
-    path = out / "ratios.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "ratios.png")
 
 
 def plot_p3(results: dict[str, Any], out: Path) -> Path:
@@ -92,11 +95,7 @@ def plot_p3(results: dict[str, Any], out: Path) -> Path:
         ax.set_ylabel("fraction of requests")
         ax.legend(fontsize=8)
     fig.suptitle("P3 status poll latency (CDF)", fontsize=10)
-    fig.tight_layout()
-    path = out / "p3_latency.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "p3_latency.png")
 
 
 def plot_p4(results: dict[str, Any], out: Path) -> Path:
@@ -124,11 +123,7 @@ def plot_p4(results: dict[str, Any], out: Path) -> Path:
         fontsize=9,
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "p4_latency.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "p4_latency.png")
 
 
 def plot_p2(results: dict[str, Any], out: Path) -> Path:
@@ -150,11 +145,7 @@ def plot_p2(results: dict[str, Any], out: Path) -> Path:
     ax.set_ylim(bottom=0)
     ax.set_title("P2 provisioning throughput against box count", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "p2_throughput.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, out / "p2_throughput.png")
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:

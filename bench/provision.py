@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -46,9 +45,8 @@ from bench.common import (  # noqa: E402 - after the path set-up
     POLL_SECONDS,
     RESULTS_DIR,
     Bench,
-    BenchError,
-    _on_term,
     create_scratch,
+    guarded_main,
     log,
     machine_info,
     migrate,
@@ -158,28 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [n for n in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(n)]
-    if missing:
-        print(
-            f"error: {' and '.join(missing)} not set. The benchmark needs a PostgreSQL and a "
-            "Redis server; for embedded ones run:\n"
-            "  python scripts/services.py exec -- .venv/bin/python bench/provision.py",
-            file=sys.stderr,
-        )
-        return 2
-    if os.geteuid() != 0:
-        print("error: the sshd boxes need root (useradd, sshd)", file=sys.stderr)
-        return 2
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_term)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        log("interrupted; everything this run started has been stopped")
-        return 130
-    except BenchError as exc:
-        log(f"error: {exc}")
-        return 1
+    return guarded_main(lambda: run(args), "provision.py")
 
 
 def run(args: argparse.Namespace) -> int:

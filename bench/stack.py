@@ -59,9 +59,10 @@ from bench.common import (  # noqa: E402 - after the path set-up
     RESULTS_DIR,
     Bench,
     BenchError,
+    CorrectnessError,
     HttpApi,
-    _on_term,
     create_scratch,
+    guarded_main,
     log,
     machine_info,
     part_a,
@@ -79,10 +80,6 @@ TARGETS = {  # issue 13's targets: (kind, value); "time" ratios <= value, "rate"
     "P4": ("rate", 0.5),
     "P5": ("time", 1.5),
 }
-
-
-class CorrectnessError(BenchError):
-    """A correctness check of a benchmark failed (exit 1)."""
 
 
 def free_port() -> int:
@@ -620,30 +617,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    missing = [n for n in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(n)]
-    if missing:
-        print(
-            f"error: {' and '.join(missing)} not set; run it as `make bench`, or:\n"
-            "  python scripts/services.py exec -- .venv/bin/python bench/stack.py",
-            file=sys.stderr,
-        )
-        return 2
-    if os.geteuid() != 0:
-        print("error: the sshd boxes need root (useradd, sshd)", file=sys.stderr)
-        return 2
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _on_term)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        log("interrupted; everything this run started has been stopped")
-        return 130
-    except CorrectnessError as exc:
-        log(f"CORRECTNESS CHECK FAILED: {exc}")
-        return 1
-    except BenchError as exc:
-        log(f"error: {exc}")
-        return 1
+    return guarded_main(lambda: run(args), "stack.py")
 
 
 def stack_environment(scratch: Any, happy_url: str, port: int, flower_port: int) -> dict[str, str]:
@@ -708,6 +682,8 @@ def run(args: argparse.Namespace) -> int:
                 f"127.0.0.1:{bare_port}",
                 "--workers",
                 env.get("WEB_CONCURRENCY") or "2",  # the Procfile's web default
+                "--access-logfile",  # as the Procfile's web line
+                "-",
                 "--no-control-socket",
                 "bench.bare_app:app",
             ],
