@@ -171,10 +171,29 @@ def poll_until(
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def _proc_stat(stat_path: Path) -> tuple[int, int, float]:
+    """(process group, session, CPU seconds) of one /proc/<pid>/stat."""
+    fields = stat_path.read_text().rsplit(")", 1)[1].split()
+    return int(fields[2]), int(fields[3]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def _proc_cpu(stat_path: Path) -> tuple[int, float]:
     """(process group, CPU seconds) of one /proc/<pid>/stat."""
-    fields = stat_path.read_text().rsplit(")", 1)[1].split()
-    return int(fields[2]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    pgid, _session, seconds = _proc_stat(stat_path)
+    return pgid, seconds
+
+
+def session_cpu_seconds(session_id: int) -> float:
+    """CPU seconds used so far by the live processes of one session (a process started
+    with ``start_new_session`` and everything it started)."""
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                _pgid, session, seconds = _proc_stat(proc / "stat")
+                if session == session_id:
+                    total += seconds
+    return total
 
 
 @dataclass(frozen=True)
@@ -475,7 +494,21 @@ class Bench:
             list(pool.map(reset, boxes))
 
     def reset_rows(self, box_ids: list[uuid.UUID], user_ids: list[uuid.UUID]) -> None:
-        """Forget the boxes (and their users' Happy accounts); every server is free again."""
+        """Forget the boxes (and their users' Happy accounts); every server is free again.
+        A worker still busy with these boxes (an interrupted run) can deadlock the DELETE:
+        tried again, a few times."""
+        from sqlalchemy.exc import OperationalError
+
+        for attempt in range(3):
+            try:
+                self._delete_rows(box_ids, user_ids)
+                return
+            except OperationalError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+
+    def _delete_rows(self, box_ids: list[uuid.UUID], user_ids: list[uuid.UUID]) -> None:
         from sqlalchemy import text
 
         with self.engine.begin() as conn:

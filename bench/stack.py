@@ -67,6 +67,7 @@ from bench.common import (  # noqa: E402 - after the path set-up
     machine_info,
     part_a,
     part_b,
+    session_cpu_seconds,
 )
 from bench.loadgen import LoadResult, Request, merge, run_load  # noqa: E402
 
@@ -126,6 +127,8 @@ class Process:
         )
 
     def stop(self, grace: float = 40.0) -> None:
+        if self._log.closed:
+            return  # stopped already
         if self.proc.poll() is None:
             log(f"stopping {self.name} (pid {self.proc.pid})")
             self.proc.send_signal(signal.SIGTERM)
@@ -188,7 +191,7 @@ def p3_status(
 
 
 def p4_webhooks(
-    bench: Bench, sys_port: int, bare_port: int, args: argparse.Namespace
+    bench: Bench, sys_port: int, bare_port: int, stack_sid: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     from sqlalchemy import text
 
@@ -252,6 +255,7 @@ def p4_webhooks(
     log(f"P4 system: {system.rps:.0f} req/s, statuses {dict(system.statuses)}")
     after = bare_burst()
     checks = verify_p4(bench, order_ids, system, len(deliveries))
+    waiting = waiting_cost(bench, order_ids, stack_sid, args.idle_seconds)
     baseline = merge([before, after])
     baseline_rps = statistics.fmean([before.rps, after.rps])
     return {
@@ -263,9 +267,30 @@ def p4_webhooks(
         "baseline": {**baseline.summary(), "rps": round(baseline_rps, 1)},
         "ratio": round(system.rps / baseline_rps, 3),
         "checks": checks,
+        "waiting": waiting,
         "system_latencies_ms": [round(v * 1000, 3) for v in system.latencies_s],
         "baseline_latencies_ms": [round(v * 1000, 3) for v in baseline.latencies_s],
     }
+
+
+def waiting_cost(
+    bench: Bench, order_ids: list[str], stack_sid: int, seconds: float
+) -> dict[str, Any]:
+    """What the boxes of the burst cost while they wait for capacity (no server is free):
+    CPU used by the whole stack (web, worker, beat, Flower; its process session) over
+    ``seconds``, after a short settling time. Issue 13: waiting must cost next to nothing."""
+    from sqlalchemy import text
+
+    time.sleep(3.0)
+    ids = [uuid.UUID(o) for o in order_ids]
+    count = text("SELECT count(*) FROM vibeboxes WHERE order_id = ANY(:ids) AND status = :s")
+    with bench.engine.connect() as conn:
+        waiting = conn.scalar(count, {"ids": ids, "s": "waiting_for_capacity"})
+    cpu0, t0 = session_cpu_seconds(stack_sid), time.perf_counter()
+    time.sleep(seconds)
+    cores = (session_cpu_seconds(stack_sid) - cpu0) / (time.perf_counter() - t0)
+    log(f"P4 waiting boxes: {waiting} waiting for capacity, the stack used {cores:.2f} cores")
+    return {"waiting_boxes": waiting, "seconds": seconds, "stack_cpu_cores": round(cores, 3)}
 
 
 def verify_p4(
@@ -597,6 +622,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--p3-connections", default="1,8,32")
     parser.add_argument("--p4-orders", type=int, default=300)
     parser.add_argument("--p4-connections", type=int, default=32)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="after P4: how long to measure the stack's CPU while the boxes wait (default 10)",
+    )
     parser.add_argument("--p5-allocations", type=int, default=100)
     parser.add_argument("--p5-servers", type=int, default=50)
     parser.add_argument("--p5-reps", type=int, default=5)
@@ -724,6 +755,17 @@ def run(args: argparse.Namespace) -> int:
         need = max([1, *(args.p2_boxes if "p2" in args.only or "p5" in args.only else [])])
         log(f"starting {need} sshd boxes")
         boxes = fleet.start(need)
+
+        def remove_box_users() -> None:
+            """Box users the stack created on the sshd boxes (an interrupted run leaves
+            some): removed once the stack is stopped, before the fleet goes."""
+            try:
+                bench.reset_remote(boxes)
+            except Exception as exc:  # cleanup at exit: say it, go on stopping the rest
+                log(f"could not remove every box user: {exc!r}")
+
+        stack.callback(remove_box_users)
+        stack.callback(serve.stop)  # runs first: nothing creates box users any more
         bench.admit(boxes[:1])
 
         if "p1" in args.only:
@@ -745,20 +787,30 @@ def run(args: argparse.Namespace) -> int:
             results["p3"] = run_p3(bench, port, bare_port, bare, bare_log, args)
         if "p4" in args.only:
             log(f"P4: {args.p4_orders} orders, {args.p4_connections} connections")
-            results["p4"] = p4_webhooks(bench, port, bare_port, args)
+            results["p4"] = p4_webhooks(bench, port, bare_port, serve.proc.pid, args)
         results["rows"] = rows_of(results)
         print_rows(results["rows"], results["machine"])
+        if "p4" in results:
+            w = results["p4"]["waiting"]
+            print(
+                f"waiting for capacity: {w['waiting_boxes']} boxes; the stack used "
+                f"{w['stack_cpu_cores']:.2f} cores over {w['seconds']:.0f} s (target: ~0)\n"
+            )
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     out = RESULTS_DIR / f"stack-{stamp}.json"
     text_out = json.dumps(results, indent=1, default=str) + "\n"
     out.write_text(text_out)
-    (RESULTS_DIR / "latest.json").write_text(text_out)
-    (RESULTS_DIR / "summary.json").write_text(json.dumps(compact(results), indent=1) + "\n")
+    # Only a run of every row replaces the committed summary and plots; a subset's go to
+    # bench/results/run/.
+    complete = args.only >= {"p1", "p2", "p3", "p4", "p5"}
+    artifacts = RESULTS_DIR if complete else RESULTS_DIR / "run"
+    (artifacts / "latest.json").write_text(text_out)
+    (artifacts / "summary.json").write_text(json.dumps(compact(results), indent=1) + "\n")
     log(f"results: {out.relative_to(ROOT)} ({results['wall_seconds']} s in all)")
     if not args.no_plots:
         from bench.plots import write_plots
 
-        for path in write_plots(results, RESULTS_DIR):
+        for path in write_plots(results, artifacts):
             log(f"plot: {path.relative_to(ROOT)}")
     return 0
 
