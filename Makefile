@@ -5,6 +5,7 @@
 #   make run     API + worker + beat + Flower on http://127.0.0.1:5000/ (Ctrl-C stops all)
 #   make test    the test suite (pytest -n auto; extra arguments via PYTEST_ARGS="...")
 #   make lint    ruff + mypy
+#   make bench   benchmarks on the make-run stack (BENCH_ARGS="--quick")
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -14,12 +15,13 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.vibebox-installed
 
-.PHONY: help install run test lint services-start services-stop services-status
+.PHONY: help install run test lint bench services-start services-stop services-status
 
 help:
 	@echo "make run              start the whole stack (API, worker, beat, Flower)"
 	@echo "make test             run the tests against real PostgreSQL/Redis (PYTEST_ARGS=...)"
 	@echo "make lint             ruff + mypy"
+	@echo "make bench            issue 13 benchmarks on the make-run stack (BENCH_ARGS=--quick)"
 	@echo "make install          create .venv and install the project with its dev extras"
 	@echo "make services-start   start embedded PostgreSQL/Redis and leave them running"
 	@echo "make services-stop    stop the embedded PostgreSQL/Redis under var/"
@@ -59,6 +61,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Benchmarks against the `make run` stack (bench/stack.py; root: sshd boxes). About 10-15
+# minutes on 2 cores; BENCH_ARGS="--quick" for a short run, "--only p3,p4" for a subset.
+bench: $(STAMP)
+	@exec $(VPY) scripts/services.py exec -- $(VPY) bench/stack.py $(BENCH_ARGS)
 
 services-start: $(STAMP)
 	@$(VPY) scripts/services.py start
