@@ -420,13 +420,19 @@ def _is_celery_worker(pid: int) -> bool:
 
 
 def _worker_main_pid(stack_pid: int) -> int | None:
-    """The `celery worker` main process of `make run` (the test's own stack): a celery worker
-    whose parent is not one (its pool processes are its children)."""
+    """The provisioning `celery worker` main process of `make run` (the test's own stack): a
+    celery worker named worker@%h whose parent is not one (its pool processes, if any, are
+    its children)."""
     stack = [stack_pid]
     while stack:
         pid = stack.pop()
         for child in _children(pid):
-            if _is_celery_worker(child) and not _is_celery_worker(pid):
+            # The Procfile's `worker` (-n worker@%h), not its `maintenance` worker.
+            if (
+                _is_celery_worker(child)
+                and not _is_celery_worker(pid)
+                and "worker@%h" in _cmdline(child)
+            ):
                 return child
             stack.append(child)
     return None
