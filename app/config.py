@@ -550,6 +550,8 @@ class Settings:
     public_base_url: str = "http://127.0.0.1:5000"
     checkout_return_url: str = "http://127.0.0.1:5000/"
     order_reconcile_after_seconds: float = 600.0
+    # A recorded payment event not applied this long is re-enqueued by the reconciler.
+    payment_event_resend_after_seconds: float = 60.0
     order_expiry_seconds: float = 86400.0
     subscription_grace_seconds: float = 3 * 86400.0
     health_unhealthy_after: int = 3
@@ -577,6 +579,7 @@ class Settings:
         URL: where a user's Happy token for that region is kept (one per Happy server)."""
         url = self.happy_url_for(region)
         return None if url == self.happy_server_url else url
+
     # Status polls (GET /api/vibeboxes[/<id>], GET /api/orders/<id>) have their own limit.
     status_ratelimit: str = "600 per minute"
     # Long polls (GET /api/vibeboxes/<id>?wait=N): per web process.
@@ -676,6 +679,7 @@ class Settings:
             checkout_return_url=_env("CHECKOUT_RETURN_URL", public_base_url + "/")
             or public_base_url + "/",
             order_reconcile_after_seconds=_float("ORDER_RECONCILE_AFTER_SECONDS", 600.0),
+            payment_event_resend_after_seconds=_float("PAYMENT_EVENT_RESEND_AFTER_SECONDS", 60.0),
             order_expiry_seconds=_float("ORDER_EXPIRY_SECONDS", 86400.0),
             subscription_grace_seconds=_float("SUBSCRIPTION_GRACE_SECONDS", 3 * 86400.0),
             health_unhealthy_after=_int("HEALTH_UNHEALTHY_AFTER", 3),
