@@ -108,9 +108,8 @@ def main() -> int:
             return ids
 
         def ours(box_id: uuid.UUID) -> Any:
-            with Session() as session:
+            with Session() as session:  # as the step does: read the box, allocate, commit
                 box = session.get(VibeBox, box_id)
-                session.commit()
                 server = pool.allocate_server(session, box)
                 session.commit()
                 return server.id if server is not None else None
