@@ -130,6 +130,7 @@ task_queues = (
 # Route by the dotted task name's area so operators can scale each queue separately.
 task_routes = {
     "provisioning.*": {"queue": "provisioning"},
+    "billing.*": {"queue": "provisioning"},  # a payment's effect: it starts a provisioning
     "teardown.*": {"queue": "provisioning"},
     "control.*": {"queue": "control"},
     "maintenance.*": {"queue": "maintenance"},

@@ -558,6 +558,8 @@ class Settings:
     public_base_url: str = "http://127.0.0.1:5000"
     checkout_return_url: str = "http://127.0.0.1:5000/"
     order_reconcile_after_seconds: float = 600.0
+    # A recorded payment event not applied this long is re-enqueued by the reconciler.
+    payment_event_resend_after_seconds: float = 60.0
     order_expiry_seconds: float = 86400.0
     subscription_grace_seconds: float = 3 * 86400.0
     health_unhealthy_after: int = 3
@@ -686,6 +688,7 @@ class Settings:
             checkout_return_url=_env("CHECKOUT_RETURN_URL", public_base_url + "/")
             or public_base_url + "/",
             order_reconcile_after_seconds=_float("ORDER_RECONCILE_AFTER_SECONDS", 600.0),
+            payment_event_resend_after_seconds=_float("PAYMENT_EVENT_RESEND_AFTER_SECONDS", 60.0),
             order_expiry_seconds=_float("ORDER_EXPIRY_SECONDS", 86400.0),
             subscription_grace_seconds=_float("SUBSCRIPTION_GRACE_SECONDS", 3 * 86400.0),
             health_unhealthy_after=_int("HEALTH_UNHEALTHY_AFTER", 3),

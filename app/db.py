@@ -6,7 +6,11 @@ calls ``db_session.remove()``. Services receive a ``Session`` and never commit.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+import time
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 SessionFactory = sessionmaker(expire_on_commit=False)
@@ -14,12 +18,22 @@ db_session: scoped_session[Session] = scoped_session(SessionFactory)
 
 _engines: dict[str, Engine] = {}
 
+#: A pooled connection idle longer than this is pinged before use (a server restart or an
+#: idle-connection kill shows up there, not in a request). Busy connections are not pinged:
+#: ``pool_pre_ping`` cost one round trip on EVERY checkout, a third of a status poll's.
+LIVENESS_IDLE_SECONDS = 10.0
+#: Connections are replaced after this long whatever happens (server-side idle limits,
+#: proxies that drop old flows).
+POOL_RECYCLE_SECONDS = 1800
+_IDLE_SINCE = "vibebox_idle_since"
+
 
 def get_engine(url: str) -> Engine:
     """One pooled engine per URL per process (forked workers get their own)."""
     engine = _engines.get(url)
     if engine is None:
-        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS, pool_size=5, max_overflow=10)
+        install_idle_liveness_check(engine)
         _engines[url] = engine
     return engine
 
@@ -34,3 +48,25 @@ def dispose_engines() -> None:
     """Drop pooled connections (after fork: never share sockets between processes)."""
     for engine in _engines.values():
         engine.dispose(close=False)
+
+
+def install_idle_liveness_check(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it sat idle longer than
+    ``LIVENESS_IDLE_SECONDS``; a dead one is replaced (the pool retries the checkout). A
+    connection that dies while in steady use fails its statement once, and SQLAlchemy then
+    invalidates every connection of the pool opened before that moment."""
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _note_idle(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is None or time.monotonic() - idle_since <= LIVENESS_IDLE_SECONDS:
+            return  # new, or used a moment ago
+        try:
+            dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # any DBAPI failure: the connection is unusable
+            raise DisconnectionError(f"pooled connection failed its liveness ping: {exc}") from exc

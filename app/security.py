@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar
@@ -21,6 +22,21 @@ from app.models import User
 BLOCKLIST_PREFIX = "vibebox:jwt:revoked:"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class TokenIdentity:
+    """``current_user`` of an owner's read-only status poll: the token's subject, no row.
+
+    Those polls (``outage.STATUS_READS``) need only the id to filter by owner, so they skip
+    the per-request user SELECT. Access still ends with the session: logout revokes the
+    token (blocklist, checked on every request) and tokens expire; a user row cannot be deleted
+    while boxes or orders reference it, so a gone user's poll finds nothing (404). Every other
+    route loads the user and answers 401 when it no longer exists.
+    """
+
+    id: uuid.UUID
+    is_admin: bool = False  # never trusted: admin routes load the user
 
 
 def revoke_token(jwt_payload: dict[str, Any]) -> None:
@@ -48,11 +64,13 @@ def register_jwt_callbacks(jwt: JWTManager) -> None:
         return str(user.id) if isinstance(user, User) else str(user)
 
     @jwt.user_lookup_loader
-    def _lookup(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
+    def _lookup(_header: dict[str, Any], payload: dict[str, Any]) -> User | TokenIdentity | None:
         try:
             user_id = uuid.UUID(payload["sub"])
         except (KeyError, ValueError):
             return None
+        if request.method in ("GET", "HEAD") and request.endpoint in outage.STATUS_READS:
+            return TokenIdentity(user_id)
         return db_session.get(User, user_id)
 
     @jwt.token_in_blocklist_loader

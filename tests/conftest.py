@@ -12,11 +12,13 @@ import atexit
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from itertools import count
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 
@@ -211,13 +213,16 @@ def db(app: Any, migrated_engine: Engine) -> Iterator[Connection]:
     outer = connection.begin()
     db_session.remove()
     SessionFactory.configure(bind=connection, join_transaction_mode="create_savepoint")
-    # No worker runs here: what the code enqueues is collected, never sent to a broker.
+    # No worker runs here: what the code enqueues is collected, never sent to a broker
+    # (payment events are applied by the test client after each request: InProcessClient).
     published: list[object] = []
+    _published[:] = [published]
     jobs.set_publisher(published.append)
     try:
         yield connection
     finally:
         jobs.set_publisher(None)
+        _published.clear()
         db_session.remove()
         SessionFactory.kw.pop("join_transaction_mode", None)  # back to the default
         SessionFactory.configure(bind=migrated_engine)
@@ -226,6 +231,38 @@ def db(app: Any, migrated_engine: Engine) -> Iterator[Connection]:
 
 
 _addresses = count(1)
+_published: list[list[object]] = []  # the current test's collected jobs (``db``)
+
+
+def run_payment_jobs() -> int:
+    """Do what the worker's ``billing.apply_payment_event`` does for every payment event a
+    webhook recorded in this test (in-process tests have no worker). Returns how many."""
+    from app.db import db_session
+    from app.services import billing
+    from app.services.jobs import PaymentJob
+
+    done = 0
+    while _published:
+        queue = _published[0]
+        todo = [j for j in queue if isinstance(j, PaymentJob)]
+        if not todo:
+            return done
+        queue[:] = [j for j in queue if not isinstance(j, PaymentJob)]
+        for job in todo:
+            billing.apply_recorded_event(db_session(), uuid.UUID(job.event_id))
+            db_session.commit()
+            db_session.remove()
+            done += 1
+    return done
+
+
+class InProcessClient(FlaskClient):
+    """The Flask test client, plus the payment worker's part after each request."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        response = super().open(*args, **kwargs)
+        run_payment_jobs()
+        return response
 
 
 @pytest.fixture
@@ -242,7 +279,7 @@ def client(app: Any, db: Connection, client_ip: str):  # type: ignore[no-untyped
     # Per-account login throttling counts by account name, whatever the address: start each
     # test with no failed logins left over from an earlier one in this process.
     login_throttle.clear_all(app.config["VIBEBOX_SETTINGS"])
-    test_client = app.test_client()
+    test_client = InProcessClient(app, app.response_class, use_cookies=True)
     test_client.environ_base["REMOTE_ADDR"] = client_ip
     return test_client
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import uuid
 
+from sqlalchemy.exc import OperationalError
+
 from app.db import db_session
 from app.errors import TransientError
 from app.integrations.payments.registry import ProviderRegistry, build_registry
@@ -27,6 +29,25 @@ def registry() -> ProviderRegistry:
     if _registry is None:
         _registry = build_registry(get_settings())
     return _registry
+
+
+@celery_app.task(
+    name="billing.apply_payment_event",
+    autoretry_for=(TransientError, OperationalError),
+    retry_backoff=True,
+    retry_jitter=True,
+    max_retries=8,
+    ignore_result=True,
+)
+def apply_payment_event(payment_event_id: str) -> str:
+    """Apply a payment event the webhook recorded (order paid, subscription, box enqueued;
+    renewals, cancellations, refunds). Idempotent: see ``billing.apply_recorded_event``; a
+    lost message is re-enqueued by ``maintenance.reconcile``."""
+    get_settings()  # binds the session on this process's first task
+    session = db_session()
+    outcome = billing.apply_recorded_event(session, uuid.UUID(payment_event_id))
+    session.commit()  # publishes the boxes it enqueued
+    return outcome
 
 
 @celery_app.task(name="maintenance.reconcile_orders", acks_late=False, ignore_result=True)

@@ -14,7 +14,7 @@ from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.extensions import get_redis
 from app.integrations.box_host import BoxHost
-from app.services import daemon_watch, engine, health, jobs, lifecycle, pool
+from app.services import billing, daemon_watch, engine, health, jobs, lifecycle, pool
 from workers import celery_app, get_settings
 from workers.base import StepTask, sweeper
 
@@ -57,7 +57,9 @@ def reconcile() -> int:
     error, terminated) is held by a step with a live lease or scheduled for a retry.
     Boxes that are neither (a killed worker, a lost message, a wiped broker) are sent on
     again from PostgreSQL, the record; a box that broke the invariant is logged as a bug.
-    Servers left in ``cleaning`` get another pass."""
+    Servers left in ``cleaning`` get another pass, and payment events recorded by a webhook
+    but never applied (lost message, crash) are sent to ``billing.apply_payment_event``
+    again."""
     settings = get_settings()
     session = db_session()
     repairs = engine.stranded(session, older_than=settings.provisioning.stuck_after_seconds)
@@ -66,6 +68,12 @@ def reconcile() -> int:
         log.warning("reconcile: box %s resent at %s", repair.box_id, repair.step)
     for server_id in pool.servers_in_cleaning(session):
         jobs.enqueue_server(session, "maintenance.clean_server", server_id)
+    unapplied = billing.unapplied_events(
+        session, older_than=settings.payment_event_resend_after_seconds
+    )
+    for event_id in unapplied:
+        jobs.enqueue_payment_event(session, event_id)
+        log.warning("reconcile: payment event %s resent (recorded, never applied)", event_id)
     session.commit()  # publishes what was enqueued
     return len(repairs)
 

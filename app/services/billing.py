@@ -18,7 +18,7 @@ import hashlib
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dateutil.relativedelta import relativedelta
@@ -49,7 +49,7 @@ from app.integrations.payments.base import (
 )
 from app.models import Order, PaymentEvent, Plan, Subscription, User, VibeBox
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services import engine, provisioning, regions
+from app.services import engine, jobs, provisioning, regions
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,7 @@ def _serialize(event: ProviderEvent) -> dict[str, Any]:
         "currency": event.currency,
         "occurred_at": event.occurred_at.isoformat() if event.occurred_at else None,
         "period_end": event.period_end.isoformat() if event.period_end else None,
+        "amount_required": event.amount_required,
         "data": event.payload,
     }
 
@@ -411,6 +412,7 @@ def _deserialize(provider: str, event_id: str, stored: dict[str, Any]) -> Provid
         currency=stored["currency"],
         occurred_at=when(stored["occurred_at"]),
         period_end=when(stored["period_end"]),
+        amount_required=stored.get("amount_required", True),
         payload=stored.get("data") or {},
     )
 
@@ -439,6 +441,115 @@ def record_event(session: Session, event: ProviderEvent) -> EventOutcome:
     outcome = EventOutcome()
     _apply(session, record, event, outcome)
     return outcome
+
+
+def intake_event(session: Session, event: ProviderEvent) -> EventOutcome:
+    """The webhook's part: record a verified event once and leave its effect to the task
+    ``billing.apply_payment_event``, enqueued for when the caller commits (see
+    ``apply_recorded_event``). Two statements for a payment (the order it names, the INSERT).
+
+    Refused as today, before anything is recorded: an event that names no known order
+    (``UnknownOrderError``). A payment whose amount does not match its order is settled here,
+    synchronously (``record_event``: recorded, the order flagged, ``AmountMismatchError``), so
+    the provider still hears "no". A duplicate delivery is a no-op.
+    """
+    order_id: uuid.UUID | None = None
+    if event.kind in (EventKind.PAID, EventKind.REFUNDED):
+        order = _find_order(session, event)
+        if order is None or order.provider != event.provider:
+            raise UnknownOrderError(f"No order matches {event.provider} event {event.event_id}")
+        if event.kind is EventKind.PAID and _amount_problem(order, event):
+            return record_event(session, event)
+        order_id = order.id
+    inserted = session.scalar(
+        insert(PaymentEvent)
+        .values(
+            id=uuid.uuid4(),
+            order_id=order_id,
+            provider=event.provider,
+            event_id=event.event_id,
+            type=event.type[:128],
+            payload=_serialize(event),
+            subject=event.provider_subscription_id,
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(PaymentEvent.id)
+    )
+    if inserted is None:
+        log.info("payment event %s/%s is a duplicate: no-op", event.provider, event.event_id)
+        return EventOutcome(duplicate=True, note="duplicate")
+    jobs.enqueue_payment_event(session, inserted)
+    return EventOutcome(note="recorded")
+
+
+def apply_recorded_event(session: Session, payment_event_id: uuid.UUID) -> str:
+    """Apply a recorded event (the task's part; the caller commits). Idempotent: the event
+    row is locked and an event already processed (``processed_at``) or deferred (waiting for
+    its subscription, replayed by ``_replay_deferred``) is left alone, so a redelivered or
+    re-enqueued task never applies a payment twice. Returns what happened."""
+    record = session.get(
+        PaymentEvent, payment_event_id, with_for_update=True, populate_existing=True
+    )
+    if record is None:
+        return "unknown event"
+    if record.processed_at is not None or record.note is not None:
+        return "already done"
+    event = _deserialize(record.provider, record.event_id, record.payload)
+    outcome = EventOutcome()
+    try:
+        _apply(session, record, event, outcome)
+    except UnknownOrderError:  # the order vanished since intake: keep the record, stop
+        _processed(record, "unknown order")
+    except AmountMismatchError:
+        pass  # the order is flagged and the event processed (``_on_paid``)
+    return record.note or "applied"
+
+
+def unapplied_events(session: Session, *, older_than: float, limit: int = 500) -> list[uuid.UUID]:
+    """Recorded events whose task never finished (a lost message, a crash, a broker outage
+    at intake): neither processed nor deferred, received more than ``older_than`` s ago."""
+    cutoff = utcnow() - timedelta(seconds=older_than)
+    return list(
+        session.scalars(
+            select(PaymentEvent.id)
+            .where(
+                PaymentEvent.processed_at.is_(None),
+                PaymentEvent.note.is_(None),
+                PaymentEvent.received_at < cutoff,
+            )
+            .order_by(PaymentEvent.received_at)
+            .limit(limit)
+        )
+    )
+
+
+def _find_order(session: Session, event: ProviderEvent) -> Order | None:
+    """The order an event names (no lock: intake only checks that it exists)."""
+    if event.order_id:
+        try:
+            order = session.get(Order, uuid.UUID(event.order_id))
+        except ValueError:
+            order = None
+        if order is not None:
+            return order
+    if event.provider_order_id:
+        return session.scalar(
+            select(Order).where(
+                Order.provider == event.provider, Order.provider_order_id == event.provider_order_id
+            )
+        )
+    return None
+
+
+def _amount_problem(order: Order, event: ProviderEvent) -> bool:
+    """The check ``_on_paid`` makes, for an order not paid yet."""
+    if order.status in ("paid", "refunded"):
+        return False
+    missing = event.amount is None or not event.currency
+    return (missing and event.amount_required) or (
+        not missing
+        and (event.amount != order.amount or (event.currency or "").upper() != order.currency)
+    )
 
 
 def _apply(session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome) -> None:
@@ -504,10 +615,7 @@ def _on_paid(
         out.note = record.note
         return
     missing = event.amount is None or not event.currency
-    if (missing and event.amount_required) or (
-        not missing
-        and (event.amount != order.amount or (event.currency or "").upper() != order.currency)
-    ):
+    if _amount_problem(order, event):
         order.flag = (
             f"amount missing: the {event.provider} event does not say what was paid, "
             f"expected {order.amount} {order.currency}"

@@ -42,7 +42,14 @@ class ServerJob:
     server_id: str
 
 
-Publisher = Callable[[Job | ServerJob], None]
+@dataclass(frozen=True)
+class PaymentJob:
+    """Apply a recorded payment event (``billing.apply_payment_event``)."""
+
+    event_id: str
+
+
+Publisher = Callable[[Job | ServerJob | PaymentJob], None]
 _publisher: Publisher | None = None
 
 
@@ -61,12 +68,17 @@ def enqueue_server(session: Session, task: str, server_id: uuid.UUID | str) -> N
     session.info.setdefault(_KEY, []).append(ServerJob(task, str(server_id)))
 
 
-def pending(session: Session) -> list[Job | ServerJob]:
+def enqueue_payment_event(session: Session, payment_event_id: uuid.UUID | str) -> None:
+    """Publish "apply this recorded payment event" once ``session`` commits."""
+    session.info.setdefault(_KEY, []).append(PaymentJob(str(payment_event_id)))
+
+
+def pending(session: Session) -> list[Job | ServerJob | PaymentJob]:
     """Jobs waiting for this session's commit (for tests)."""
     return list(session.info.get(_KEY, []))
 
 
-def _publish(job: Job | ServerJob) -> None:
+def _publish(job: Job | ServerJob | PaymentJob) -> None:
     publisher = _publisher
     if publisher is None:
         from workers.dispatch import publish  # the Celery side, loaded on first use

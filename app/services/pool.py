@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import exists, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -393,6 +393,8 @@ def _validate_gateway(gateway: GatewaySpec, errors: dict[str, list[str]]) -> Non
         errors["gateway"] = ["The gateway's port must be between 1 and 65535."]
     elif not FINGERPRINT_RE.match(gateway.host_key_fingerprint.strip()):
         errors["gateway"] = ["The gateway's host key must be given as SHA256:<base64>."]
+
+
 credential_aad = _credential_aad  # cloud servers are sealed the same way (services/capacity.py)
 
 
@@ -893,41 +895,73 @@ def allocate_server(session: Session, box: VibeBox) -> Server | None:
     region (regions off, or a box from before them) takes any server. So with REGIONS set,
     a server without a region serves no new box: give it one (``vibebox pool update``).
     """
-    held = session.scalar(select(VibeBox.server_id).where(VibeBox.id == box.id).with_for_update())
-    if held is not None:
-        set_committed_value(box, "server_id", held)
-        return session.get(Server, held)
-    plan = session.get(Plan, box.plan_id)
-    if plan is None:
+    row = session.execute(
+        select(VibeBox.server_id, Plan.cpu_cores, Plan.ram_gb, Plan.disk_gb)
+        .join(Plan, Plan.id == VibeBox.plan_id)
+        .where(VibeBox.id == box.id)
+        .with_for_update(of=VibeBox)
+    ).one_or_none()
+    if row is None:
         raise NotFoundError(f"No plan {box.plan_id!r}", code="plan_not_found")
-    occupied = exists().where(VibeBox.server_id == Server.id, LIVE_BOX)
+    if row.server_id is not None:
+        set_committed_value(box, "server_id", row.server_id)
+        return session.get(Server, row.server_id)
     server = session.scalars(
         select(Server)
-        .where(
-            Server.state == "available",
-            Server.cpu_cores >= plan.cpu_cores,
-            Server.ram_gb >= plan.ram_gb,
-            Server.disk_gb >= plan.disk_gb,
-            ~occupied,
-            *_in_region(box.region),
+        .from_statement(_ALLOCATE)
+        .params(
+            box_id=box.id,
+            cpu=row.cpu_cores,
+            ram=row.ram_gb,
+            disk=row.disk_gb,
+            region=box.region,
         )
-        .order_by(Server.cpu_cores, Server.ram_gb, Server.disk_gb, Server.created_at, Server.id)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=Server)
-    ).first()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
     if server is None:
         log.info(
             "pool: no available server fits box %s (plan %s, region %s)",
             box.id,
-            plan.id,
+            box.plan_id,
             box.region or "any",
         )
         return None
-    server.state = "allocated"
-    box.server_id = server.id
-    session.flush()
+    # The statement wrote the box row: tell the session what it holds now.
+    set_committed_value(box, "server_id", server.id)
+    session.expire(box, ["updated_at"])
     log.info("pool: server %s allocated to box %s", server.id, box.id)
     return server
+
+
+# One statement takes the smallest fitting available server (FOR UPDATE SKIP LOCKED:
+# concurrent allocations never pick the same server nor wait on each other), marks it
+# allocated and gives it to the box; it returns the server's row (no row: none fits).
+# Keep in step with ``capacity_shortfall`` and ``LIVE_BOX``.
+_ALLOCATE = text(
+    """
+    WITH taken AS (
+        UPDATE servers SET state = 'allocated', updated_at = now()
+        WHERE servers.id = (
+            SELECT s.id FROM servers AS s
+            WHERE s.state = 'available'
+              AND s.cpu_cores >= :cpu AND s.ram_gb >= :ram AND s.disk_gb >= :disk
+              AND (CAST(:region AS varchar) IS NULL OR s.region = CAST(:region AS varchar))
+              AND NOT EXISTS (
+                  SELECT 1 FROM vibeboxes AS v
+                  WHERE v.server_id = s.id AND v.status != 'terminated'
+              )
+            ORDER BY s.cpu_cores, s.ram_gb, s.disk_gb, s.created_at, s.id
+            LIMIT 1
+            FOR UPDATE OF s SKIP LOCKED
+        )
+        RETURNING servers.*
+    )
+    UPDATE vibeboxes SET server_id = taken.id, updated_at = now()
+    FROM taken
+    WHERE vibeboxes.id = :box_id
+    RETURNING taken.*
+    """
+)
 
 
 def _in_region(region: str | None) -> list[Any]:

@@ -12,13 +12,23 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import Text, cast, func, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from app.config import Settings
 from app.errors import InvalidStateError, NotFoundError
 from app.integrations.happy import HappyCredentials
-from app.models import Plan, ProvisioningStep, Server, User, VibeBox
+from app.models import (
+    BoxEvent,
+    HappyAccount,
+    HappyServerToken,
+    Plan,
+    ProvisioningStep,
+    Server,
+    User,
+    VibeBox,
+)
 from app.services import events, happy_accounts, jobs
 
 log = logging.getLogger(__name__)
@@ -83,13 +93,82 @@ def create_vibebox(
 
 
 def get_box(session: Session, box_id: uuid.UUID, *, owner_id: uuid.UUID | None = None) -> VibeBox:
-    """A box with its steps; with ``owner_id``, other users' boxes are 'not found'."""
-    box = session.scalar(
-        select(VibeBox).options(selectinload(VibeBox.steps)).where(VibeBox.id == box_id)
+    """A box with its steps (one query); with ``owner_id``, other users' boxes are 'not
+    found'."""
+    box = (
+        session.execute(
+            select(VibeBox).options(joinedload(VibeBox.steps)).where(VibeBox.id == box_id)
+        )
+        .unique()
+        .scalar_one_or_none()
     )
     if box is None or (owner_id is not None and box.user_id != owner_id):
         raise NotFoundError("No such VibeBox", code="vibebox_not_found")
     return box
+
+
+def box_version(
+    session: Session, box_id: uuid.UUID, *, owner_id: uuid.UUID | None = None
+) -> list[str]:
+    """What the box's status document is made of, in one small query: a new value whenever
+    the document may have changed. The status poll's ETag hashes it, so a 304 costs this
+    query and no document.
+
+    Every write that changes the document moves one of these: the box row and its steps
+    carry ``updated_at`` (``onupdate``, also in Core UPDATEs; strings of every step, so two
+    transactions that stamp different steps with the same time still differ), events are
+    append-only (count and newest), and ``connectionInfo`` follows the owner's Happy
+    accounts. (The writes are the ones ``box_watch`` publishes for long polls.)
+    Raises 404 like ``get_box``.
+    """
+    steps = (
+        select(
+            func.coalesce(
+                func.string_agg(
+                    ProvisioningStep.name
+                    + ":"
+                    + ProvisioningStep.state
+                    + ":"
+                    + cast(ProvisioningStep.attempts, Text)
+                    + ":"
+                    + cast(ProvisioningStep.updated_at, Text),
+                    aggregate_order_by(literal_column("','"), ProvisioningStep.position),
+                ),
+                "",
+            )
+        )
+        .where(ProvisioningStep.vibebox_id == VibeBox.id)
+        .scalar_subquery()
+    )
+    box_events = (
+        select(func.concat(func.count(), "@", func.max(BoxEvent.created_at)))
+        .where(BoxEvent.vibebox_id == VibeBox.id)
+        .scalar_subquery()
+    )
+    account = (
+        select(func.max(HappyAccount.updated_at))
+        .where(HappyAccount.user_id == VibeBox.user_id)
+        .scalar_subquery()
+    )
+    server_tokens = (
+        select(func.concat(func.count(), "@", func.max(HappyServerToken.updated_at)))
+        .where(HappyServerToken.user_id == VibeBox.user_id)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(
+            VibeBox.user_id,
+            VibeBox.updated_at,
+            VibeBox.status,
+            steps,
+            box_events,
+            account,
+            server_tokens,
+        ).where(VibeBox.id == box_id)
+    ).one_or_none()
+    if row is None or (owner_id is not None and row.user_id != owner_id):
+        raise NotFoundError("No such VibeBox", code="vibebox_not_found")
+    return [str(value) for value in row[1:]]
 
 
 def list_boxes(session: Session, owner_id: uuid.UUID) -> list[VibeBox]:

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from app.db import db_session
 from app.models import Order, Subscription, VibeBox
 from tests.conftest import STRIPE_WEBHOOK_SECRET
+from tests.e2e.conftest import wait_for_payment_events
 from tests.e2e.test_payments import checkout, counts, order_doc, post_webhook
 from tests.support.payments import stripe_double as sd
 
@@ -80,6 +81,7 @@ def test_two_orders_of_one_plan_paid_at_once_extend_one_subscription(
     for t in threads:
         t.join(120)
     assert statuses == [200] * len(deliveries)
+    wait_for_payment_events()  # the worker applies them, concurrently (-c of the fixture)
 
     session = db_session()
     for user in users:

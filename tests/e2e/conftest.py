@@ -50,6 +50,30 @@ def live(app, migrated_engine, celery_worker) -> Iterator[None]:  # type: ignore
 _ips = count(1)
 
 
+def wait_for_payment_events(timeout: float = 60.0) -> None:
+    """Webhooks answer once the event is recorded; the worker applies it
+    (``billing.apply_payment_event``). Wait until every recorded event is applied or
+    deferred, as a client would wait for its order to turn paid."""
+    from sqlalchemy import func, select
+
+    from app.db import db_session
+    from app.models import PaymentEvent
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = db_session().scalar(
+            select(func.count())
+            .select_from(PaymentEvent)
+            .where(PaymentEvent.processed_at.is_(None), PaymentEvent.note.is_(None))
+        )
+        db_session.remove()
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{left} payment events not applied after {timeout} s")
+        time.sleep(0.05)
+
+
 def _fresh_address(client: Any) -> None:
     """Pollers here wait up to minutes at 5 requests/s; the per-IP rate limit is not what
     these tests are about (tests/api covers it), so each request gets its own address."""
@@ -71,7 +95,10 @@ class Api:
 
     def post(self, url: str, **kw: Any) -> Any:
         _fresh_address(self.client)
-        return self.client.post(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+        response = self.client.post(url, headers={**self.headers, **kw.pop("headers", {})}, **kw)
+        if "/webhook/" in url or "/dev/checkout/" in url:
+            wait_for_payment_events()
+        return response
 
     def box(self, box_id: str) -> dict[str, Any]:
         response = self.get(f"/api/vibeboxes/{box_id}")

@@ -17,7 +17,7 @@ from app.extensions import get_redis
 from app.integrations.happy import HappyClient
 from app.models import Server, Subscription, VibeBox
 from tests.conftest import STRIPE_WEBHOOK_SECRET
-from tests.e2e.conftest import provision
+from tests.e2e.conftest import provision, wait_for_payment_events
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.payments import stripe_double as sd
 from tests.support.sshd import BoxAccount
@@ -196,6 +196,7 @@ def _paid_stripe_box(make_user, add_to_pool, sshbox, payment_doubles):  # type: 
         ).status_code
         == 200
     )
+    wait_for_payment_events()  # the worker applies the recorded payment
     order = user.get(f"/api/orders/{started['orderId']}").get_json()
     assert user.wait_for(order["vibeBoxId"], {"running", "error"})["status"] == "running"
     return user, order, paid

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from app.db import db_session
 from app.models import Order, PaymentEvent, Subscription, VibeBox
 from tests.conftest import STRIPE_WEBHOOK_SECRET
+from tests.e2e.conftest import wait_for_payment_events
 from tests.support.payments import stripe_double as sd
 from tests.support.sshd import BoxAccount
 
@@ -34,7 +35,12 @@ def order_doc(user, order_id: str) -> dict:
 
 
 def post_webhook(user, provider: str, body: bytes, headers: dict[str, str]):
-    return user.client.post(f"/api/subscriptions/webhook/{provider}", data=body, headers=headers)
+    """Deliver a webhook, then wait (bounded) until the worker applied what it recorded."""
+    response = user.client.post(
+        f"/api/subscriptions/webhook/{provider}", data=body, headers=headers
+    )
+    wait_for_payment_events()
+    return response
 
 
 def counts(order_id: str) -> tuple[int, int]:
@@ -153,6 +159,7 @@ def test_dev_checkout_to_running(make_user, add_to_pool, box):
     started = checkout(user, "dev")
     url = started["checkoutUrl"].split("://", 1)[1].split("/", 1)[1]
     assert user.client.post("/" + url).status_code == 303  # to the return URL
+    wait_for_payment_events()  # the worker applies the payment; the box appears
     order = order_doc(user, started["orderId"])
     assert user.wait_for(order["vibeBoxId"], {"running", "error"})["status"] == "running"
 

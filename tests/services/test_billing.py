@@ -315,3 +315,97 @@ def test_a_partial_refund_changes_nothing(session):
     assert order.status == "paid"
     assert session.get(Subscription, order.subscription_id).status == "active"
     assert outcome.boxes_to_teardown == []
+
+
+# --- webhook intake (record, commit, answer) and the task that applies the event ---------
+
+
+def _recorded(session, order: Order) -> PaymentEvent:
+    return session.scalars(select(PaymentEvent).where(PaymentEvent.order_id == order.id)).one()
+
+
+def test_intake_records_the_event_and_enqueues_its_application_only(session):
+    from app.services import jobs
+    from app.services.jobs import PaymentJob
+
+    order = checkout(session, UserFactory())
+    outcome = billing.intake_event(session, paid(order))
+    record = _recorded(session, order)
+    assert jobs.pending(session)[-1] == PaymentJob(str(record.id))
+    assert order.status == "pending" and record.processed_at is None
+    assert not outcome.duplicate
+    session.commit()
+
+    assert billing.apply_recorded_event(session, record.id) == "applied"
+    session.commit()
+    assert order.status == "paid" and record.processed_at is not None
+    assert count(session, VibeBox, VibeBox.order_id == order.id) == 1
+
+
+def test_applying_an_event_twice_pays_once(session):
+    order = checkout(session, UserFactory())
+    billing.intake_event(session, paid(order))
+    record = _recorded(session, order)
+    billing.apply_recorded_event(session, record.id)
+    assert billing.apply_recorded_event(session, record.id) == "already done"
+    session.commit()
+    assert count(session, VibeBox, VibeBox.order_id == order.id) == 1
+    assert count(session, Subscription, Subscription.user_id == order.user_id) == 1
+
+
+def test_a_redelivery_before_the_task_ran_is_a_duplicate(session):
+    order = checkout(session, UserFactory())
+    billing.intake_event(session, paid(order))
+    again = billing.intake_event(session, paid(order))
+    assert again.duplicate
+    assert count(session, PaymentEvent, PaymentEvent.order_id == order.id) == 1
+
+
+def test_intake_refuses_an_unknown_order_and_records_nothing(session):
+    order = checkout(session, UserFactory())
+    stranger = paid(order, "evt_stranger", order_id=str(uuid.uuid4()), provider_order_id="cs_x")
+    with pytest.raises(UnknownOrderError):
+        billing.intake_event(session, stranger)
+    assert count(session, PaymentEvent, PaymentEvent.event_id == "evt_stranger") == 0
+
+
+def test_intake_flags_a_wrong_amount_at_once(session):
+    order = checkout(session, UserFactory())
+    with pytest.raises(AmountMismatchError):
+        billing.intake_event(session, paid(order, amount=1))
+    assert order.status == "pending" and "amount mismatch" in order.flag
+    assert _recorded(session, order).processed_at is not None
+
+
+def test_unapplied_events_are_found_for_the_reconciler_after_the_delay(session):
+    order = checkout(session, UserFactory())
+    billing.intake_event(session, paid(order))
+    record = _recorded(session, order)
+    assert record.id not in billing.unapplied_events(session, older_than=60)
+    record.received_at = datetime.now(UTC) - timedelta(seconds=120)
+    session.flush()
+    assert record.id in billing.unapplied_events(session, older_than=60)
+    billing.apply_recorded_event(session, record.id)
+    session.flush()
+    assert record.id not in billing.unapplied_events(session, older_than=60)
+
+
+def test_intake_of_a_payment_is_two_statements(session, db):
+    from sqlalchemy import event as sa_event
+
+    order = checkout(session, UserFactory())
+    session.commit()
+    session.expunge_all()  # as in a request: nothing of the order in the session yet
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement: str, *_args) -> None:
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK")):
+            seen.append(statement)
+
+    sa_event.listen(db, "before_cursor_execute", note)
+    try:
+        billing.intake_event(session, paid(order))
+    finally:
+        sa_event.remove(db, "before_cursor_execute", note)
+    assert len(seen) == 2, seen
+    assert seen[1].lstrip().startswith("INSERT INTO payment_events")

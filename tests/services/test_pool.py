@@ -446,6 +446,35 @@ def test_allocate_is_idempotent(session):
     assert states == ["allocated", "available"]
 
 
+def test_allocate_keeps_to_the_box_region(session):
+    make_server(session, region="eu", cpu_cores=2, ram_gb=4, disk_gb=40)
+    us = make_server(session, region="us", cpu_cores=4, ram_gb=8, disk_gb=80)
+    box = make_box(session, region="us")
+    assert pool.allocate_server(session, box) is us
+    assert pool.allocate_server(session, make_box(session, region="ap")) is None
+
+
+def test_allocate_runs_two_statements(session, db):
+    from sqlalchemy import event
+
+    make_server(session)
+    box = make_box(session)
+    session.flush()
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SAVEPOINT", "RELEASE", "ROLLBACK")):
+            seen.append(statement)
+
+    event.listen(db, "before_cursor_execute", note)
+    try:
+        server = pool.allocate_server(session, box)
+    finally:
+        event.remove(db, "before_cursor_execute", note)
+    assert server is not None and box.server_id == server.id
+    assert len(seen) == 2, seen
+
+
 def test_allocate_returns_none_when_nothing_fits(session):
     make_server(session, cpu_cores=4, ram_gb=8, disk_gb=80)
     box = make_box(session, plan_id="enterprise")  # 8/32/200
@@ -615,6 +644,19 @@ def test_concurrent_allocations_with_fewer_servers_than_boxes(committed):
     assigned = [s for s in result.values() if s is not None]
     assert sorted(map(str, assigned)) == sorted(map(str, servers))  # each exactly once
     assert _allocated_in_db(committed) == result
+
+
+def test_100_concurrent_allocations_on_50_servers_take_each_server_once(committed):
+    servers = committed.servers(50)
+    boxes = committed.boxes(100)
+    with ThreadPoolExecutor(max_workers=12) as executor:  # the suite's pool: 5 + 10 overflow
+        result = dict(executor.map(committed.allocate, boxes))
+    assigned = [s for s in result.values() if s is not None]
+    assert len(assigned) == 50 and sorted(map(str, assigned)) == sorted(map(str, servers))
+    assert _allocated_in_db(committed) == result
+    with committed.Session() as session:
+        states = session.scalars(select(Server.state).where(Server.id.in_(servers))).all()
+    assert set(states) == {"allocated"}
 
 
 def test_allocate_skips_a_locked_server_without_waiting(committed):

@@ -114,9 +114,10 @@ class Checkout(MethodView):
 
 
 def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Response:
-    """Verify, record, apply in one transaction (boxes to provision or tear down are
-    enqueued when it commits). No remote calls beyond what verification needs, so the
-    provider gets its answer fast."""
+    """Verify, record, commit, answer: the event's effect (order paid, subscription, box)
+    runs in the task ``billing.apply_payment_event``, published once the record is
+    committed (``billing.intake_event``). No remote calls beyond what verification needs,
+    so the provider gets its answer fast."""
 
     try:
         events = provider.handle_callback(webhook)
@@ -126,7 +127,7 @@ def handle_webhook(provider: PaymentProvider, webhook: WebhookRequest) -> Respon
     session = db_session()
     for event in events:
         try:
-            billing.record_event(session, event)
+            billing.intake_event(session, event)
         except AmountMismatchError:
             session.commit()  # keep the flag and the event: operators must see it
             return _reply(provider.nack("amount mismatch"))

@@ -74,38 +74,35 @@ def _box_envelope(box_id: uuid.UUID, owner_id: uuid.UUID) -> dict[str, Any]:
     return {"vibeBox": _status_document(session, get_settings(), box)}
 
 
-def _long_poll(box_id: uuid.UUID, first: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """``first`` at once unless the client's If-None-Match is its ETag; else the document
-    once it changes, or ``first`` after ``seconds`` (the ETag decorator then answers 304).
-    Answers at once while Redis is down (app/outage.py); 429 ``long_poll_busy`` when this
-    process already holds WEB_MAX_WAITERS long polls."""
-    try:
-        blp.set_etag(first, VibeBoxEnvelopeSchema)
-        return first  # the client has another version (or none): nothing to wait for
-    except NotModified:
-        pass
-    schema = VibeBoxEnvelopeSchema()
-    seen = schema.dump(first)
-    owner_id = current_user.id
+def _version(box_id: uuid.UUID, owner_id: uuid.UUID) -> list[Any]:
+    """What the ETag of the box's document hashes (``provisioning.box_version``, plus whether
+    this answer leaves out the credentials): read before any document is built."""
+    session = db_session()
+    return [*provisioning.box_version(session, box_id, owner_id=owner_id), revocation_unverified()]
 
-    def read() -> dict[str, Any]:
+
+def _wait_for_change(
+    box_id: uuid.UUID, owner_id: uuid.UUID, seen: list[Any], seconds: int
+) -> list[Any] | None:
+    """The box's new version once it changes, or None after ``seconds`` (or at once while
+    Redis is down, app/outage.py). 429 ``long_poll_busy`` when this process already holds
+    WEB_MAX_WAITERS long polls."""
+
+    def read() -> list[Any]:
         try:
-            return _box_envelope(box_id, owner_id)
+            return _version(box_id, owner_id)
         finally:
             db_session.remove()  # no connection or transaction held while waiting
 
     db_session.remove()
     watcher: box_watch.BoxWatcher = current_app.extensions["vibebox.box_watcher"]
     try:
-        changed = watcher.wait_for_change(
-            box_id, read, lambda doc: schema.dump(doc) == seen, float(seconds)
-        )
+        return watcher.wait_for_change(box_id, read, lambda now: now == seen, float(seconds))
     except box_watch.WaitersExhaustedError:
         raise LongPollBusyError(
             "Too many clients are waiting on this server; poll without wait for now",
             retry_after=max(int(watcher.recheck_seconds), 1),
         ) from None
-    return changed if changed is not None else first
 
 
 @blp.after_request
@@ -163,10 +160,16 @@ class VibeBoxDetail(MethodView):
         Send `If-None-Match` with the last ETag to get 304 while nothing changed. With
         `?wait=N` (1-30 s) and `If-None-Match`, the answer waits until the box changes
         (200 with the new document and ETag) or N seconds pass (304, same ETag)."""
-        document = _box_envelope(box_id, current_user.id)
-        if wait:
-            document = _long_poll(box_id, document, wait)
-        return document, 200, PRIVATE
+        owner_id = current_user.id
+        version = _version(box_id, owner_id)
+        try:
+            blp.set_etag(version)  # 304 when the client has this version: no document built
+        except NotModified:
+            changed = _wait_for_change(box_id, owner_id, version, wait) if wait else None
+            if changed is None:
+                raise
+            blp.set_etag(changed)
+        return _box_envelope(box_id, owner_id), 200, PRIVATE
 
 
 @blp.route("/<uuid:box_id>/connect")
