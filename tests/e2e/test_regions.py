@@ -21,6 +21,7 @@ from app.db import db_session
 from app.integrations.happy import HappyClient
 from app.models import Server, VibeBox
 from tests.e2e.conftest import Api
+from tests.e2e.test_lifecycle import wait_until
 from tests.support.happy_double import HappyDouble
 from tests.support.sshd import BoxAccount
 
@@ -68,8 +69,12 @@ def _buy(user: Api, region: str | None = None, plan: str = "basic") -> Any:
 def _pay(user: Api, started: dict[str, Any]) -> str:
     url = started["checkoutUrl"].split("://", 1)[1].split("/", 1)[1]
     assert user.client.post("/" + url).status_code == 303  # the dev page redirects after paying
-    order = user.get(f"/api/orders/{started['orderId']}").get_json()
-    assert order["status"] == "paid" and order["vibeBoxId"], order
+
+    def applied() -> dict[str, Any] | None:  # the worker applies the recorded payment
+        order = user.get(f"/api/orders/{started['orderId']}").get_json()
+        return order if order["status"] == "paid" and order["vibeBoxId"] else None
+
+    order = wait_until(applied, 60, "the payment applied")
     return str(order["vibeBoxId"])
 
 
