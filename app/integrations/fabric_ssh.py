@@ -37,7 +37,7 @@ from app.errors import (
     SSHAuthError,
     TransientError,
 )
-from app.integrations.ssh import PinnedHostKeyPolicy, SSHTarget, load_private_key
+from app.integrations.ssh import PinnedHostKeyPolicy, SSHTarget, load_private_key, login_errors
 
 log = logging.getLogger(__name__)
 _UNREACHABLE = "The server could not be reached."
@@ -98,22 +98,8 @@ def fabric_connection(
 
 def open_connection(connection: Connection, where: str) -> None:
     """``connection.open()`` with failures turned into our domain errors."""
-    try:
+    with login_errors(where, connection.close):
         connection.open()
-    except HostKeyMismatchError:
-        connection.close()
-        raise
-    except paramiko.AuthenticationException as exc:
-        connection.close()
-        raise SSHAuthError(
-            f"ssh {where}: authentication failed: {exc}",
-            safe_message="The server refused our login.",
-        ) from exc
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        connection.close()
-        raise HostUnreachableError(
-            f"ssh {where}: {type(exc).__name__}: {exc}", safe_message=_UNREACHABLE
-        ) from exc
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ and ``HAPPY_SERVER_URL``), so ``happy`` is looked up on ``PATH``, never at a fix
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -31,7 +32,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self, TypeVar
@@ -52,6 +53,28 @@ T = TypeVar("T")
 # Expanded by the remote shell: the Happy CLI honours HAPPY_HOME_DIR, and so do we.
 _HAPPY_DIR = 'd="${HAPPY_HOME_DIR:-$HOME/.happy}"'
 _UNREACHABLE = "The server could not be reached."
+
+
+@contextlib.contextmanager
+def login_errors(where: str, close: Callable[[], object]) -> Iterator[None]:
+    """Opening an SSH connection (paramiko, or Fabric on top of it): its failures as our
+    domain errors, after closing what was opened. A host key mismatch passes unchanged."""
+    try:
+        yield
+    except HostKeyMismatchError:
+        close()
+        raise
+    except paramiko.AuthenticationException as exc:
+        close()
+        raise SSHAuthError(
+            f"ssh {where}: authentication failed: {exc}",
+            safe_message="The server refused our login.",
+        ) from exc
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        close()
+        raise HostUnreachableError(
+            f"ssh {where}: {type(exc).__name__}: {exc}", safe_message=_UNREACHABLE
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -190,7 +213,7 @@ def connect_client(
     pkey = _load_private_key(target.private_key) if target.private_key else None
     client = paramiko.SSHClient()  # no known_hosts: the pin is the only trust
     client.set_missing_host_key_policy(PinnedHostKeyPolicy(target.host_key_fingerprint))
-    try:
+    with login_errors(where, client.close):
         client.connect(
             target.host,
             port=target.port,
@@ -205,20 +228,6 @@ def connect_client(
             look_for_keys=False,
             sock=sock,
         )
-    except HostKeyMismatchError:
-        client.close()
-        raise
-    except paramiko.AuthenticationException as exc:
-        client.close()
-        raise SSHAuthError(
-            f"ssh {where}: authentication failed: {exc}",
-            safe_message="The server refused our login.",
-        ) from exc
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        client.close()
-        raise HostUnreachableError(
-            f"ssh {where}: {type(exc).__name__}: {exc}", safe_message=_UNREACHABLE
-        ) from exc
     transport = client.get_transport()
     if transport is not None and isinstance(transport.sock, socket.socket):
         # Without it, Nagle + delayed ACKs hold a command's stdin packets ~40 ms each:
