@@ -472,8 +472,10 @@ class BoxHost:
         uid = "" if user.uid is None else str(user.uid)
         places = " ".join(WRITABLE_PLACES)
         script = (
-            self._user_vars(user) + f'uid=$(id -u "$U" 2>/dev/null || echo {shlex.quote(uid)}); '
-            '[ -n "$uid" ] || exit 0; '
+            self._user_vars(user)
+            + f"uid=$(id -u \"$U\" 2>/dev/null) || uid={shlex.quote(uid)}; "
+            + _FORGET_REUSED_UID
+            + '[ -n "$uid" ] || exit 0; '
             '[ "$uid" -ne 0 ] || { echo "refusing uid 0"; exit 9; }; '
             "if [ -d /run/systemd/system ]; then"
             '  loginctl disable-linger "$U" >/dev/null 2>&1;'
@@ -506,9 +508,9 @@ class BoxHost:
         script = (
             self._user_vars(user)
             + 'id -u "$U" >/dev/null 2>&1 && echo "problem=the user $U still exists"; '
-            + f"uid={shlex.quote(uid)}; "
-            '[ -n "$uid" ] || uid=$(id -u "$U" 2>/dev/null); '
-            'if [ -n "$uid" ]; then'
+            + f"uid=$(id -u \"$U\" 2>/dev/null) || uid={shlex.quote(uid)}; "
+            + _FORGET_REUSED_UID
+            + 'if [ -n "$uid" ]; then'
             "  n=$(ps -e -o uid= -o stat= | awk -v u=\"$uid\" '$1==u && $2 !~ /^Z/' | wc -l);"
             '  [ "$n" -eq 0 ] || echo "problem=$n processes of uid $uid still run";'
             f'  for p in {places} "/run/user/$uid" "/home/$U"; do'
@@ -644,6 +646,14 @@ _REACH_CHECK = (
 
 # SIGSTOP first so nothing forks while we kill, then SIGKILL; repeat until no live (non-
 # zombie) process of the uid remains. Sets $n (processes killed) and $left.
+# When the box user is gone, its old uid may already belong to a user created since (useradd
+# hands out the highest free uid again): a repeated teardown must then leave that uid alone,
+# or it would kill another box's processes and delete its files. Clears $uid in that case.
+_FORGET_REUSED_UID = (
+    'if ! id -u "$U" >/dev/null 2>&1 && [ -n "$uid" ]'
+    ' && getent passwd "$uid" >/dev/null 2>&1; then'
+    ' echo "note=uid $uid now belongs to $(getent passwd "$uid" | cut -d: -f1)"; uid=""; fi; '
+)
 _KILL_UID = (
     "n=0; left=0; i=0; while [ $i -lt 50 ]; do i=$((i+1));"
     " pids=$(ps -e -o pid= -o uid= -o stat= | awk -v u=\"$uid\" '$2==u && $3 !~ /^Z/ {print $1}');"

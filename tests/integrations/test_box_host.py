@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -254,6 +255,40 @@ def test_remove_user_leaves_nothing_of_the_uid_and_box_users_are_per_server(
         assert BoxAccount.of_box("other") is not None and other_uid > 0
     finally:
         remove_product_box_users(other_server.name)
+
+
+def test_a_repeated_teardown_leaves_alone_a_new_user_that_got_the_old_uid(
+    host: BoxHost, user_name: str
+) -> None:
+    """useradd hands a freed uid out again: a retried teardown of a box whose user is gone
+    must not kill the processes nor delete the files of whoever holds that uid now."""
+    user = _make_user(host, user_name)
+    host.remove_user(user)
+    assert user.uid is not None
+    newcomer = user_name[:-2] + "nn"
+    # The next box's user, created as useradd may well do it: with the uid just freed.
+    subprocess.run(
+        ["useradd", "-M", "-u", str(user.uid), "-c", "vibebox-box newcomer", newcomer],
+        check=True,
+        capture_output=True,
+    )
+    as_newcomer = ["setpriv", f"--reuid={user.uid}", f"--regid={user.uid}", "--clear-groups"]
+    sleeper = subprocess.Popen([*as_newcomer, "sleep", "4203"])
+    try:
+        marker = Path(f"/tmp/vbt-newcomer-{newcomer}")
+        marker.write_text("mine")
+        os.chown(marker, user.uid, user.uid)
+
+        host.remove_user(user)  # the retry, with the uid remembered from before
+
+        assert sleeper.poll() is None, "the newcomer's process was killed"
+        assert marker.exists(), "the newcomer's file was deleted"
+        assert host.leftovers(user) is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        Path(f"/tmp/vbt-newcomer-{newcomer}").unlink(missing_ok=True)
+        remove_product_box_users(newcomer)
 
 
 def test_leftovers_notices_a_changed_login_authorized_keys(
