@@ -55,9 +55,7 @@ def test_add_list_update_remove(app, db, session, settings):
     listed = run(app, "list")
     assert listed.exit_code == 0 and "do-fra" in listed.output and TOKEN not in listed.output
 
-    updated = run(
-        app, "update", "do-fra", "--disable", "--warm-target", "0", "--box-region", ""
-    )
+    updated = run(app, "update", "do-fra", "--disable", "--warm-target", "0", "--box-region", "")
     assert updated.exit_code == 0, updated.output
     session.refresh(provider)
     assert (provider.enabled, provider.warm_target, provider.box_region) == (False, 0, None)

@@ -473,7 +473,7 @@ class BoxHost:
         places = " ".join(WRITABLE_PLACES)
         script = (
             self._user_vars(user)
-            + f"uid=$(id -u \"$U\" 2>/dev/null) || uid={shlex.quote(uid)}; "
+            + f'uid=$(id -u "$U" 2>/dev/null) || uid={shlex.quote(uid)}; '
             + _FORGET_REUSED_UID
             + '[ -n "$uid" ] || exit 0; '
             '[ "$uid" -ne 0 ] || { echo "refusing uid 0"; exit 9; }; '
@@ -508,7 +508,7 @@ class BoxHost:
         script = (
             self._user_vars(user)
             + 'id -u "$U" >/dev/null 2>&1 && echo "problem=the user $U still exists"; '
-            + f"uid=$(id -u \"$U\" 2>/dev/null) || uid={shlex.quote(uid)}; "
+            + f'uid=$(id -u "$U" 2>/dev/null) || uid={shlex.quote(uid)}; '
             + _FORGET_REUSED_UID
             + 'if [ -n "$uid" ]; then'
             "  n=$(ps -e -o uid= -o stat= | awk -v u=\"$uid\" '$1==u && $2 !~ /^Z/' | wc -l);"
