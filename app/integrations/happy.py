@@ -39,6 +39,7 @@ from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
 from app.errors import PermanentError, TransientError
+from app.integrations.http import is_transient_status, request_faults
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +370,9 @@ class HappyClient:
         what = f"Happy {method} {path}"
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         started = time.monotonic()
-        try:
+        with request_faults(
+            what, "The Happy server", timeout=self.timeout, url_setting="HAPPY_SERVER_URL"
+        ):
             response = self.session.request(
                 method,
                 self.base_url + path,
@@ -377,25 +380,6 @@ class HappyClient:
                 headers=headers,
                 timeout=self.timeout,
             )
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as exc:
-            raise PermanentError(
-                f"{what}: bad server URL ({type(exc).__name__})",
-                safe_message="The Happy server is misconfigured.",
-            ) from None
-        except requests.Timeout:
-            raise TransientError(
-                f"{what}: timed out after {self.timeout}s",
-                safe_message="The Happy server did not answer in time.",
-            ) from None
-        except requests.RequestException as exc:
-            # `from None`: the original exception text could quote request headers.
-            raise TransientError(
-                f"{what}: {type(exc).__name__}", safe_message="The Happy server is unreachable."
-            ) from None
         elapsed_ms = (time.monotonic() - started) * 1000
         log.debug("%s -> %s in %.0f ms", what, response.status_code, elapsed_ms)
 
@@ -404,7 +388,7 @@ class HappyClient:
             message = f"{what}: HTTP {status} {_error_text(response)}".rstrip()
             # 5xx and 429 may go away; the caller's retry budget bounds them (the real server
             # also answers 500 to malformed base64, which we never send).
-            if status >= 500 or status == 429:
+            if is_transient_status(status):
                 raise TransientError(
                     message, safe_message="The Happy server is temporarily failing."
                 )

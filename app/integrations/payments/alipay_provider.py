@@ -48,6 +48,7 @@ import requests
 from Cryptodome.PublicKey import RSA
 
 from app.errors import PermanentError, TransientError
+from app.integrations.http import is_transient_status, request_faults
 from app.integrations.payments.base import (
     CheckoutRequest,
     CheckoutSession,
@@ -144,29 +145,13 @@ class _GatewayClient(AliPay):
     def verified_sync_response(self, data: dict[str, Any], response_type: str) -> dict[str, Any]:
         method = str(data.get("method"))
         url = f"{self._gateway}?{self.sign_data(data)}"
-        try:
+        # The URL carries the signed request: request_faults never lets it reach a message.
+        with request_faults(
+            f"Alipay {method}", "Alipay", timeout=self._timeout, url_setting="ALIPAY_GATEWAY"
+        ):
             response = self._session.get(url, timeout=self._timeout)
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as exc:
-            raise PermanentError(
-                f"Alipay {method}: bad gateway URL ({type(exc).__name__})",
-                safe_message="The Alipay gateway is misconfigured.",
-            ) from None
-        except requests.Timeout:
-            raise TransientError(
-                f"Alipay {method}: timed out after {self._timeout}s",
-                safe_message="Alipay did not answer in time.",
-            ) from None
-        except requests.RequestException as exc:
-            # `from None`: the original text quotes the URL, i.e. the signed request.
-            raise TransientError(
-                f"Alipay {method}: {type(exc).__name__}", safe_message="Alipay is unreachable."
-            ) from None
         status = response.status_code
-        if status >= 500 or status == 429:
+        if is_transient_status(status):
             raise TransientError(
                 f"Alipay {method}: HTTP {status}", safe_message="Alipay is temporarily failing."
             )

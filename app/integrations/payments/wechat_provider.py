@@ -48,6 +48,7 @@ from wechatpayv3.utils import (
 )
 
 from app.errors import PermanentError, TransientError
+from app.integrations.http import is_transient_status, request_faults
 from app.integrations.payments.base import (
     CheckoutRequest,
     CheckoutSession,
@@ -473,7 +474,9 @@ class WeChatPayProvider:
             "Wechatpay-Serial": self._primary_key_id,
         }
         started = time.monotonic()
-        try:
+        with request_faults(
+            what, "WeChat Pay", timeout=self.timeout, url_setting="WECHAT_PAY_API_BASE"
+        ):
             response = self._session.request(
                 method,
                 self.api_base + path,
@@ -482,32 +485,13 @@ class WeChatPayProvider:
                 timeout=self.timeout,
                 allow_redirects=False,
             )
-        except (
-            requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema,
-            requests.exceptions.InvalidSchema,
-        ) as exc:
-            raise PermanentError(
-                f"{what}: bad WECHAT_PAY_API_BASE ({type(exc).__name__})",
-                safe_message="WeChat Pay is misconfigured.",
-            ) from None
-        except requests.Timeout:
-            raise TransientError(
-                f"{what}: timed out after {self.timeout}s",
-                safe_message="WeChat Pay did not answer in time.",
-            ) from None
-        except requests.RequestException as exc:
-            # `from None`: the original exception could quote request headers.
-            raise TransientError(
-                f"{what}: {type(exc).__name__}", safe_message="WeChat Pay is unreachable."
-            ) from None
         status = response.status_code
         log.debug("%s -> %s in %.0f ms", what, status, (time.monotonic() - started) * 1000)
 
         if status >= 400:
             code, message = _error_of(response)
             text = f"{what}: HTTP {status} {code} {message}".rstrip()
-            if status >= 500 or status == 429:
+            if is_transient_status(status):
                 raise TransientError(text, safe_message="WeChat Pay is temporarily failing.")
             raise _ApiRefusal(
                 text,
