@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,22 +37,10 @@ from app.services import billing, engine, happy_accounts, jobs
 from tests.conftest import METRICS_AUTH, METRICS_TOKEN
 from tests.support.api_server import ApiServer
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 PASSWORD = "outage-Test-passphrase-2024!"
 TRUNCATE = ", ".join(t.name for t in Base.metadata.sorted_tables if t.name not in {"plans"})
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy (generous limits, no timing
-    assertions)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 # --------------------------------------------------------------------------- Redis down

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 from sqlalchemy import func, select
@@ -15,14 +14,7 @@ from app.services.provisioning import STEPS
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.sshd import BoxAccount
-
-
-def _wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.support.waiting import wait_until
 
 
 def _account(box_id: str) -> BoxAccount:
@@ -46,7 +38,7 @@ def test_worker_sigkilled_during_each_step_still_runs_every_box_once(
 
         # Each box parks at its own step (after its side effect, before it is recorded)...
         for user, step in zip(users, STEPS, strict=True):
-            _wait_until(
+            wait_until(
                 lambda u=user: redis.get(PAUSED_KEY.format(u.user_id)) is not None,
                 30,
                 f"a box of {user.user_id} to pause at {step}",

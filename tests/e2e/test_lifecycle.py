@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,17 +20,7 @@ from tests.e2e.conftest import provision, wait_for_payment_events
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.payments import stripe_double as sd
 from tests.support.sshd import BoxAccount
-
-
-def wait_until(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+from tests.support.waiting import wait_until
 
 
 def account_of(box_id: str) -> BoxAccount:

@@ -11,7 +11,6 @@ nothing but the RabbitMQ processes can move a box here.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,15 +25,8 @@ from app.services.provisioning import STEPS
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.sshd import BoxAccount
+from tests.support.waiting import wait_until
 from tests.support.worker import CeleryBeatProcess, CeleryWorkerProcess, paused
-
-
-def _wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +134,7 @@ def test_worker_sigkilled_during_each_step_on_rabbitmq_still_runs_every_box_once
             redis.set(PAUSE_KEY.format(user.user_id), step, ex=120)
             box_ids.append(provision(admin, user))
         for user, step in zip(users, STEPS, strict=True):
-            _wait_until(
-                lambda u=user: redis.get(PAUSED_KEY.format(u.user_id)) is not None, 60, step
-            )
+            wait_until(lambda u=user: redis.get(PAUSED_KEY.format(u.user_id)) is not None, 60, step)
         # RabbitMQ hands the unacknowledged messages back as soon as the connection drops.
         celery_worker.kill()
         for user in users:
@@ -208,7 +198,7 @@ def _restart_with_a_box_in_flight(admin, make_user, redis, celery_worker, on_rab
     user = make_user()
     redis.set(PAUSE_KEY.format(user.user_id), "configure_server", ex=180)
     box_id = provision(admin, user)
-    _wait_until(lambda: redis.get(PAUSED_KEY.format(user.user_id)) is not None, 60, "pause")
+    wait_until(lambda: redis.get(PAUSED_KEY.format(user.user_id)) is not None, 60, "pause")
     # The step is mid-flight (its message unacknowledged) when RabbitMQ goes down and comes
     # back: the durable queue keeps the persistent message, the worker reconnects by itself.
     on_rabbitmq.restart()
@@ -263,7 +253,7 @@ def test_two_workers_on_two_machines_run_every_box_once_when_one_is_killed(
         # While a is the only worker, the parked box's chain is certainly in a's hands.
         redis.set(PAUSE_KEY.format(parked.user_id), "configure_server", ex=180)
         parked_box = provision(admin, parked)
-        _wait_until(
+        wait_until(
             lambda: redis.get(PAUSED_KEY.format(parked.user_id)) is not None, 60, "a to park"
         )
         b.start()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,16 +25,9 @@ from app.models import ProvisioningStep, VibeBox
 from app.services import provisioning
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
+from tests.support.waiting import wait_until
 
 WAITING_BOXES = 120
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _scalar(query: Any) -> Any:
@@ -86,7 +79,7 @@ def test_waiting_boxes_cost_one_attempt_each_and_a_new_server_goes_to_the_oldest
         .select_from(VibeBox)
         .where(VibeBox.id.in_(box_ids), VibeBox.status == "waiting_for_capacity")
     )
-    _wait_until(lambda: _scalar(waiting) == WAITING_BOXES, 180, "every box to wait")
+    wait_until(lambda: _scalar(waiting) == WAITING_BOXES, 180, "every box to wait")
     waits = select(func.sum(VibeBox.capacity_waits)).where(VibeBox.id.in_(box_ids))
     attempts = (
         select(func.sum(ProvisioningStep.attempts))
@@ -106,7 +99,7 @@ def test_waiting_boxes_cost_one_attempt_each_and_a_new_server_goes_to_the_oldest
     try:
         (server_id,) = add_to_pool(server_box)
         oldest = box_ids[0]
-        _wait_until(
+        wait_until(
             lambda: _scalar(select(VibeBox.status).where(VibeBox.id == oldest)) == "running",
             120,
             "the oldest waiting box to run on the new server",
@@ -131,7 +124,7 @@ def test_two_boxes_run_at_once_in_one_threads_worker(
         add_to_pool(*servers)
         redis.set(PAUSE_KEY.format(parked.user_id), "start_daemon", ex=120)
         parked_box = provision(admin, parked)
-        _wait_until(
+        wait_until(
             lambda: redis.get(PAUSED_KEY.format(parked.user_id)) is not None,
             60,
             "the first box to park inside start_daemon",

@@ -14,7 +14,6 @@ import re
 import secrets
 import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,21 +36,12 @@ from app.integrations.happy import HappyClient, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession
 from tests.support.happy_double import HappyDouble, make_secret
 from tests.support.sshd import SUDOERS_DIR, BoxAccount, BoxFleet, SSHBox, remove_product_box_users
+from tests.support.waiting import wait_until
 
 STANDARD_PADDED_BASE64 = re.compile(
     r"^([0-9a-zA-Z+/]{4})*(([0-9a-zA-Z+/]{2}==)|([0-9a-zA-Z+/]{3}=))?$"
 )
 SERVER_ID = str(uuid.uuid4())
-
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _machine_with_status(
@@ -193,10 +183,10 @@ def test_daemon_runs_as_the_box_user_registers_and_survives_the_ssh_session(
         live = host.liveness(user)
         assert live.alive and live.pid is not None
         assert Path(f"/proc/{live.pid}").stat().st_uid == user.uid
-        _wait_for(_machine_with_status(client, credentials, machine_id, "running"))
+        wait_until(_machine_with_status(client, credentials, machine_id, "running"))
         # A crash: the server keeps "running", the box says dead.
         os.kill(live.pid, 9)
-        _wait_for(lambda: not _pid_alive(live.pid))
+        wait_until(lambda: not _pid_alive(live.pid))
         assert host.liveness(user) == type(live)(False, live.pid)
         assert _machine_with_status(client, credentials, machine_id, "running")() is not None
 
@@ -386,7 +376,7 @@ def test_three_box_users_on_three_servers_run_concurrently(
             assert host.start_daemon(user, timeout=30).exit_status == 0
             machine_id = host.read_machine_id(user)
             assert machine_id is not None
-            _wait_for(_machine_with_status(client, creds, machine_id, "running"))
+            wait_until(_machine_with_status(client, creds, machine_id, "running"))
             host.remove_user(user)
             assert host.leftovers(user) is None
 
@@ -426,7 +416,7 @@ def test_a_region_happy_url_reaches_the_daemon_despite_the_logins_environment(
             pid = host.liveness(user).pid
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert f"HAPPY_SERVER_URL={regional.url}".encode() in environ
-        _wait_for(_machine_with_status(HappyClient(regional.url), creds, machine_id, "running"))
+        wait_until(_machine_with_status(HappyClient(regional.url), creds, machine_id, "running"))
         public_key = bytes(SigningKey(secret).verify_key)
         assert happy_double.account_for_public_key(public_key) is None
         assert regional.machines_for_public_key(public_key)

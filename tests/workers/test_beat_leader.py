@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from app.extensions import get_redis
+from tests.support.waiting import wait_until
 from tests.support.worker import CeleryBeatProcess, paused
 from workers.beat import LEADER_KEY
 
 ENTRY = "reconcile-stuck-boxes"
-
-
-def _wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_two_beats_send_each_sweep_once_and_the_standby_takes_over(
@@ -31,7 +22,7 @@ def test_two_beats_send_each_sweep_once_and_the_standby_takes_over(
         a.start()
         b.start()
         try:
-            _wait_until(lambda: a.sent(ENTRY) + b.sent(ENTRY) >= 6, 60, "six reconcile sends")
+            wait_until(lambda: a.sent(ENTRY) + b.sent(ENTRY) >= 6, 60, "six reconcile sends")
             # Both beats ran the whole time; only one ever sent.
             assert a.alive() and b.alive()
             leader, standby = (a, b) if a.sent(ENTRY) else (b, a)
@@ -39,9 +30,9 @@ def test_two_beats_send_each_sweep_once_and_the_standby_takes_over(
             assert leader.sent(ENTRY) >= 6
             # The leader dies without a goodbye: its lease runs out and the standby leads.
             leader.kill()
-            _wait_until(lambda: standby.sent(ENTRY) >= 2, 60, "the standby to send")
+            wait_until(lambda: standby.sent(ENTRY) >= 2, 60, "the standby to send")
             sent_by_dead = leader.sent(ENTRY)
-            _wait_until(lambda: standby.sent(ENTRY) >= 4, 60, "the standby to keep sending")
+            wait_until(lambda: standby.sent(ENTRY) >= 4, 60, "the standby to keep sending")
             assert leader.sent(ENTRY) == sent_by_dead
         finally:
             a.stop()
