@@ -340,8 +340,12 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     try:
         with contextlib.ExitStack() as stack:
-            stack.callback(signal.alarm, 0)
-            _run(args, stack, results, timings, left, stamp, run_dir)
+            try:
+                _run(args, stack, results, timings, left, stamp, run_dir)
+            finally:
+                signal.alarm(0)  # the clean-up below (users, processes) is never cut short
+            t = time.monotonic()
+        timings["teardown"] = time.monotonic() - t
     finally:
         signal.alarm(0)
     results["phases_s"] = {k: round(v, 1) for k, v in timings.items()}
@@ -353,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         from bench.plots import plot_fleet
 
         path = plot_fleet(
-            results, RESULTS_DIR / "fleet.png" if args.boxes >= 100 else run_dir / "fleet.png"
+            results, RESULTS_DIR / "fleet.png" if args.boxes >= 500 else run_dir / "fleet.png"
         )
         log(f"plot: {path.relative_to(ROOT)}")
     print_summary(results)
@@ -522,6 +526,11 @@ def _run(
     daemon_memory = memory_of(_daemon_pids(prefix))
     log(f"happy daemons: {daemon_memory}")
 
+    if args.steady_seconds > 0 and done_at is not None:
+        results["steady"] = steady_state(
+            args.steady_seconds, kinds_ctx, engine, scratch.database_name, redis_client, left
+        )
+
     rows = per_box_rows(engine, order_ids)
     running = [r for r in rows if r["status"] == "running"]
     latencies = [
@@ -548,6 +557,19 @@ def _run(
     }
     results["paid_to_running_s"] = percentiles(latencies)
     results["steps"] = step_breakdown(rows, STEP_NAMES)
+    # The first step's wait, split: payment received -> box row created (the webhook's order
+    # work) and box created -> first step claimed (provisioning queue).
+    first = STEP_NAMES[0]
+    results["intake"] = {
+        "received_to_box_created": percentiles(
+            r["box_created"] - r["received"] for r in rows if r["box_created"]
+        ),
+        "box_created_to_first_step": percentiles(
+            r["steps"][first]["started"] - r["box_created"]
+            for r in rows
+            if r["box_created"] and (r["steps"].get(first) or {}).get("started")
+        ),
+    }
     results["running_over_time_s"] = [round(v, 3) for v in finish_times]
     results["paid_to_running_samples_s"] = [round(v, 3) for v in sorted(latencies)]
     results["memory"] = {"sshd": sshd_memory, "happy_daemons": daemon_memory}
@@ -560,6 +582,7 @@ def _run(
         k: round(v / max(len(running), 1), 4) for k, v in results["cpu_s"].items()
     }
     results["samples"] = sampler.samples
+    results["per_box"] = rows  # epoch seconds: received, paid, box_created, steps
     results["uptime_after"] = _uptime()
     checks = {
         "webhook_5xx": burst.server_errors(),
@@ -569,6 +592,35 @@ def _run(
         "ok": burst.server_errors() == 0 and not burst.errors and len(running) == args.boxes,
     }
     results["checks"] = checks
+
+
+def steady_state(
+    seconds: float, ctx: dict[str, Any], engine: Any, database: str, client: Any, left: Any
+) -> dict[str, Any]:
+    """What the running boxes cost once provisioned (health sweeps, reconcilers, beat):
+    CPU per process kind, PostgreSQL commits and Redis commands over ``seconds``."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        running = conn.scalar(text("SELECT count(*) FROM vibeboxes WHERE status = 'running'"))
+    seconds = max(0.0, min(seconds, left("measuring the steady state") - 30))
+    log(f"steady state: {running} boxes running, measuring {seconds:.0f} s")
+    cpu0, pg0, r0 = cpu_by_kind(ctx), pg_snapshot(engine, database), redis_snapshot(client)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    cpu1, pg1, r1 = cpu_by_kind(ctx), pg_snapshot(engine, database), redis_snapshot(client)
+    cores = {k: round((cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / elapsed, 4) for k in cpu1}
+    pg = diff(pg1, pg0, PG_COUNTERS)
+    commands = r1["total_commands_processed"] - r0["total_commands_processed"]
+    return {
+        "running_boxes": running,
+        "seconds": round(elapsed, 1),
+        "cpu_cores": cores,
+        "pg_tps": round(pg["xact_commit"] / elapsed, 2),
+        "pg_delta": pg,
+        "redis_ops_per_s": round(commands / elapsed, 2),
+    }
 
 
 def _count(values: Any) -> dict[str, int]:
@@ -657,6 +709,9 @@ def print_summary(results: dict[str, Any]) -> None:
     print(f"cpu s: {results['cpu_s']}")
     print(f"memory: {results['memory']}")
     print(f"steps: {json.dumps(results['steps'])}")
+    print(f"intake: {json.dumps(results['intake'])}")
+    if "steady" in results:
+        print(f"steady state: {json.dumps(results['steady'])}")
     print(f"phases s: {results.get('phases_s')}\n")
 
 
@@ -676,6 +731,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full-daemons",
         action="store_true",
         help="the `happy` stand-in's daemons stay full size (default: slim, ~3 MB each)",
+    )
+    parser.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=90.0,
+        help="once all run: measure what the running boxes cost for this long (0: skip)",
     )
     parser.add_argument("--no-plot", action="store_true")
     args = parser.parse_args(argv)

@@ -156,11 +156,12 @@ def plot_fleet(results: dict[str, Any], out: Path) -> Path:
     times = results["running_over_time_s"]
     ax1.step(times, range(1, len(times) + 1), where="post", color=SYSTEM, label="running")
     samples = results.get("samples") or []
-    if samples:
-        active = [s.get("pg_active") or 0 for s in samples]
+    busy = [(s["t"], s["machine_busy_cores"]) for s in samples if s.get("machine_busy_cores")]
+    if busy:
         ax1b = ax1.twinx()
-        ax1b.plot([s["t"] for s in samples], active, color=BASELINE, alpha=0.5, lw=1)
-        ax1b.set_ylabel("PostgreSQL active backends", color=BASELINE)
+        ax1b.plot([t for t, _ in busy], [c for _, c in busy], color=BASELINE, alpha=0.6, lw=1)
+        ax1b.set_ylabel("machine CPU busy (cores, all processes)", color=BASELINE)
+        ax1b.set_ylim(bottom=0)
     ax1.set_xlabel("seconds since the webhook burst began")
     ax1.set_ylabel("boxes running")
     tp = results["throughput"]
