@@ -6,6 +6,7 @@
 #   make test    the test suite (pytest -n auto; extra arguments via PYTEST_ARGS="...")
 #   make lint    ruff + mypy
 #   make bench   benchmarks on the make-run stack (BENCH_ARGS="--quick")
+#   make bench-fleet  issue 15's fleet run: 500 boxes on 500 sshd servers (FLEET_ARGS=...)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -15,13 +16,14 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.vibebox-installed
 
-.PHONY: help install run test lint bench services-start services-stop services-status
+.PHONY: help install run test lint bench bench-fleet services-start services-stop services-status
 
 help:
 	@echo "make run              start the whole stack (API, worker, beat, Flower)"
 	@echo "make test             run the tests against real PostgreSQL/Redis (PYTEST_ARGS=...)"
 	@echo "make lint             ruff + mypy"
 	@echo "make bench            issue 13 benchmarks on the make-run stack (BENCH_ARGS=--quick)"
+	@echo "make bench-fleet      issue 15 fleet run, 500 boxes (FLEET_ARGS=\"--boxes 100\")"
 	@echo "make install          create .venv and install the project with its dev extras"
 	@echo "make services-start   start embedded PostgreSQL/Redis and leave them running"
 	@echo "make services-stop    stop the embedded PostgreSQL/Redis under var/"
@@ -66,6 +68,12 @@ lint: $(STAMP)
 # minutes on 2 cores; BENCH_ARGS="--quick" for a short run, "--only p3,p4" for a subset.
 bench: $(STAMP)
 	@exec $(VPY) scripts/services.py exec -- $(VPY) bench/stack.py $(BENCH_ARGS)
+
+# Issue 15's fleet run (bench/fleet.py; root): 500 boxes on 500 sshd servers through the
+# make-run stack plus one more worker; ~16 minutes on 2 cores, ~4 GB of RAM.
+# FLEET_ARGS="--boxes 100 --workers 2" to change it.
+bench-fleet: $(STAMP)
+	@exec $(VPY) scripts/services.py exec -- $(VPY) bench/fleet.py $(FLEET_ARGS)
 
 services-start: $(STAMP)
 	@$(VPY) scripts/services.py start

@@ -148,6 +148,47 @@ def plot_p2(results: dict[str, Any], out: Path) -> Path:
     return _save(plt, fig, out / "p2_throughput.png")
 
 
+def plot_fleet(results: dict[str, Any], out: Path) -> Path:
+    """Issue 15's fleet run (``bench/fleet.py``): boxes running over time, the paid-to-running
+    distribution (CDF), and where the time of a box goes (mean wait and run per step)."""
+    plt = _plt()
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    times = results["running_over_time_s"]
+    ax1.step(times, range(1, len(times) + 1), where="post", color=SYSTEM, label="running")
+    samples = results.get("samples") or []
+    busy = [(s["t"], s["machine_busy_cores"]) for s in samples if s.get("machine_busy_cores")]
+    if busy:
+        ax1b = ax1.twinx()
+        ax1b.plot([t for t, _ in busy], [c for _, c in busy], color=BASELINE, alpha=0.6, lw=1)
+        ax1b.set_ylabel("machine CPU busy (cores, all processes)", color=BASELINE)
+        ax1b.set_ylim(bottom=0)
+    ax1.set_xlabel("seconds since the webhook burst began")
+    ax1.set_ylabel("boxes running")
+    tp = results["throughput"]
+    ax1.set_title(f"{results['running']}/{results['boxes']} boxes, {tp['boxes_per_s']} boxes/s")
+    latencies = results["paid_to_running_samples_s"]
+    _cdf(ax2, latencies, "paid -> running", SYSTEM)
+    p = results["paid_to_running_s"]
+    for key, style in (("p50", "--"), ("p99", ":")):
+        if key in p:
+            ax2.axvline(p[key], color="grey", ls=style, label=f"{key} {p[key]:.1f} s")
+    ax2.set_xlabel("seconds (payment_events.received_at -> mark_running finished)")
+    ax2.set_ylabel("share of boxes")
+    ax2.set_title("paid-to-running")
+    ax2.legend(loc="lower right")
+    steps = results["steps"]
+    names = list(steps)
+    waits = [steps[n]["wait"].get("mean", 0.0) for n in names]
+    runs = [steps[n]["run"].get("mean", 0.0) for n in names]
+    ax3.barh(names, waits, color=BASELINE, label="wait (queue, hop)")
+    ax3.barh(names, runs, left=waits, color=SYSTEM, label="run")
+    ax3.invert_yaxis()
+    ax3.set_xlabel("mean seconds per box")
+    ax3.set_title("where the time goes")
+    ax3.legend(loc="lower right")
+    return _save(plt, fig, out)
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     written = []
     if results.get("rows"):

@@ -5,7 +5,8 @@ virtualenv or a pyenv python), and its sessions start with an environment built 
 scratch. :class:`BoxRuntime` therefore lays out, in a directory every user can read:
 
 - ``bin/happy``: the development Happy CLI stand-in (``app/devtools/happy_cli/happy``) with
-  the system ``python3`` in its shebang and ``lib/`` on its ``sys.path``;
+  the system ``python3`` in its shebang and ``lib/`` on its ``sys.path`` (``slim=True``: its
+  daemon re-executes itself as a small process once running, see the stand-in's doc);
 - ``lib/``: PyNaCl (+ the cffi backend it loads), copied from this environment when the
   system python has the same minor version, else ``pip install --target``.
 
@@ -69,8 +70,10 @@ class BoxRuntime:
         return self.root / "lib"
 
     @classmethod
-    def prepare(cls, root: Path) -> BoxRuntime:
-        """Build the runtime in ``root`` (replacing what an earlier build left there)."""
+    def prepare(cls, root: Path, *, slim: bool = False) -> BoxRuntime:
+        """Build the runtime in ``root`` (replacing what an earlier build left there).
+        ``slim``: the stand-in's daemon holds ~3 MB instead of ~12 MB once running (for
+        hundreds of boxes on one machine, ``bench/fleet.py``)."""
         python = next((p for p in SYSTEM_PYTHONS if os.access(p, os.X_OK)), None)
         if python is None:
             raise RuntimeError(
@@ -87,9 +90,10 @@ class BoxRuntime:
         source = HAPPY_CLI.read_text().split("\n", 1)[1]
         # The box users' environment is built from scratch (no PYTHONPATH): the stand-in
         # finds PyNaCl itself.
-        happy.write_text(
-            f"#!{python}\nimport sys; sys.path.insert(0, {str(runtime.lib_dir)!r})\n{source}"
-        )
+        launcher = f"import sys; sys.path.insert(0, {str(runtime.lib_dir)!r})"
+        if slim:
+            launcher += "; HAPPY_STANDIN_SLIM = True"
+        happy.write_text(f"#!{python}\n{launcher}\n{source}")
         for path in [root, *root.rglob("*")]:
             path.chmod(0o755 if path.is_dir() or path == happy else 0o644)
         runtime._check_usable_by_others()

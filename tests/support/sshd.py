@@ -523,7 +523,9 @@ class SSHBox:
 class BoxFleet:
     """Starts boxes (concurrently if asked) and tears all of them down, whatever happens."""
 
-    def __init__(self, happy_url: str, *, base_dir: str = "/tmp") -> None:
+    def __init__(
+        self, happy_url: str, *, base_dir: str = "/tmp", slim_daemons: bool = False
+    ) -> None:
         if os.geteuid() != 0:
             raise RuntimeError("SSH test boxes need root (useradd, sshd)")
         sshd_binary()
@@ -532,7 +534,9 @@ class BoxFleet:
         # Box users must reach runtime/ (0755) but nothing else: 0711 on the top directory.
         self.directory = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-", dir=base_dir))
         self.directory.chmod(0o711)
-        self.runtime = BoxRuntime.prepare(self.directory / "runtime")
+        # slim_daemons: the `happy` daemons re-execute themselves small once running
+        # (hundreds of boxes on one machine: bench/fleet.py).
+        self.runtime = BoxRuntime.prepare(self.directory / "runtime", slim=slim_daemons)
         (self.directory / "boxes").mkdir(mode=0o700)
         self.client_key = ClientKey.generate()
         self.boxes: list[SSHBox] = []
