@@ -97,9 +97,7 @@ def run_box_step(task: Task, box_id: str, step: str) -> str:
             # Too long to hold as an unacknowledged message (RabbitMQ's consumer_timeout,
             # Redis's visibility_timeout): the box keeps its next_retry_at and the
             # reconciler sends the step on once that has passed.
-            log.info(
-                "box %s: %s deferred %.0fs to the reconciler", box_id, ended_at, outcome.delay
-            )
+            log.info("box %s: %s deferred %.0fs to the reconciler", box_id, ended_at, outcome.delay)
             return "deferred"
         if ended_at != step:
             # A step this task ran ahead into: its own task comes back after the delay.

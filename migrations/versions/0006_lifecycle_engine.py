@@ -22,9 +22,7 @@ def upgrade() -> None:
     op.add_column("vibeboxes", sa.Column("action", sa.String(length=16), nullable=True))
     op.add_column(
         "vibeboxes",
-        sa.Column(
-            "teardown_cancellable", sa.Boolean(), server_default=sa.false(), nullable=False
-        ),
+        sa.Column("teardown_cancellable", sa.Boolean(), server_default=sa.false(), nullable=False),
     )
     op.add_column(
         "vibeboxes", sa.Column("capacity_waits", sa.Integer(), server_default="0", nullable=False)
