@@ -62,6 +62,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # Benchmarks against the `make run` stack (bench/stack.py; root: sshd boxes). About 10-15
