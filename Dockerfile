@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first (against empty stand-ins for the packages), so that a code change does
-# not reinstall them.
+# not reinstall them. The runtime set only: no `dev` extra, so no embedded PostgreSQL/Redis,
+# honcho or test tools in the image (pyproject.toml; tests/test_dependencies.py).
 COPY pyproject.toml ./
 RUN mkdir -p app workers && touch app/__init__.py workers/__init__.py celery_config.py \
     && pip install . \

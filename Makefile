@@ -3,7 +3,8 @@
 # (embedded under ./var/ unless DATABASE_URL / REDIS_URL point at running servers).
 #
 #   make run     API + worker + beat + Flower on http://127.0.0.1:5000/ (Ctrl-C stops all)
-#   make test    the test suite (pytest -n auto; extra arguments via PYTEST_ARGS="...")
+#   make test    the whole test suite, what CI runs (pytest -n auto; PYTEST_ARGS="...")
+#   make test-fast  the fast tier: no Celery worker, sshd boxes, RabbitMQ or ops tooling
 #   make lint    ruff + mypy
 #   make bench   benchmarks on the make-run stack (BENCH_ARGS="--quick")
 #   make bench-fleet  issue 15's fleet run: 500 boxes on 500 sshd servers (FLEET_ARGS=...)
@@ -16,11 +17,12 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.vibebox-installed
 
-.PHONY: help install run test lint bench bench-fleet services-start services-stop services-status
+.PHONY: help install run test test-fast lint bench bench-fleet services-start services-stop services-status
 
 help:
 	@echo "make run              start the whole stack (API, worker, beat, Flower)"
 	@echo "make test             run the tests against real PostgreSQL/Redis (PYTEST_ARGS=...)"
+	@echo "make test-fast        the fast tier: no worker, sshd, RabbitMQ or ops tests (< 1 min)"
 	@echo "make lint             ruff + mypy"
 	@echo "make bench            issue 13 benchmarks on the make-run stack (BENCH_ARGS=--quick)"
 	@echo "make bench-fleet      issue 15 fleet run, 500 boxes (FLEET_ARGS=\"--boxes 100\")"
@@ -59,6 +61,15 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@exec $(VPY) scripts/run.py test
+
+# The test tiers are pytest markers (pyproject.toml; applied in tests/conftest.py). The fast
+# tier deselects them, and VIBEBOX_TEST_TIER=fast makes a test that would still start a
+# worker, sshd or RabbitMQ fail (tests/support/tiers.py). README: Tests.
+FAST_TIER := not e2e and not sshd and not rabbitmq and not ops and not fuzz
+
+test-fast: $(STAMP)
+	@VIBEBOX_TEST_TIER=fast PYTEST_ARGS="-m '$(FAST_TIER)' $$PYTEST_ARGS" \
+	  exec $(VPY) scripts/run.py test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

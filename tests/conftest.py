@@ -104,6 +104,35 @@ def _isolate_environment(index: int) -> None:
     celery_config.result_backend = redis_url
 
 
+# --- test tiers (README: Tests) ------------------------------------------------------------
+# A test's tier markers follow from what it needs: the fixtures it uses (directly or through
+# other fixtures) and where it lives. Tests that start such processes themselves carry the
+# marker in their module. `make test-fast` deselects them all and sets VIBEBOX_TEST_TIER=fast,
+# under which the support classes refuse to start a worker, beat, sshd or RabbitMQ
+# (tests/support/tiers.py): a test missing its marker fails there instead of slowing the tier.
+TIER_FIXTURES = {
+    "e2e": frozenset({"celery_worker", "celery_beat", "live"}),
+    "sshd": frozenset({"box_fleet", "box", "do_double", "pool_fleet"}),
+    "rabbitmq": frozenset({"rabbitmq"}),
+}
+TIER_DIRECTORIES = {"e2e": "e2e", "ops": "ops", "fuzz": "fuzz"}  # tests/<directory>/ -> marker
+TESTS_ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def tier_markers(fixturenames: Any, path: str) -> set[str]:
+    """The tier markers of a test using ``fixturenames`` in the file ``path``."""
+    markers = {marker for marker, names in TIER_FIXTURES.items() if names & set(fixturenames)}
+    parts = os.path.relpath(path, TESTS_ROOT).split(os.sep)
+    markers.update(m for m, directory in TIER_DIRECTORIES.items() if parts[0] == directory)
+    return markers
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in sorted(tier_markers(getattr(item, "fixturenames", ()), str(item.path))):
+            item.add_marker(marker)
+
+
 STRIPE_WEBHOOK_SECRET = "whsec_test_vibebox"
 STRIPE_SECRET_KEY = "sk_test_vibebox"
 # Stripe prices mirror the seeded plans (USD cents), as an operator would configure them.

@@ -48,3 +48,46 @@ def test_every_variable_is_in_env_example_and_readme():
     )
     assert missing_example == [], f".env.example lacks {missing_example}"
     assert missing_readme == [], f"README.md lacks {missing_readme}"
+
+
+# --- the repository is self-contained ------------------------------------------------------
+
+TEXT_SUFFIXES = {".py", ".md", ".toml", ".yml", ".yaml", ".json", ".ini", ".mako", ".example", ""}
+SKIPPED_DIRS = {".git", ".venv", "var", "__pycache__", ".mypy_cache", ".ruff_cache", "results"}
+# Design notes kept outside the repository; what the code relies on lives in docs/.
+OUTSIDE_REFERENCES = re.compile(
+    r"\.\./shared/|/work/shared|\bseed/|vibebox-architecture|happy-contract\.md|the seed's"
+)
+DOC_CITATION = re.compile(r"\bdocs/[\w.-]+\.md\b")
+
+
+def repository_text_files() -> list[Path]:
+    files = []
+    for path in ROOT.rglob("*"):
+        if SKIPPED_DIRS & set(path.relative_to(ROOT).parts) or not path.is_file():
+            continue
+        if path.suffix in TEXT_SUFFIXES or path.name in {"Makefile", "Procfile", "Dockerfile"}:
+            files.append(path)
+    return files
+
+
+def test_no_file_cites_documents_outside_the_repository() -> None:
+    files = repository_text_files()
+    assert ROOT / "README.md" in files and ROOT / "docs" / "happy.md" in files
+    citing = [
+        str(path.relative_to(ROOT))
+        for path in files
+        if path != Path(__file__).resolve()
+        and OUTSIDE_REFERENCES.search(path.read_text(encoding="utf-8", errors="replace"))
+    ]
+    assert citing == []
+
+
+def test_every_cited_docs_page_exists() -> None:
+    cited = {
+        (str(path.relative_to(ROOT)), match)
+        for path in repository_text_files()
+        for match in DOC_CITATION.findall(path.read_text(encoding="utf-8", errors="replace"))
+    }
+    assert {m for _, m in cited} >= {"docs/happy.md", "docs/payments.md"}
+    assert sorted((where, m) for where, m in cited if not (ROOT / m).is_file()) == []

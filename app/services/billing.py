@@ -877,8 +877,8 @@ def cancel_subscription(
     at_period_end: bool,
     provider: PaymentProvider | None,
 ) -> Subscription:
-    """Support cancellation (seed: by email in the MVP); also at the provider when it bills
-    repeatedly (Stripe)."""
+    """Support cancellation (operators cancel on a customer's request, e.g. by email); also at
+    the provider when it bills repeatedly (Stripe)."""
     sub = session.get(Subscription, subscription_id, with_for_update=True)
     if sub is None:
         raise NotFoundError("No such subscription", code="subscription_not_found")

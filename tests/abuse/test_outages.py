@@ -344,6 +344,7 @@ def _probe(client: Any) -> dict[str, Any] | None:
         return None
 
 
+@pytest.mark.e2e  # starts its own worker
 def test_worker_survives_broker_restarts_while_tasks_flow(
     migrated_engine: Engine, tmp_path: Path
 ) -> None:
@@ -449,6 +450,8 @@ def _ready_with_worker(base: str) -> bool:
         return False
 
 
+@pytest.mark.e2e  # the whole `make run` stack, its worker included
+@pytest.mark.ops
 def test_make_run_survives_redis_restarts_and_a_crashed_worker(
     migrated_engine: Engine, redis_server: RedisServer, tmp_path: Path
 ) -> None:

@@ -198,7 +198,7 @@ def test_list_machines_opens_daemon_state_and_tolerates_unreadable_fields(
     assert machines["m-no-state"].metadata == {"host": "y"}
 
 
-# --- the double keeps to the contract (what the real server does) --------------------------
+# --- the double keeps to docs/happy.md (what the real server does) --------------------------
 
 
 def _auth_body(secret: bytes) -> dict[str, str]:

@@ -34,6 +34,9 @@ from app.services.engine import BoxStatus as S
 from app.services.jobs import Job
 from tests.services.engine_harness import OK, PERMANENT, TRANSIENT, UNUSABLE, Harness
 
+# Minutes of generated interleavings: the full suite's, not the fast tier's (README: Tests).
+pytestmark = pytest.mark.fuzz
+
 EXAMPLES = int(os.environ.get("ENGINE_MODEL_EXAMPLES", "25"))
 STEPS_PER_EXAMPLE = int(os.environ.get("ENGINE_MODEL_STEPS", "30"))
 OUTCOMES = st.sampled_from([OK, OK, OK, TRANSIENT, PERMANENT, UNUSABLE])

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.tiers import require_full_tier
+
 # The real start script: /usr/sbin/rabbitmq-server is a wrapper that switches to the
 # system's ``rabbitmq`` user and its /var/lib/rabbitmq.
 SERVER_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
@@ -90,6 +92,7 @@ class RabbitMQServer:
         return env
 
     def start(self, timeout: float = 120.0) -> RabbitMQServer:
+        require_full_tier("RabbitMQ", "rabbitmq")
         if not SERVER_SCRIPT.exists():
             raise RuntimeError(
                 f"{SERVER_SCRIPT} is missing: install Debian's rabbitmq-server "

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.devtools.box_runtime import BoxRuntime, sshd_binary
 from app.integrations.ssh import SSHTarget
+from tests.support.tiers import require_full_tier
 
 USER_PREFIX = "vbx_"
 GECOS_TAG = "vibebox-test pid="
@@ -526,6 +527,7 @@ class BoxFleet:
     def __init__(
         self, happy_url: str, *, base_dir: str = "/tmp", slim_daemons: bool = False
     ) -> None:
+        require_full_tier("sshd boxes", "sshd")
         if os.geteuid() != 0:
             raise RuntimeError("SSH test boxes need root (useradd, sshd)")
         sshd_binary()

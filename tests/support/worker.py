@@ -15,6 +15,8 @@ from pathlib import Path
 
 from celery import Celery
 
+from tests.support.tiers import require_full_tier
+
 QUEUES = "provisioning,control,maintenance,celery"
 # Every worker and beat these helpers start, so a test that needs the broker to itself (another
 # broker, two beats) can pause the session's ones (``paused``) and bring them back after.
@@ -119,6 +121,7 @@ class CeleryWorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> None:
+        require_full_tier("a Celery worker", "e2e")
         celery_app = self.client()
         env = {**os.environ, **self.extra_env}
         log = self.log_path.open("ab")
@@ -194,6 +197,7 @@ class CeleryBeatProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        require_full_tier("Celery beat", "e2e")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.extensions import get_redis
 from tests.support.waiting import wait_until
 from tests.support.worker import CeleryBeatProcess, paused
 from workers.beat import LEADER_KEY
+
+# Two real `celery beat` processes of its own.
+pytestmark = pytest.mark.e2e
 
 ENTRY = "reconcile-stuck-boxes"
 

@@ -25,6 +25,11 @@ anything else                     IGNORED
 Gateway codes: ``10000`` success; ``20000`` and ``ACQ.SYSTEM_ERROR`` / ``isp.*`` ->
 ``TransientError``; every other code -> ``PermanentError``. Timeouts, connection errors and
 HTTP 5xx -> ``TransientError``. Keys never appear in a message or a log line.
+
+The SDK internals used here (the ``alipay.loggers`` stand-in, the ``build_body`` and
+``verified_sync_response`` hooks, the private ``_verify_and_return_sync_response``) are pinned
+by tests/integrations/payments/test_alipay_sdk_contract.py; the Alipay contract we rely on is
+in docs/payments.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Its checkout URL is a page on this API whose button POSTs a signed completion to
 ``/api/subscriptions/webhook/dev`` - the same webhook code path real providers use. The
 signature is an HMAC of the order id with the app's secret key, so only URLs this API
-handed out complete anything. It is refused in production (see ``app.config``).
+handed out complete anything. It is refused in production (see ``app.config``;
+docs/payments.md).
 """
 
 from __future__ import annotations

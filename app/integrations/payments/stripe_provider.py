@@ -29,7 +29,7 @@ anything else                               IGNORED
 
 SDK exceptions never leave this module: connection errors, timeouts, 409, 429 and 5xx become
 ``TransientError``; other 4xx ``PermanentError``. Neither the secret key nor the webhook
-secret appears in a message or a log line.
+secret appears in a message or a log line. What we rely on from Stripe: docs/payments.md.
 """
 
 from __future__ import annotations

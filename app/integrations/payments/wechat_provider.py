@@ -20,6 +20,7 @@ or pre-placed platform certificates are loaded once, keyed by their id/serial.
 
 Nothing returned is an SDK object; ``requests`` errors become ``TransientError`` or
 ``PermanentError``. No key (merchant private key, APIv3 key) ever appears in a message or log.
+What we rely on from WeChat Pay: docs/payments.md.
 """
 
 from __future__ import annotations

@@ -78,7 +78,9 @@ def _env(keys: AlipayKeys, double: AlipayDouble, **overrides: str) -> dict[str, 
     return {k: v for k, v in env.items() if v}
 
 
-@pytest.fixture
+# One per module: loading its RSA keys costs a large part of a second, and a provider
+# keeps no state between calls (the double is reset around each test).
+@pytest.fixture(scope="module")
 def provider(keys: AlipayKeys, double: AlipayDouble) -> AlipayProvider:
     return AlipayProvider.from_env(_env(keys, double))
 

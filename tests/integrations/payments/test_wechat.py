@@ -62,7 +62,9 @@ def _fresh_double(double: WeChatPayDouble) -> Iterator[None]:
     double.reset()
 
 
-@pytest.fixture
+# One per module: loading its RSA keys costs a large part of a second, and a provider
+# keeps no state between calls (the double is reset around each test).
+@pytest.fixture(scope="module")
 def provider(double: WeChatPayDouble) -> WeChatPayProvider:
     built = WeChatPayProvider.from_env(double.provider_env())
     built.timeout = (1.0, 2.0)

@@ -1,5 +1,7 @@
 """A local double of the Alipay open-platform gateway (``gateway.do``) that signs like Alipay.
 
+Built to docs/payments.md (Alipay).
+
 Real HTTP on 127.0.0.1, so the provider's own HTTP code (timeouts, error mapping) runs as it
 does against ``https://openapi.alipay.com/gateway.do``:
 

@@ -1,5 +1,7 @@
 """A local double of the Stripe API, plus builders of webhook events signed as Stripe signs.
 
+Built to docs/payments.md (Stripe).
+
 Real HTTP on 127.0.0.1 (random port), so the real ``stripe`` SDK talks to it through the
 base URL (``STRIPE_API_BASE`` / ``base_addresses={"api": double.url}``), form-encoded
 requests and all. In memory, thread-safe:

@@ -1,5 +1,7 @@
 """A local WeChat Pay API v3 double that checks and signs like the real gateway.
 
+Built to docs/payments.md (WeChat Pay API v3).
+
 Real HTTP on 127.0.0.1 (random port), so the provider, the API process and a Celery worker
 reach it exactly as they would reach ``https://api.mch.weixin.qq.com``:
 
