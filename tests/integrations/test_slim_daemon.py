@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,9 @@ from app.integrations.happy import HappyClient, HappyCredentials
 from app.integrations.ssh import BoxSession
 from tests.support.happy_double import HappyDouble
 from tests.support.sshd import BoxAccount, BoxFleet, remove_product_box_users
+from tests.support.waiting import wait_until
 
-
-def _wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+pytestmark = pytest.mark.sshd  # its own BoxFleet (not the box fixtures the tiers see)
 
 
 def _status(pid: int) -> str:
@@ -87,7 +79,7 @@ def test_slim_daemon_keeps_the_daemon_contract(
             assert host.start_daemon(user, timeout=30).exit_status == 0
             machine_id = host.read_machine_id(user)
             assert machine_id
-            _wait_for(lambda: machine_status() == "running")
+            wait_until(lambda: machine_status() == "running")
             live = host.liveness(user)
             assert live.alive and live.pid is not None
             pid = live.pid
@@ -96,7 +88,7 @@ def test_slim_daemon_keeps_the_daemon_contract(
 
             # Re-executed in place: same pid, slim command line, one thread, the state file
             # still naming it.
-            _wait_for(lambda: b"--slim" in _cmdline(pid))
+            wait_until(lambda: b"--slim" in _cmdline(pid))
             assert "\nThreads:\t1\n" in _status(pid)
             assert Path(f"/proc/{pid}").stat().st_uid == uid
             state = json.loads(account.daemon_state_path.read_text())
@@ -114,7 +106,7 @@ def test_slim_daemon_keeps_the_daemon_contract(
                 answer = json.load(response)
             assert answer["success"] is True
             session_pid = int(answer["pid"])
-            _wait_for(lambda: Path(f"/proc/{session_pid}").exists())
+            wait_until(lambda: Path(f"/proc/{session_pid}").exists())
             assert Path(f"/proc/{session_pid}").stat().st_uid == uid
 
             # A graceful stop: reported to the server, state file gone, nothing left.
