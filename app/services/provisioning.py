@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Text, cast, func, literal_column, select
+from sqlalchemy import Select, Text, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session, joinedload, selectinload
 
@@ -107,12 +107,61 @@ def get_box(session: Session, box_id: uuid.UUID, *, owner_id: uuid.UUID | None =
     return box
 
 
+def _box_version_query() -> Select[Any]:
+    """The statement of ``box_version``, built once (Core, on the tables: no ORM or cache-key
+    work per poll); its only parameter is ``box_id``."""
+    box, step = VibeBox.__table__.c, ProvisioningStep.__table__.c
+    event, account, token = (
+        BoxEvent.__table__.c,
+        HappyAccount.__table__.c,
+        HappyServerToken.__table__.c,
+    )
+    steps = (
+        select(
+            func.coalesce(
+                func.string_agg(
+                    step.name
+                    + ":"
+                    + step.state
+                    + ":"
+                    + cast(step.attempts, Text)
+                    + ":"
+                    + cast(step.updated_at, Text),
+                    aggregate_order_by(literal_column("','"), step.position),
+                ),
+                "",
+            )
+        )
+        .where(step.vibebox_id == box.id)
+        .scalar_subquery()
+    )
+    box_events = (
+        select(func.concat(func.count(), "@", func.max(event.created_at)))
+        .where(event.vibebox_id == box.id)
+        .scalar_subquery()
+    )
+    happy_account = (
+        select(func.max(account.updated_at)).where(account.user_id == box.user_id).scalar_subquery()
+    )
+    server_tokens = (
+        select(func.concat(func.count(), "@", func.max(token.updated_at)))
+        .where(token.user_id == box.user_id)
+        .scalar_subquery()
+    )
+    return select(
+        box.user_id, box.updated_at, box.status, steps, box_events, happy_account, server_tokens
+    ).where(box.id == bindparam("box_id"))
+
+
+_BOX_VERSION = _box_version_query()
+
+
 def box_version(
     session: Session, box_id: uuid.UUID, *, owner_id: uuid.UUID | None = None
 ) -> list[str]:
     """What the box's status document is made of, in one small query: a new value whenever
     the document may have changed. The status poll's ETag hashes it, so a 304 costs this
-    query and no document.
+    query and no document (and the API's rendered-document cache is keyed by it).
 
     Every write that changes the document moves one of these: the box row and its steps
     carry ``updated_at`` (``onupdate``, also in Core UPDATEs; strings of every step, so two
@@ -121,51 +170,7 @@ def box_version(
     accounts. (The writes are the ones ``box_watch`` publishes for long polls.)
     Raises 404 like ``get_box``.
     """
-    steps = (
-        select(
-            func.coalesce(
-                func.string_agg(
-                    ProvisioningStep.name
-                    + ":"
-                    + ProvisioningStep.state
-                    + ":"
-                    + cast(ProvisioningStep.attempts, Text)
-                    + ":"
-                    + cast(ProvisioningStep.updated_at, Text),
-                    aggregate_order_by(literal_column("','"), ProvisioningStep.position),
-                ),
-                "",
-            )
-        )
-        .where(ProvisioningStep.vibebox_id == VibeBox.id)
-        .scalar_subquery()
-    )
-    box_events = (
-        select(func.concat(func.count(), "@", func.max(BoxEvent.created_at)))
-        .where(BoxEvent.vibebox_id == VibeBox.id)
-        .scalar_subquery()
-    )
-    account = (
-        select(func.max(HappyAccount.updated_at))
-        .where(HappyAccount.user_id == VibeBox.user_id)
-        .scalar_subquery()
-    )
-    server_tokens = (
-        select(func.concat(func.count(), "@", func.max(HappyServerToken.updated_at)))
-        .where(HappyServerToken.user_id == VibeBox.user_id)
-        .scalar_subquery()
-    )
-    row = session.execute(
-        select(
-            VibeBox.user_id,
-            VibeBox.updated_at,
-            VibeBox.status,
-            steps,
-            box_events,
-            account,
-            server_tokens,
-        ).where(VibeBox.id == box_id)
-    ).one_or_none()
+    row = session.connection().execute(_BOX_VERSION, {"box_id": box_id}).one_or_none()
     if row is None or (owner_id is not None and row.user_id != owner_id):
         raise NotFoundError("No such VibeBox", code="vibebox_not_found")
     return [str(value) for value in row[1:]]

@@ -111,6 +111,52 @@ def test_another_users_box_is_404_before_any_document(app, client, owned_box) ->
     assert response.status_code == 404
 
 
+def test_another_user_cannot_read_a_rendered_document(app, client, owned_box) -> None:
+    headers, box_id = owned_box
+    assert _poll(client, box_id, headers).status_code == 200  # rendered and kept
+
+    response = _poll(client, box_id, token_for(app, UserFactory()))
+
+    assert response.status_code == 404
+    assert response.get_json()["code"] == "vibebox_not_found"
+
+
+def test_unchanged_box_is_answered_from_its_rendered_document(client, owned_box, statements):
+    headers, box_id = owned_box
+    first = _poll(client, box_id, headers)
+    statements.clear()
+
+    again = _poll(client, box_id, headers)
+
+    assert again.status_code == 200
+    assert again.get_data() == first.get_data()
+    assert again.headers["ETag"] == first.headers["ETag"]
+    assert again.headers["Cache-Control"] == "private, no-cache"
+    assert len(statements) == 1, statements  # the version, no document query
+    assert "FROM vibeboxes" in statements[0]
+
+
+def test_rendered_document_follows_every_change_of_the_box(client, session, owned_box) -> None:
+    from app.models import VibeBox
+
+    headers, box_id = owned_box
+    before = _poll(client, box_id, headers)
+    assert before.get_json()["vibeBox"]["events"] == []
+    box = session.get(VibeBox, box_id)
+    events.record(session, box, "daemon_down", "The daemon stopped")
+    session.commit()
+
+    with_event = _poll(client, box_id, headers)
+    assert [e["kind"] for e in with_event.get_json()["vibeBox"]["events"]] == ["daemon_down"]
+    assert with_event.headers["ETag"] != before.headers["ETag"]
+
+    box.status, box.last_error = "error", "allocate_server failed"
+    session.commit()
+
+    failed = _poll(client, box_id, headers).get_json()["vibeBox"]
+    assert (failed["status"], failed["lastError"]) == ("error", "allocate_server failed")
+
+
 def test_logged_out_token_cannot_poll(client, session) -> None:
     from app.models import User
     from tests.api.test_auth import register
@@ -122,12 +168,34 @@ def test_logged_out_token_cannot_poll(client, session) -> None:
     box = make_box(session, status="provisioning", user_id=user.id, step="allocate_server")
     session.commit()
     assert _poll(client, box.id, headers).status_code == 200
+    assert _poll(client, box.id, headers).status_code == 200  # the rendered document now
 
     assert client.post("/api/auth/logout", headers=headers).status_code == 200
 
     refused = _poll(client, box.id, headers)
     assert refused.status_code == 401
     assert refused.get_json()["code"] == "token_revoked"
+
+
+def test_autocommit_reads_send_no_begin_and_leave_the_pool_transactional(settings) -> None:
+    from psycopg.pq import TransactionStatus
+    from sqlalchemy.orm import Session
+
+    engine = create_engine(settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        with Session(engine) as session:
+            app_db.autocommit_reads(session)
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+            dbapi = session.connection().connection.dbapi_connection
+            assert dbapi is not None
+            assert dbapi.info.transaction_status == TransactionStatus.IDLE  # no BEGIN sent
+        with engine.connect() as conn:  # the same pooled connection, transactional again
+            conn.execute(text("SELECT 1"))
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            assert dbapi.info.transaction_status == TransactionStatus.INTRANS
+    finally:
+        engine.dispose()
 
 
 def test_idle_pooled_connection_that_died_is_replaced(settings, monkeypatch) -> None:

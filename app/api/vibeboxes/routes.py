@@ -6,7 +6,7 @@ import threading
 import uuid
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 from flask_jwt_extended import current_user, jwt_required
 from flask_smorest import Blueprint
@@ -14,6 +14,7 @@ from flask_smorest.exceptions import NotModified
 from werkzeug.exceptions import UnsupportedMediaType
 
 from app import get_settings
+from app.api.vibeboxes.documents import RenderedDocuments
 from app.api.vibeboxes.schemas import (
     ConnectRequestSchema,
     ConnectResponseSchema,
@@ -24,7 +25,7 @@ from app.api.vibeboxes.schemas import (
     WaitArgsSchema,
 )
 from app.config import Settings
-from app.db import db_session
+from app.db import autocommit_reads, db_session
 from app.errors import LongPollBusyError
 from app.extensions import limiter
 from app.integrations.happy import HappyClient
@@ -39,6 +40,8 @@ NO_STORE = {"Cache-Control": "no-store"}
 CONNECT_ENDPOINT = "vibeboxes.VibeBoxConnect"
 
 _happy_clients = threading.local()  # per thread: a requests.Session is not thread-safe
+_rendered = RenderedDocuments()  # per process: the last document of each polled box
+_envelope_schema = VibeBoxEnvelopeSchema()
 
 
 def happy_client(settings: Settings, region: str | None = None) -> HappyClient:
@@ -69,15 +72,29 @@ def status_limit() -> str:
 
 
 def _box_envelope(box_id: uuid.UUID, owner_id: uuid.UUID) -> dict[str, Any]:
-    session = db_session()
+    session = autocommit_reads(db_session())
     box = provisioning.get_box(session, box_id, owner_id=owner_id)
     return {"vibeBox": _status_document(session, get_settings(), box)}
 
 
+def _rendered_envelope(box_id: uuid.UUID, owner_id: uuid.UUID, version: list[Any]) -> Response:
+    """The JSON answer for ``version`` of the box: rendered once per version in this process
+    (``documents.RenderedDocuments``), the same bytes the response schema would give."""
+    body = _rendered.get(box_id, version)
+    if body is None:
+        dumped = _envelope_schema.dump(_box_envelope(box_id, owner_id))
+        response = jsonify(dumped)
+        _rendered.put(box_id, version, response.get_data())
+        return response
+    return current_app.response_class(body, mimetype="application/json")
+
+
 def _version(box_id: uuid.UUID, owner_id: uuid.UUID) -> list[Any]:
     """What the ETag of the box's document hashes (``provisioning.box_version``, plus whether
-    this answer leaves out the credentials): read before any document is built."""
-    session = db_session()
+    this answer leaves out the credentials): read before any document is built. Reads run
+    without a transaction (``autocommit_reads``): a poll is one statement when nothing
+    changed."""
+    session = autocommit_reads(db_session())
     return [*provisioning.box_version(session, box_id, owner_id=owner_id), revocation_unverified()]
 
 
@@ -168,8 +185,9 @@ class VibeBoxDetail(MethodView):
             changed = _wait_for_change(box_id, owner_id, version, wait) if wait else None
             if changed is None:
                 raise
-            blp.set_etag(changed)
-        return _box_envelope(box_id, owner_id), 200, PRIVATE
+            version = changed
+            blp.set_etag(version)
+        return _rendered_envelope(box_id, owner_id, version), 200, PRIVATE
 
 
 @blp.route("/<uuid:box_id>/connect")
