@@ -28,18 +28,25 @@ POOL_RECYCLE_SECONDS = 1800
 _IDLE_SINCE = "vibebox_idle_since"
 
 
-def get_engine(url: str) -> Engine:
-    """One pooled engine per URL per process (forked workers get their own)."""
+#: Pooled connections kept open per process unless the caller asks for more.
+POOL_SIZE = 5
+
+
+def get_engine(url: str, pool_size: int = POOL_SIZE) -> Engine:
+    """One pooled engine per URL per process (forked workers get their own). Up to
+    ``pool_size`` connections stay open; 10 more are opened when needed and closed again."""
     engine = _engines.get(url)
     if engine is None:
-        engine = create_engine(url, pool_recycle=POOL_RECYCLE_SECONDS, pool_size=5, max_overflow=10)
+        engine = create_engine(
+            url, pool_recycle=POOL_RECYCLE_SECONDS, pool_size=pool_size, max_overflow=10
+        )
         install_idle_liveness_check(engine)
         _engines[url] = engine
     return engine
 
 
-def init_db(url: str) -> Engine:
-    engine = get_engine(url)
+def init_db(url: str, pool_size: int = POOL_SIZE) -> Engine:
+    engine = get_engine(url, pool_size)
     SessionFactory.configure(bind=engine)
     return engine
 

@@ -156,3 +156,18 @@ def test_max_waiters_defaults_to_half_the_threads(monkeypatch):
     monkeypatch.setenv("WEB_THREADS", "10")
     monkeypatch.delenv("WEB_MAX_WAITERS", raising=False)
     assert Settings.from_env().web_max_waiters == 5
+
+
+def test_web_process_pools_one_database_connection_per_thread(monkeypatch, settings):
+    from app import create_app
+    from app import db as app_db
+
+    monkeypatch.setenv("WEB_THREADS", "12")
+    monkeypatch.setattr(app_db, "_engines", {})  # this app makes its own engine
+    monkeypatch.setitem(app_db.SessionFactory.kw, "bind", app_db.SessionFactory.kw.get("bind"))
+    create_app(settings=settings)
+    engine = app_db._engines[settings.database_url]
+    try:
+        assert engine.pool.size() == 12  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()

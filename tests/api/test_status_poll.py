@@ -150,6 +150,7 @@ def test_rendered_document_follows_every_change_of_the_box(client, session, owne
     assert [e["kind"] for e in with_event.get_json()["vibeBox"]["events"]] == ["daemon_down"]
     assert with_event.headers["ETag"] != before.headers["ETag"]
 
+    box = session.get(VibeBox, box_id)  # the poll ended the request's session
     box.status, box.last_error = "error", "allocate_server failed"
     session.commit()
 

@@ -93,9 +93,17 @@ def _version(box_id: uuid.UUID, owner_id: uuid.UUID) -> list[Any]:
     """What the ETag of the box's document hashes (``provisioning.box_version``, plus whether
     this answer leaves out the credentials): read before any document is built. Reads run
     without a transaction (``autocommit_reads``): a poll is one statement when nothing
-    changed."""
-    session = autocommit_reads(db_session())
-    return [*provisioning.box_version(session, box_id, owner_id=owner_id), revocation_unverified()]
+    changed, and its connection goes back to the pool right after it (a poll that holds it
+    to the end of the request makes the pool open and close overflow connections under
+    load; a changed box's document is read with the next checkout)."""
+    try:
+        session = autocommit_reads(db_session())
+        return [
+            *provisioning.box_version(session, box_id, owner_id=owner_id),
+            revocation_unverified(),
+        ]
+    finally:
+        db_session.remove()
 
 
 def _wait_for_change(
@@ -106,12 +114,8 @@ def _wait_for_change(
     WEB_MAX_WAITERS long polls."""
 
     def read() -> list[Any]:
-        try:
-            return _version(box_id, owner_id)
-        finally:
-            db_session.remove()  # no connection or transaction held while waiting
+        return _version(box_id, owner_id)  # no connection or transaction held while waiting
 
-    db_session.remove()
     watcher: box_watch.BoxWatcher = current_app.extensions["vibebox.box_watcher"]
     try:
         return watcher.wait_for_change(box_id, read, lambda now: now == seen, float(seconds))
