@@ -212,7 +212,7 @@ def test_a_long_poll_wakes_when_another_process_commits_a_transition(
     poller.start()
     try:
         # The waiter is registered once a second long poll is refused (one slot).
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             probe = api.request("GET", f"{path}?wait=1", headers={**headers, "If-None-Match": etag})
             if probe.status_code == 429:
@@ -220,6 +220,9 @@ def test_a_long_poll_wakes_when_another_process_commits_a_transition(
                 break
             assert probe.status_code == 304, probe.text
             assert time.monotonic() < deadline, "the long poll never started waiting"
+            # The probe itself held the only slot for its second: leave the poller (which
+            # asks again 0.2 s after a 429) room to take it before probing again.
+            time.sleep(0.5)
         # While it waits, the same single process answers other requests.
         assert api.request("GET", "/healthz").status_code == 200
         plain = api.request("GET", path, headers={**headers, "If-None-Match": etag})
