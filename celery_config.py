@@ -138,7 +138,14 @@ task_routes = {
 }
 
 worker_send_task_events = True  # Flower's live view
-task_send_sent_event = True
+# A "task-sent" event costs every publisher (the web answering a webhook, too) one more
+# Redis PUBLISH per task; Flower shows each task from the worker's "received" on without
+# it. CELERY_SEND_SENT_EVENT=1 brings it back.
+task_send_sent_event = os.environ.get("CELERY_SEND_SENT_EVENT", "0").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+}
 worker_hijack_root_logger = False
 
 # Beat runs once: every beat process may be started (one per machine, for failover), but only

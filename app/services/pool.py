@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import exists, func, select, text
+from sqlalchemy import Uuid, column, exists, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -886,38 +886,31 @@ def remove_server(session: Session, server_id: uuid.UUID) -> Literal["deleted", 
 def allocate_server(session: Session, box: VibeBox) -> Server | None:
     """Give ``box`` the smallest available server that fits its plan; None when none fits.
 
-    Idempotent: a box that already holds a server gets that server back. The box row is
-    locked first (two deliveries of the same step allocate once) and the server is taken
-    with ``FOR UPDATE SKIP LOCKED`` (concurrent allocations never pick the same server and
-    never wait on each other).
+    One statement (one round trip), ``_ALLOCATE``: it locks the box row, reads its plan and
+    region, takes the server with ``FOR UPDATE SKIP LOCKED`` (concurrent allocations never
+    pick the same server and never wait on each other) and gives it to the box.
+
+    Idempotent: a box that already holds a server gets that server back. Two deliveries of
+    the same step allocate once: the second waits on the box row's lock and then sees the
+    row as the first committed it (PostgreSQL re-reads a row it locked after waiting),
+    holding a server, so it takes none.
 
     Regions: a box of region R takes only servers whose region is R; a box without a
     region (regions off, or a box from before them) takes any server. So with REGIONS set,
     a server without a region serves no new box: give it one (``vibebox pool update``).
     """
     row = session.execute(
-        select(VibeBox.server_id, Plan.cpu_cores, Plan.ram_gb, Plan.disk_gb)
-        .join(Plan, Plan.id == VibeBox.plan_id)
-        .where(VibeBox.id == box.id)
-        .with_for_update(of=VibeBox)
+        select(Server, _HELD_ID)
+        .from_statement(_ALLOCATE)
+        .params(box_id=box.id)
+        .execution_options(populate_existing=True)
     ).one_or_none()
     if row is None:
         raise NotFoundError(f"No plan {box.plan_id!r}", code="plan_not_found")
-    if row.server_id is not None:
-        set_committed_value(box, "server_id", row.server_id)
-        return session.get(Server, row.server_id)
-    server = session.scalars(
-        select(Server)
-        .from_statement(_ALLOCATE)
-        .params(
-            box_id=box.id,
-            cpu=row.cpu_cores,
-            ram=row.ram_gb,
-            disk=row.disk_gb,
-            region=box.region,
-        )
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    server, held_id = row
+    if held_id is not None:  # a redelivery: the box kept what it had
+        set_committed_value(box, "server_id", held_id)
+        return session.get(Server, held_id)
     if server is None:
         log.info(
             "pool: no available server fits box %s (plan %s, region %s)",
@@ -933,19 +926,35 @@ def allocate_server(session: Session, box: VibeBox) -> Server | None:
     return server
 
 
-# One statement takes the smallest fitting available server (FOR UPDATE SKIP LOCKED:
-# concurrent allocations never pick the same server nor wait on each other), marks it
-# allocated and gives it to the box; it returns the server's row (no row: none fits).
-# Keep in step with ``capacity_shortfall`` and ``LIVE_BOX``.
+# One statement allocates (keep in step with ``capacity_shortfall`` and ``LIVE_BOX``):
+# - ``box`` locks the box row and reads its server, region and plan's resources. Another
+#   allocation for the same box makes it wait; READ COMMITTED then returns the row as that
+#   one committed it (holding a server), so nothing below takes a second one.
+# - ``taken`` marks allocated the smallest fitting available server (only for a box without
+#   one), chosen FOR UPDATE SKIP LOCKED: concurrent allocations never pick the same server
+#   nor wait on each other; ``given`` hands it to the box.
+# - The result: no row when the box does not exist; else one row with the server taken
+#   (all NULL when none fits) and ``held_id``, the server the box already held (or NULL).
+_HELD_ID = column("held_id", Uuid)
+_SERVER_COLUMNS = [c.name for c in Server.__table__.columns]  # in the mapped order
 _ALLOCATE = text(
-    """
-    WITH taken AS (
+    f"""
+    WITH box AS MATERIALIZED (
+        SELECT v.server_id, v.region, p.cpu_cores, p.ram_gb, p.disk_gb
+        FROM vibeboxes AS v JOIN plans AS p ON p.id = v.plan_id
+        WHERE v.id = :box_id
+        FOR UPDATE OF v
+    ),
+    taken AS (
         UPDATE servers SET state = 'allocated', updated_at = now()
         WHERE servers.id = (
-            SELECT s.id FROM servers AS s
-            WHERE s.state = 'available'
-              AND s.cpu_cores >= :cpu AND s.ram_gb >= :ram AND s.disk_gb >= :disk
-              AND (CAST(:region AS varchar) IS NULL OR s.region = CAST(:region AS varchar))
+            SELECT s.id FROM servers AS s, box
+            WHERE box.server_id IS NULL
+              AND s.state = 'available'
+              AND s.cpu_cores >= box.cpu_cores
+              AND s.ram_gb >= box.ram_gb
+              AND s.disk_gb >= box.disk_gb
+              AND (box.region IS NULL OR s.region = box.region)
               AND NOT EXISTS (
                   SELECT 1 FROM vibeboxes AS v
                   WHERE v.server_id = s.id AND v.status != 'terminated'
@@ -955,13 +964,16 @@ _ALLOCATE = text(
             FOR UPDATE OF s SKIP LOCKED
         )
         RETURNING servers.*
+    ),
+    given AS (
+        UPDATE vibeboxes SET server_id = taken.id, updated_at = now()
+        FROM taken
+        WHERE vibeboxes.id = :box_id
     )
-    UPDATE vibeboxes SET server_id = taken.id, updated_at = now()
-    FROM taken
-    WHERE vibeboxes.id = :box_id
-    RETURNING taken.*
-    """
-)
+    SELECT {", ".join(f"taken.{name}" for name in _SERVER_COLUMNS)}, box.server_id AS held_id
+    FROM box LEFT JOIN taken ON true
+    """  # noqa: S608 - the f-string inserts the model's own column names, nothing else
+).columns(*Server.__table__.columns, _HELD_ID)
 
 
 def _in_region(region: str | None) -> list[Any]:

@@ -454,7 +454,7 @@ def test_allocate_keeps_to_the_box_region(session):
     assert pool.allocate_server(session, make_box(session, region="ap")) is None
 
 
-def test_allocate_runs_two_statements(session, db):
+def test_allocate_runs_one_statement(session, db):
     from sqlalchemy import event
 
     make_server(session)
@@ -472,7 +472,19 @@ def test_allocate_runs_two_statements(session, db):
     finally:
         event.remove(db, "before_cursor_execute", note)
     assert server is not None and box.server_id == server.id
-    assert len(seen) == 2, seen
+    assert len(seen) == 1, seen
+
+
+def test_allocate_again_returns_the_held_server_refreshed(session):
+    make_server(session)
+    make_server(session)
+    box = make_box(session)
+    first = pool.allocate_server(session, box)
+    session.expire(first)
+    session.expire(box, ["server_id"])  # the statement must say what the box holds
+    again = pool.allocate_server(session, box)
+    assert first is not None and again is first and again.state == "allocated"
+    assert box.server_id == first.id
 
 
 def test_allocate_returns_none_when_nothing_fits(session):
@@ -671,6 +683,46 @@ def test_allocate_skips_a_locked_server_without_waiting(committed):
             assert server is not None and server.id == bigger
             session.commit()
         holder.rollback()
+
+
+def test_allocation_waiting_on_the_box_lock_takes_no_second_server(committed):
+    """A second delivery that starts while the first holds the box row: it waits for the
+    lock, then reads the box as the first committed it (holding a server) and takes none,
+    although the snapshot it started from showed the box without one."""
+    committed.servers(3)
+    (box,) = committed.boxes(1)
+    with committed.Session() as first:
+        first_box = first.get(VibeBox, box)
+        first.execute(select(VibeBox.id).where(VibeBox.id == box).with_for_update())
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            second = executor.submit(committed.allocate, box)
+            with committed.Session() as watcher:  # wait until the second blocks on the lock
+                for _ in range(400):
+                    waiting = watcher.scalar(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                            " AND query LIKE '%WITH box AS%'"
+                        )
+                    )
+                    watcher.rollback()  # pg_stat_activity is read once per transaction
+                    if waiting:
+                        break
+                    threading.Event().wait(0.05)
+            if not waiting:
+                first.rollback()  # let the second finish before failing
+            assert waiting, "the second allocation never waited on the box lock"
+            taken = pool.allocate_server(first, first_box)
+            first.commit()
+            assert taken is not None
+            assert second.result(timeout=30) == (box, taken.id)
+    with committed.Session() as session:
+        allocated = session.scalars(
+            select(Server.id).where(
+                Server.id.in_(committed.server_ids), Server.state == "allocated"
+            )
+        ).all()
+    assert allocated == [taken.id]
 
 
 def test_two_deliveries_for_the_same_box_allocate_one_server(committed):
