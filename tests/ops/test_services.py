@@ -62,6 +62,17 @@ def _alive(pid: int) -> bool:
     return False
 
 
+def _gone(*pids: int, timeout: float = 60.0) -> bool:
+    """True once none of ``pids`` runs (a stopped server may take a moment to exit after its
+    pid file is gone)."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _pids(var_dir: Path) -> dict[str, int]:
     return {name: pid for name, (pid, _url) in services._running(var_dir).items()}
 
@@ -114,7 +125,7 @@ def test_embedded_postgres_starts_from_scratch_and_restarts_with_its_data(var_di
         assert (var_dir / "pgdata" / "PG_VERSION").exists()
         if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as an unprivileged account
             assert psutil.Process(first).username() == "embedded_postgres"
-    assert not _alive(first), "stopped on exit"
+    assert _gone(first), "stopped on exit"
     assert "postgres" not in _pids(var_dir)
 
     with services.running_services("test", var_dir=var_dir, environ=NO_REDIS) as env:
@@ -122,7 +133,7 @@ def test_embedded_postgres_starts_from_scratch_and_restarts_with_its_data(var_di
         assert second != first
         with psycopg.connect(_plain(env["DATABASE_URL"])) as conn:
             assert conn.execute("SELECT value FROM kept").fetchall() == [("survives a restart",)]
-    assert not _alive(second)
+    assert _gone(second)
 
 
 def test_run_and_test_purposes_get_separate_databases_and_redis_dbs(var_dir: Path) -> None:
@@ -136,7 +147,7 @@ def test_run_and_test_purposes_get_separate_databases_and_redis_dbs(var_dir: Pat
         assert run_env["REDIS_URL"].endswith("/0")
         assert test_env["REDIS_URL"].endswith("/1")
         pids = _pids(var_dir)
-    assert not any(_alive(pid) for pid in pids.values())
+    assert _gone(*pids.values())
 
 
 def test_embedded_redis_keeps_its_data_across_a_restart(var_dir: Path) -> None:
@@ -146,7 +157,7 @@ def test_embedded_redis_keeps_its_data_across_a_restart(var_dir: Path) -> None:
         client = redis.Redis.from_url(env["REDIS_URL"])
         client.set("vibebox:kept", "yes")
         client.close()
-    assert not _alive(first)
+    assert _gone(first)
 
     with services.running_services("run", var_dir=var_dir, environ=NO_PG) as env:
         client = redis.Redis.from_url(env["REDIS_URL"])
@@ -195,7 +206,7 @@ def test_shared_servers_are_stopped_by_the_last_session_only(var_dir: Path) -> N
         assert other.returncode == 0, stderr
         assert f"embedded PostgreSQL pid {pids['postgres']}," in stderr, "reused, not started"
         assert f"embedded Redis pid {pids['redis']} " in stderr
-        assert not any(_alive(pid) for pid in pids.values()), "the last session out stops them"
+        assert _gone(*pids.values()), "the last session out stops them"
     finally:
         other.kill()
         other.wait()
@@ -218,7 +229,7 @@ def test_a_session_killed_without_releasing_does_not_keep_the_servers_up(var_dir
     result = _services_cli(var_dir, "exec", "--", sys.executable, "-c", "pass")
     assert result.returncode == 0, result.stderr
     assert f"embedded PostgreSQL pid {pids['postgres']}," in result.stderr, "reused"
-    assert not any(_alive(pid) for pid in pids.values()), "the dead session did not count"
+    assert _gone(*pids.values()), "the dead session did not count"
 
 
 def test_status_and_stop_by_pid(var_dir: Path) -> None:
@@ -231,7 +242,7 @@ def test_status_and_stop_by_pid(var_dir: Path) -> None:
         result = _services_cli(var_dir, "stop")
         assert result.returncode == 0, result.stderr
         assert result.stderr.count("stopped embedded") == 2
-        assert not any(_alive(pid) for pid in pids)
+        assert _gone(*pids)
     assert json.loads(_services_cli(var_dir, "status").stdout) == {}
 
 
