@@ -184,8 +184,9 @@ def running_services(
         try:
             for signum in FORWARDED:  # acted on already: release without interruption
                 signal.signal(signum, signal.SIG_IGN)
-            for release in reversed(releases):
-                release()
+            with _locked(var_path(var_dir)) if releases else contextlib.nullcontext():
+                for release in reversed(releases):  # not while another session starts them
+                    release()
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
