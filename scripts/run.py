@@ -43,6 +43,7 @@ def banner(env: Mapping[str, str], demo_lines: Sequence[str] = ()) -> str:
     if not names:
         dev = _env(env, "VIBEBOX_ENV", "development") == "development"
         payments = "dev provider (pay on the dev checkout page)" if dev else "none enabled"
+        payments += "" if dev else " (set PAYMENT_PROVIDERS)"
     return "\n".join(
         [
             f"VibeBox ({_env(env, 'VIBEBOX_ENV', 'development')}) is starting:",
