@@ -3,7 +3,8 @@
 # (embedded under ./var/ unless DATABASE_URL / REDIS_URL point at running servers).
 #
 #   make run     API + worker + beat + Flower on http://127.0.0.1:5000/ (Ctrl-C stops all)
-#   make test    the whole test suite, what CI runs (pytest -n auto; PYTEST_ARGS="...")
+#   make test    the whole test suite, what CI runs (pytest -n auto; PYTEST_ARGS="...");
+#                first `make deps`: the Debian packages the tests need (apt-get, as root)
 #   make test-fast  the fast tier: no Celery worker, sshd boxes, RabbitMQ or ops tooling
 #   make lint    ruff + mypy
 #   make bench   benchmarks on the make-run stack (BENCH_ARGS="--quick")
@@ -17,7 +18,7 @@ VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.vibebox-installed
 
-.PHONY: help install run test test-fast lint bench bench-fleet services-start services-stop services-status
+.PHONY: help install deps run test test-fast lint bench bench-fleet services-stop services-status
 
 help:
 	@echo "make run              start the whole stack (API, worker, beat, Flower)"
@@ -27,8 +28,8 @@ help:
 	@echo "make bench            issue 13 benchmarks on the make-run stack (BENCH_ARGS=--quick)"
 	@echo "make bench-fleet      issue 15 fleet run, 500 boxes (FLEET_ARGS=\"--boxes 100\")"
 	@echo "make install          create .venv and install the project with its dev extras"
-	@echo "make services-start   start embedded PostgreSQL/Redis and leave them running"
-	@echo "make services-stop    stop the embedded PostgreSQL/Redis under var/"
+	@echo "make deps             install the Debian packages the tests need (root; make test runs it)"
+	@echo "make services-stop    stop the embedded PostgreSQL/Redis under var/ (by PID)"
 	@echo "make services-status  show the embedded servers under var/"
 
 $(VPY):
@@ -59,7 +60,30 @@ install: $(STAMP)
 run: $(STAMP)
 	@exec $(VPY) scripts/run.py serve
 
-test: $(STAMP)
+# Debian packages the tests need, by a file each provides: sshd (pool servers of the e2e
+# tests), python3 (what box users run), openssl (password hashes), pkill, sudo, crontab and at
+# (box teardown), docker-compose (validates docker-compose.yml offline), rabbitmq-server (the
+# RabbitMQ e2e tests start their own node). A policy-rc.d keeps apt from starting the system
+# services (no sshd on port 22); `apt-get update` only when the install fails without it.
+TEST_PACKAGES := /usr/sbin/sshd:openssh-server /usr/bin/python3:python3 /usr/bin/openssl:openssl \
+  /usr/bin/pkill:procps /usr/bin/sudo:sudo /usr/bin/crontab:cron /usr/bin/at:at \
+  /usr/bin/docker-compose:docker-compose /usr/lib/rabbitmq/bin/rabbitmq-server:rabbitmq-server
+
+deps:
+	@missing=$$(for pair in $(TEST_PACKAGES); do [ -e "$${pair%%:*}" ] || echo "$${pair#*:}"; done); \
+	[ -z "$$missing" ] && exit 0; missing=$$(echo $$missing); \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "error: the tests need the Debian package(s) $$missing (sudo apt-get install $$missing)" >&2; \
+	  exit 1; fi; \
+	echo "[vibebox] installing system packages: $$missing" >&2; \
+	export DEBIAN_FRONTEND=noninteractive; own_policy=; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then own_policy=1; \
+	  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; fi; \
+	install="apt-get install -y -q --no-install-recommends $$missing"; \
+	$$install </dev/null || { apt-get update -q </dev/null && $$install </dev/null; }; rc=$$?; \
+	[ -n "$$own_policy" ] && rm -f /usr/sbin/policy-rc.d; exit $$rc
+
+test: deps $(STAMP)
 	@exec $(VPY) scripts/run.py test
 
 # The test tiers are pytest markers (pyproject.toml; applied in tests/conftest.py). The fast
@@ -86,9 +110,6 @@ bench: $(STAMP)
 # FLEET_ARGS="--boxes 100 --workers 2" to change it.
 bench-fleet: $(STAMP)
 	@exec $(VPY) scripts/services.py exec -- $(VPY) bench/fleet.py $(FLEET_ARGS)
-
-services-start: $(STAMP)
-	@$(VPY) scripts/services.py start
 
 services-stop: $(STAMP)
 	@$(VPY) scripts/services.py stop

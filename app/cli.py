@@ -158,8 +158,8 @@ def register_cli(app: Flask) -> None:
 
 
 def embedded_service_urls(var_dir: str | None = None) -> dict[str, str]:
-    """URLs of the embedded PostgreSQL/Redis that ``make run`` left running under ./var/
-    (``scripts/services.py``; empty outside a source checkout or when none runs)."""
+    """URLs of the embedded PostgreSQL/Redis running under ./var/ (``make run``'s, through
+    ``scripts/services.py``; empty outside a source checkout or when none runs)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "services.py"
     if not script.is_file():
         return {}

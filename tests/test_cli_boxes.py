@@ -217,28 +217,25 @@ def test_the_group_runs_box_commands_with_an_app(app, db, failed_box):
     assert "status:      error" in result.output
 
 
-def test_embedded_services_are_found_from_their_state_files(tmp_path):
-    """A live process recorded in var/run/<name>.json (as `make run` leaves it) is found;
-    a dead one is not."""
-    import os
-
+def test_embedded_services_are_found_while_they_run(tmp_path, monkeypatch):
+    """The servers a `make run` keeps running under var/ are found (real ones, started here
+    through scripts/services.py); once stopped, nothing is."""
     from app import cli as app_cli
+    from tests.support.redis_server import _quiet_port
 
-    app_cli.embedded_service_urls(str(tmp_path))  # loads scripts/services.py
+    monkeypatch.setenv("VIBEBOX_REDIS_PORT", str(_quiet_port()))
+    assert app_cli.embedded_service_urls(str(tmp_path)) == {}  # loads scripts/services.py
     services = __import__("sys").modules["vibebox_services"]
-    layout = services.Layout(tmp_path)
-    layout.prepare()
-    me = os.getpid()
-    alive = services.ServerState(me, 55501, services._proc_start_time(me), False)
-    layout.write_state("postgres", alive)
-    layout.write_state("redis", services.ServerState(me, 56501, "0", False))  # not this process
-    assert app_cli.embedded_service_urls(str(tmp_path)) == {
-        "DATABASE_URL": "postgresql+psycopg://vibebox@127.0.0.1:55501/vibebox"
-    }
-    environ = {"REDIS_URL": "redis://127.0.0.1:6379/0", "VIBEBOX_VAR_DIR": str(tmp_path)}
-    app_cli.use_embedded_services(environ)
-    assert environ["DATABASE_URL"].endswith(":55501/vibebox")
-    assert environ["REDIS_URL"] == "redis://127.0.0.1:6379/0"  # what is set stays
-    no_redis = {"VIBEBOX_VAR_DIR": str(tmp_path)}
-    with pytest.raises(click.ClickException, match="no Redis"):
-        app_cli.use_embedded_services(no_redis)
+    with services.running_services("run", var_dir=tmp_path, environ={}) as urls:
+        assert app_cli.embedded_service_urls(str(tmp_path)) == urls
+        environ = {"REDIS_URL": "redis://127.0.0.1:6379/0", "VIBEBOX_VAR_DIR": str(tmp_path)}
+        app_cli.use_embedded_services(environ)
+        assert environ["DATABASE_URL"] == urls["DATABASE_URL"]
+        assert environ["REDIS_URL"] == "redis://127.0.0.1:6379/0"  # what is set stays
+    assert app_cli.embedded_service_urls(str(tmp_path)) == {}
+    only_postgres = {"REDIS_URL": "redis://127.0.0.1:1/0"}
+    with (
+        services.running_services("run", var_dir=tmp_path, environ=only_postgres),
+        pytest.raises(click.ClickException, match="no Redis"),
+    ):
+        app_cli.use_embedded_services({"VIBEBOX_VAR_DIR": str(tmp_path)})

@@ -26,6 +26,7 @@ NOT_SETTINGS = {
     "PYTHONUNBUFFERED",
     "PYTEST_ARGS",
     "PG_VERSION",
+    "PGPORT",  # scripts/services.py sets it from VIBEBOX_PG_PORT for the embedded server
 }
 
 

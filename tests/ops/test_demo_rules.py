@@ -15,6 +15,8 @@ from app.devtools import demo
 from app.devtools.demo import PRIVILEGE_PROBLEM, DemoPlan, plan_demo
 from tests.ops.test_services import run
 
+URLS = {"DATABASE_URL": "postgresql://pg/vibebox", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+
 
 def _never(*_: object) -> bool:
     raise AssertionError("sudo must not be probed here")
@@ -46,8 +48,8 @@ def test_production_and_testing_never_start_any_demo_part(mode: str) -> None:
 
 def test_production_starts_no_process_even_when_asked_for_a_demo(tmp_path: Path) -> None:
     env = {"VIBEBOX_ENV": "production", "VIBEBOX_DEMO": "1", "VIBEBOX_VAR_DIR": str(tmp_path)}
-    started, extra = run.start_demo(env)
-    assert started is None and extra == {}
+    started, extra = demo.start_demo(env, tmp_path, plan_demo(env))
+    assert started.lines == [] and extra == {}
     assert not (tmp_path / "demo").exists()  # nothing was even prepared
 
 
@@ -66,16 +68,16 @@ def test_vibebox_demo_0_turns_the_whole_demo_off(value: str) -> None:
 
 def test_switched_off_demo_is_named_in_the_banner_and_starts_nothing(tmp_path: Path) -> None:
     env = {"VIBEBOX_DEMO": "0", "VIBEBOX_VAR_DIR": str(tmp_path)}
-    started, extra = run.start_demo(env)
+    started, extra = demo.start_demo(env, tmp_path, plan_demo(env))
     assert extra == {}
-    text = run.banner(env, {}, started.lines)
+    text = run.banner({**env, **URLS}, started.lines)
     assert "demo off (VIBEBOX_DEMO=0)" in text
     assert "Happy server" not in text and "Demo box" not in text
 
 
 def test_banner_lists_the_demo_parts_and_the_dev_payments() -> None:
     lines = ["Happy server (local dev double) http://127.0.0.1:8765", "Demo box ssh 127.0.0.1:2222"]
-    text = run.banner({}, {"postgres": "pg", "redis": "redis"}, lines)
+    text = run.banner(URLS, lines)
     assert "Payments: dev provider (pay on the dev checkout page)" in text
     assert "  Happy server (local dev double) http://127.0.0.1:8765" in text
     assert "  Demo box ssh 127.0.0.1:2222" in text
@@ -91,7 +93,7 @@ def test_banner_lists_the_demo_parts_and_the_dev_payments() -> None:
     ],
 )
 def test_banner_payments_line_follows_the_configuration(env: dict[str, str], expected: str) -> None:
-    assert run.payments_line(env) == expected
+    assert f"  Payments: {expected}\n" in run.banner({**env, **URLS})
 
 
 def _settings_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from app.config import normalize_database_url
-from tests.ops.test_services import run
+from app.devtools import demo as demo_tools
 from tests.pool_fixtures import make_server
 from tests.support.redis_server import RedisServer
 from tests.support.sshd import remove_product_box_users
@@ -241,7 +241,7 @@ def test_make_run_with_nothing_configured_gets_a_paid_dev_checkout_box_to_runnin
         with Session(engine) as session:
             make_server(session, label="mine")
             session.commit()
-        started, extra = run.start_demo(env)
+        started, extra = demo_tools.start_demo(env, REPO, demo_tools.plan_demo(env))
     finally:
         engine.dispose()
     assert extra == {} and "no demo: the pool has 1 server(s) of your own" in started.lines[0]

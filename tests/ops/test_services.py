@@ -1,12 +1,13 @@
-"""Tests of the developer/CI tooling: scripts/services.py, scripts/run.py, Procfile, compose.
+"""Tests of the developer/CI tooling: scripts/services.py, scripts/run.py, app/processes.py
+(Procfile), the Makefile's deps target, compose.
 
 The embedded-server tests start real PostgreSQL and Redis processes in their own temporary
-directories on free ports, so they run in parallel under xdist and never touch ./var/.
+directories (Redis on a free port), so they run in parallel under xdist and never touch ./var/.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import os
 import shutil
@@ -17,11 +18,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
+import psutil
 import psycopg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
+
+from app import processes
+from tests.support.redis_server import _quiet_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICES_PY = REPO_ROOT / "scripts" / "services.py"
@@ -30,18 +35,9 @@ NO_PG = {"DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/unused"}
 NO_REDIS = {"REDIS_URL": "redis://127.0.0.1:1/0"}
 NO_SERVICES = {**NO_PG, **NO_REDIS}
 
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-services = _load("vibebox_scripts_services", SERVICES_PY)
-run = _load("vibebox_scripts_run", RUN_PY)
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+import run  # noqa: E402
+import services  # noqa: E402
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -49,7 +45,8 @@ def _clean_env(**extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("VIBEBOX_")
+        if k not in ("DATABASE_URL", "REDIS_URL")
+        and (not k.startswith("VIBEBOX_") or k == "VIBEBOX_REDIS_PORT")
     }
     env.update(extra)
     return env
@@ -59,7 +56,28 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def _wait_for(path: Path, timeout: float = 30.0) -> None:
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def _gone(*pids: int, timeout: float = 60.0) -> bool:
+    """True once none of ``pids`` runs (a stopped server may take a moment to exit after its
+    pid file is gone)."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _pids(var_dir: Path) -> dict[str, int]:
+    return {name: pid for name, (pid, _url) in services._running(var_dir).items()}
+
+
+def _wait_for(path: Path, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} did not appear in {timeout}s"
@@ -67,24 +85,19 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture
-def var_dir() -> Iterator[Path]:
-    """A private var directory; whatever still runs from it at the end is stopped."""
+def var_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private var directory and Redis port; whatever still runs from it is stopped."""
+    monkeypatch.setenv("VIBEBOX_REDIS_PORT", str(_quiet_port()))
     path = Path(tempfile.mkdtemp(prefix="vibebox-ops-"))
     try:
         yield path
     finally:
-        layout = services.Layout(path)
-        for name in ("redis", "postgres"):
-            state = layout.read_state(name)
-            if state is not None and state.alive():
-                services.stop_pid(
-                    state.pid, state.start_time, [(signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)]
-                )
+        services.main(["--var-dir", str(path), "stop"])
         shutil.rmtree(path, ignore_errors=True)
 
 
 def _services_cli(
-    var_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 90
+    var_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(SERVICES_PY), "--var-dir", str(var_dir), *args],
@@ -101,27 +114,26 @@ def _services_cli(
 
 
 def test_embedded_postgres_starts_from_scratch_and_restarts_with_its_data(var_dir: Path) -> None:
-    layout = services.Layout(var_dir)
     with services.running_services("test", var_dir=var_dir, environ=NO_REDIS) as env:
         url = env["DATABASE_URL"]
-        assert url.startswith("postgresql+psycopg://")
-        assert url.endswith("/vibebox_test")
-        first = layout.read_state("postgres")
-        assert first is not None and first.alive()
+        assert url.startswith("postgresql+psycopg://") and "/vibebox_test?" in url
+        first = _pids(var_dir)["postgres"]
         with psycopg.connect(_plain(url)) as conn:
             conn.execute("CREATE TABLE kept (value text)")
             conn.execute("INSERT INTO kept VALUES ('survives a restart')")
-        assert (layout.pgdata / "PG_VERSION").exists()
-    assert not services.pid_alive(first.pid, first.start_time), "stopped on exit"
-    assert layout.read_state("postgres") is None
+            assert conn.execute("SHOW max_connections").fetchone() == ("200",)
+        assert (var_dir / "pgdata" / "PG_VERSION").exists()
+        if os.geteuid() == 0:  # PostgreSQL refuses root: it runs as an unprivileged account
+            assert psutil.Process(first).username() == "embedded_postgres"
+    assert _gone(first), "stopped on exit"
+    assert "postgres" not in _pids(var_dir)
 
     with services.running_services("test", var_dir=var_dir, environ=NO_REDIS) as env:
-        second = layout.read_state("postgres")
-        assert second is not None and second.pid != first.pid
+        second = _pids(var_dir)["postgres"]
+        assert second != first
         with psycopg.connect(_plain(env["DATABASE_URL"])) as conn:
             assert conn.execute("SELECT value FROM kept").fetchall() == [("survives a restart",)]
-            assert conn.execute("SELECT current_user").fetchone() == ("vibebox",)
-    assert not services.pid_alive(second.pid, second.start_time)
+    assert _gone(second)
 
 
 def test_run_and_test_purposes_get_separate_databases_and_redis_dbs(var_dir: Path) -> None:
@@ -129,27 +141,23 @@ def test_run_and_test_purposes_get_separate_databases_and_redis_dbs(var_dir: Pat
         services.running_services("run", var_dir=var_dir, environ={}) as run_env,
         services.running_services("test", var_dir=var_dir, environ={}) as test_env,
     ):
-        assert run_env["DATABASE_URL"].endswith("/vibebox")
-        assert test_env["DATABASE_URL"].endswith("/vibebox_test")
+        run_db, test_db = make_url(run_env["DATABASE_URL"]), make_url(test_env["DATABASE_URL"])
+        assert (run_db.database, test_db.database) == ("vibebox", "vibebox_test")
+        assert run_db.query == test_db.query, "one cluster (same socket), two databases"
         assert run_env["REDIS_URL"].endswith("/0")
         assert test_env["REDIS_URL"].endswith("/1")
-        server = run_env["DATABASE_URL"].rsplit("/", 1)[0]
-        assert test_env["DATABASE_URL"].rsplit("/", 1)[0] == server, "one cluster, two databases"
-        layout = services.Layout(var_dir)
-        state = layout.read_state("postgres")
-    assert state is not None and not state.alive()
+        pids = _pids(var_dir)
+    assert _gone(*pids.values())
 
 
 def test_embedded_redis_keeps_its_data_across_a_restart(var_dir: Path) -> None:
-    layout = services.Layout(var_dir)
     with services.running_services("run", var_dir=var_dir, environ=NO_PG) as env:
-        assert env["REDIS_URL"].startswith("redis://127.0.0.1:")
-        first = layout.read_state("redis")
-        assert first is not None
+        assert env["REDIS_URL"] == f"redis://127.0.0.1:{os.environ['VIBEBOX_REDIS_PORT']}/0"
+        first = _pids(var_dir)["redis"]
         client = redis.Redis.from_url(env["REDIS_URL"])
         client.set("vibebox:kept", "yes")
         client.close()
-    assert not services.pid_alive(first.pid, first.start_time)
+    assert _gone(first)
 
     with services.running_services("run", var_dir=var_dir, environ=NO_PG) as env:
         client = redis.Redis.from_url(env["REDIS_URL"])
@@ -170,70 +178,72 @@ def test_urls_from_the_environment_are_used_as_given_and_nothing_starts(var_dir:
     assert list(var_dir.iterdir()) == []
 
 
-def test_a_shared_server_is_stopped_by_the_last_session_only(var_dir: Path) -> None:
-    layout = services.Layout(var_dir)
-    first = services.ServiceSession("test", var_dir=var_dir, environ=NO_PG)
-    first.start()
-    state = layout.read_state("redis")
-    assert state is not None
+def test_shared_servers_are_stopped_by_the_last_session_only(var_dir: Path) -> None:
+    first = services.running_services("test", var_dir=var_dir, environ={})
+    first.__enter__()
+    pids = _pids(var_dir)
+    assert set(pids) == {"postgres", "redis"}
 
     ready, release = var_dir / "ready", var_dir / "release"
     child = (
         f"import pathlib, time; pathlib.Path({str(ready)!r}).touch()\n"
         f"while not pathlib.Path({str(release)!r}).exists(): time.sleep(0.05)"
     )
+    command = ["exec", "--purpose", "test", "--", sys.executable, "-c", child]
     other = subprocess.Popen(
-        [
-            sys.executable,
-            str(SERVICES_PY),
-            "--var-dir",
-            str(var_dir),
-            "exec",
-            "--purpose",
-            "test",
-            "--",
-            sys.executable,
-            "-c",
-            child,
-        ],
-        env=_clean_env(**NO_PG),
+        [sys.executable, str(SERVICES_PY), "--var-dir", str(var_dir), *command],
+        env=_clean_env(),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         _wait_for(ready)
-        first.stop()
-        assert state.alive(), "the other session still uses it"
+        first.__exit__(None, None, None)
+        assert all(_alive(pid) for pid in pids.values()), "the other session still uses them"
         release.touch()
         _, stderr = other.communicate(timeout=60)
         assert other.returncode == 0, stderr
-        assert "reusing embedded Redis" in stderr
-        assert not state.alive(), "the last session out stops it"
+        assert f"embedded PostgreSQL pid {pids['postgres']}," in stderr, "reused, not started"
+        assert f"embedded Redis pid {pids['redis']} " in stderr
+        assert _gone(*pids.values()), "the last session out stops them"
     finally:
         other.kill()
         other.wait()
 
 
-def test_ensure_services_leaves_servers_running_until_stop(var_dir: Path) -> None:
-    env = services.ensure_services("run", var_dir=var_dir, environ=NO_PG)
-    layout = services.Layout(var_dir)
-    state = layout.read_state("redis")
-    assert state is not None and not state.managed
-
-    result = _services_cli(
-        var_dir, "exec", "--", sys.executable, "-c", "pass", env=_clean_env(**NO_PG)
+def test_a_session_killed_without_releasing_does_not_keep_the_servers_up(var_dir: Path) -> None:
+    ready = var_dir / "ready"
+    command = ["exec", "--", sys.executable, "-c", f"open({str(ready)!r}, 'w'); input()"]
+    killed = subprocess.Popen(
+        [sys.executable, str(SERVICES_PY), "--var-dir", str(var_dir), *command],
+        env=_clean_env(),
+        stdin=subprocess.PIPE,
     )
+    _wait_for(ready)
+    killed.kill()  # no release: its PostgreSQL lease stays behind
+    killed.wait()
+    killed.stdin.close()  # (its command ends on EOF)
+    pids = _pids(var_dir)
+    assert all(_alive(pid) for pid in pids.values())
+    result = _services_cli(var_dir, "exec", "--", sys.executable, "-c", "pass")
     assert result.returncode == 0, result.stderr
-    assert state.alive(), "a session does not stop a server it did not start"
-    assert redis.Redis.from_url(env["REDIS_URL"]).ping()
+    assert f"embedded PostgreSQL pid {pids['postgres']}," in result.stderr, "reused"
+    assert _gone(*pids.values()), "the dead session did not count"
 
-    status = json.loads(_services_cli(var_dir, "status").stdout)
-    assert status["redis"]["running"] is True
-    assert status["redis"]["pid"] == state.pid
-    result = _services_cli(var_dir, "stop")
-    assert result.returncode == 0, result.stderr
-    assert not state.alive()
+
+def test_status_and_stop_by_pid(var_dir: Path) -> None:
+    with services.running_services("run", var_dir=var_dir, environ={}) as env:
+        status = json.loads(_services_cli(var_dir, "status").stdout)
+        assert status["postgres"]["url"] == env["DATABASE_URL"]
+        assert status["redis"]["url"] == env["REDIS_URL"]
+        pids = [status["postgres"]["pid"], status["redis"]["pid"]]
+        assert all(_alive(pid) for pid in pids)
+        result = _services_cli(var_dir, "stop")
+        assert result.returncode == 0, result.stderr
+        assert result.stderr.count("stopped embedded") == 2
+        assert _gone(*pids)
+    assert json.loads(_services_cli(var_dir, "status").stdout) == {}
 
 
 # --------------------------------------------------------------------------- exec
@@ -250,10 +260,9 @@ def test_exec_exports_urls_propagates_exit_code_and_stops_what_it_started(var_di
     )
     result = _services_cli(var_dir, "exec", "--purpose", "test", "--", sys.executable, "-c", child)
     assert result.returncode == 7, result.stderr
-    assert "started embedded PostgreSQL" in result.stderr
-    assert "started embedded Redis" in result.stderr
-    status = json.loads(_services_cli(var_dir, "status").stdout)
-    assert status == {"redis": {"running": False}, "postgres": {"running": False}}
+    assert "embedded PostgreSQL pid" in result.stderr
+    assert "embedded Redis pid" in result.stderr
+    assert json.loads(_services_cli(var_dir, "status").stdout) == {}, "stopped on exit"
 
 
 def test_exec_without_a_command_is_a_usage_error(var_dir: Path) -> None:
@@ -388,8 +397,8 @@ def test_exec_terminates_a_command_tree_that_ignores_the_stop_signal(var_dir: Pa
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == 128 + signal.SIGKILL
-        assert "terminating it and its processes" in stderr
-        assert not services.pid_alive(grandchild), "the grandchild in its own session is gone"
+        assert "terminating it" in stderr
+        assert not _alive(grandchild), "the grandchild in its own session is gone"
     finally:
         proc.kill()
         proc.wait()
@@ -449,50 +458,46 @@ def test_serve_with_a_taken_port_fails_at_once_with_one_line(taken_port: int) ->
     assert "started" not in result.stderr + result.stdout  # no service was started
 
 
-def test_pytest_collecting_no_tests_counts_as_failure() -> None:
-    assert run.pytest_status(5) == 1
-    assert run.pytest_status(0) == 0
-    assert run.pytest_status(1) == 1
-
-
 def test_make_test_fails_on_failing_and_on_missing_tests(tmp_path: Path) -> None:
-    # The same supervision `make test` uses, on a tiny suite of its own.
+    # `run.py test` (what `make test` runs) on a tiny suite of its own; nothing starts.
     (tmp_path / "test_fails.py").write_text("def test_fails():\n    assert False\n")
+    (tmp_path / "test_passes.py").write_text("def test_passes():\n    assert True\n")
     (tmp_path / "empty").mkdir()
-    for target, expected in ((tmp_path / "test_fails.py", 1), (tmp_path / "empty", 1)):
-        status = services.supervise(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "-p",
-                "no:xdist",
-                "--rootdir",
-                str(tmp_path),
-                str(target),
-            ],
-            _clean_env(),
-            cwd=tmp_path,
+    outcomes = {}
+    for target in ("test_fails.py", "empty", "test_passes.py"):
+        args = f"-n 0 -q -p no:cacheprovider --rootdir {tmp_path} {tmp_path / target}"
+        outcomes[target] = subprocess.run(
+            [sys.executable, str(RUN_PY), "test"],
+            env=_clean_env(**NO_SERVICES, PYTEST_ARGS=args),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
-        assert run.pytest_status(status) == expected
+    assert {target: result.returncode for target, result in outcomes.items()} == {
+        "test_fails.py": 1,
+        "empty": 1,
+        "test_passes.py": 0,
+    }, {target: result.stdout + result.stderr for target, result in outcomes.items()}
+    assert "pytest collected no tests" in outcomes["empty"].stderr
 
 
 def test_flower_requires_basic_auth_outside_development() -> None:
-    problem = run.flower_auth_problem({"VIBEBOX_ENV": "production"})
+    problem = processes.flower_auth_problem({"VIBEBOX_ENV": "production"})
     assert problem is not None and "FLOWER_BASIC_AUTH" in problem
     assert (
-        run.flower_auth_problem({"VIBEBOX_ENV": "production", "FLOWER_BASIC_AUTH": "ops:s3cret"})
+        processes.flower_auth_problem(
+            {"VIBEBOX_ENV": "production", "FLOWER_BASIC_AUTH": "ops:s3cret"}
+        )
         is None
     )
     assert (
-        run.flower_auth_problem({"VIBEBOX_ENV": "production", "FLOWER_BASIC_AUTH": "ops"})
+        processes.flower_auth_problem({"VIBEBOX_ENV": "production", "FLOWER_BASIC_AUTH": "ops"})
         is not None
     )
     result = subprocess.run(
-        [sys.executable, str(RUN_PY), "flower"],
+        [sys.executable, "-m", "app.processes", "flower"],
+        cwd=REPO_ROOT,
         env=_clean_env(VIBEBOX_ENV="production"),
         capture_output=True,
         text=True,
@@ -504,14 +509,14 @@ def test_flower_requires_basic_auth_outside_development() -> None:
 
 
 def test_flower_in_development_runs_without_auth_and_keeps_secrets_off_the_command_line() -> None:
-    assert run.flower_auth_problem({}) is None
+    assert processes.flower_auth_problem({}) is None
     env = {"FLOWER_BASIC_AUTH": " ", "HOST": "0.0.0.0", "FLOWER_PORT": "5600"}
-    command = run.flower_command(env)
+    command = processes.flower_command(env)
     assert command[1:4] == ["-A", "workers", "flower"]
     assert "--address=0.0.0.0" in command and "--port=5600" in command
     assert "FLOWER_BASIC_AUTH" not in env, "an empty value would turn auth on with no user"
     env = {"FLOWER_BASIC_AUTH": "ops:s3cret"}
-    assert not any("s3cret" in part for part in run.flower_command(env))
+    assert not any("s3cret" in part for part in processes.flower_command(env))
     assert env["FLOWER_BASIC_AUTH"] == "ops:s3cret"
 
 
@@ -521,16 +526,14 @@ def test_dotenv_values_fill_in_but_never_override_the_environment(
     (tmp_path / ".env").write_text(
         "# comment\nexport PORT=6000\nSECRET_KEY='a b # c'\nHOST=0.0.0.0 # inline\nBROKEN\n"
     )
-    assert run.read_dotenv(tmp_path / ".env") == {
-        "PORT": "6000",
-        "SECRET_KEY": "a b # c",
-        "HOST": "0.0.0.0",
-    }
     monkeypatch.setattr(run, "REPO_ROOT", tmp_path)
     monkeypatch.setenv("PORT", "7000")
+    monkeypatch.delenv("HOST", raising=False)
     env = run.app_environment()
     assert env["PORT"] == "7000"
     assert env["SECRET_KEY"] == "a b # c"
+    assert env["HOST"] == "0.0.0.0"
+    assert "BROKEN" not in env
     assert env["PATH"].split(os.pathsep)[0] == str(run.BIN_DIR)
     assert "SECRET_KEY" not in run.app_environment(dotenv=False)
 
@@ -538,26 +541,26 @@ def test_dotenv_values_fill_in_but_never_override_the_environment(
 def test_procfile_runs_every_process_the_design_names() -> None:
     from honcho.environ import parse_procfile
 
-    processes = parse_procfile((REPO_ROOT / "Procfile").read_text()).processes
-    assert set(processes) == {"release", *run.PROCFILE_PROCESSES}
-    assert processes["release"] == "vibebox db upgrade"
-    assert "gunicorn" in processes["web"] and "'app:create_app()'" in processes["web"]
-    assert "${HOST:-127.0.0.1}:${PORT:-5000}" in processes["web"]
+    procs = parse_procfile((REPO_ROOT / "Procfile").read_text()).processes
+    assert set(procs) == {"release", *run.PROCFILE_PROCESSES}
+    assert procs["release"] == "vibebox db upgrade"
+    assert "gunicorn" in procs["web"] and "'app:create_app()'" in procs["web"]
+    assert "${HOST:-127.0.0.1}:${PORT:-5000}" in procs["web"]
     # Box steps wait on the network: threads; sweeps need hard time limits: prefork.
-    assert "-Q provisioning,control,celery --pool threads" in processes["worker"]
-    assert "-Q maintenance --pool prefork" in processes["maintenance"]
-    assert "celery -A workers beat" in processes["beat"]
+    assert "-Q provisioning,control,celery --pool threads" in procs["worker"]
+    assert "-Q maintenance --pool prefork" in procs["maintenance"]
+    assert "celery -A workers beat" in procs["beat"]
     # Under honcho one exiting process stops them all: workers and beat are restarted instead.
-    assert "scripts/run.py respawn worker -- celery -A workers worker" in processes["worker"]
-    assert "respawn maintenance -- celery -A workers worker" in processes["maintenance"]
-    assert "scripts/run.py respawn beat -- celery -A workers beat" in processes["beat"]
-    assert processes["flower"] == "python scripts/run.py flower"
+    assert "python -m app.processes respawn worker -- celery -A workers worker" in procs["worker"]
+    assert "respawn maintenance -- celery -A workers worker" in procs["maintenance"]
+    assert "python -m app.processes respawn beat -- celery -A workers beat" in procs["beat"]
+    assert procs["flower"] == "python -m app.processes flower"
 
 
 def _respawn(tmp_path: Path, script: str) -> subprocess.Popen[bytes]:
-    """`run.py respawn` of a small shell script, in its own process group (as honcho runs it)."""
+    """`respawn` of a small shell script, in its own process group (as honcho runs it)."""
     return subprocess.Popen(
-        [sys.executable, str(RUN_PY), "respawn", "job", "--", "sh", "-c", script],
+        [sys.executable, "-m", "app.processes", "respawn", "job", "--", "sh", "-c", script],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -597,7 +600,7 @@ def test_respawn_restarts_a_command_that_exits_and_stops_on_sigterm(tmp_path: Pa
 
 def test_respawn_gives_up_on_a_command_that_keeps_failing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)
-    status = run.respawn(
+    status = processes.respawn(
         "job", ["sh", "-c", "echo x >> runs; exit 7"], max_restarts=2, backoff_max=0.1
     )
     assert status == 7
@@ -607,6 +610,7 @@ def test_respawn_gives_up_on_a_command_that_keeps_failing(tmp_path: Path, monkey
 def test_ci_entry_point_runs_make_test() -> None:
     script = (REPO_ROOT / ".ci" / "run").read_text()
     assert "set -euo pipefail" in script
+    assert "make deps </dev/null" in script  # system packages: not the test runner's job
     assert script.rstrip().endswith("make test </dev/null")
     subprocess.run(["bash", "-n", str(REPO_ROOT / ".ci" / "run")], check=True)
 
@@ -651,7 +655,7 @@ def compose_project(tmp_path: Path) -> Path:
 
 def test_compose_file_is_valid_for_the_compose_client(compose_project: Path) -> None:
     client = _compose_client()
-    assert client is not None, "no compose client: `make test` installs docker-compose"
+    assert client is not None, "no compose client: `make deps` installs docker-compose"
     env = {k: v for k, v in _clean_env().items() if not k.startswith("COMPOSE_")}
     checked = subprocess.run(
         [*client, "config", "-q"],
@@ -684,7 +688,7 @@ def test_compose_with_env_example_copied_runs_production_on_the_published_port(
     import yaml
 
     client = _compose_client()
-    assert client is not None, "no compose client: `make test` installs docker-compose"
+    assert client is not None, "no compose client: `make deps` installs docker-compose"
     env = {k: v for k, v in _clean_env().items() if not k.startswith("COMPOSE_")}
     env.pop("VIBEBOX_ENV", None)
     env.pop("PORT", None)
@@ -740,12 +744,17 @@ def test_compose_file_wires_health_and_start_order() -> None:
     assert "/healthz" in " ".join(services_["web"]["healthcheck"]["test"])
 
 
-def test_make_test_says_which_system_packages_to_install_when_it_cannot(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(
-        run, "missing_system_packages", lambda: {"/usr/sbin/sshd": "openssh-server"}
+def test_make_deps_says_which_system_packages_to_install_when_it_cannot() -> None:
+    # No apt-get and no `id` on this PATH: like a non-root machine, it can only say what to do.
+    result = subprocess.run(
+        ["/usr/bin/make", "-s", "-C", str(REPO_ROOT), "deps", "TEST_PACKAGES=/nonexistent:hello"],
+        env={"PATH": "/nonexistent"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    monkeypatch.setattr(run.os, "geteuid", lambda: 1000)
-    problem = run.ensure_system_packages()
-    assert problem is not None and "apt-get install openssh-server" in problem
+    assert result.returncode != 0
+    assert (
+        "the tests need the Debian package(s) hello (sudo apt-get install hello)" in result.stderr
+    )

@@ -96,7 +96,7 @@ class RabbitMQServer:
         if not SERVER_SCRIPT.exists():
             raise RuntimeError(
                 f"{SERVER_SCRIPT} is missing: install Debian's rabbitmq-server "
-                "(scripts/run.py test does when run as root)"
+                "(`make deps` does when run as root)"
             )
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
