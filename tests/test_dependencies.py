@@ -70,10 +70,12 @@ def _python_files(sources: Iterable[str]) -> Iterator[Path]:
 
 
 def _is_local(name: str, file: Path) -> bool:
-    """First party, or a sibling module the file imports by its bare name (scripts/)."""
+    """First party, or a module imported by its bare name: a sibling (scripts/) or one of
+    scripts/ (their tests put scripts/ on sys.path)."""
     return (
         name in FIRST_PARTY
         or (file.parent / f"{name}.py").is_file()
+        or (ROOT / "scripts" / f"{name}.py").is_file()
         or (file.parent / name / "__init__.py").is_file()
     )
 
