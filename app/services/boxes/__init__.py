@@ -1,0 +1,1 @@
+"""The boxes domain: lifecycle engine, steps, control, status document, watches, teardown."""
