@@ -35,7 +35,7 @@ timezone = "UTC"
 enable_utc = True
 
 # Progress lives in PostgreSQL, so no task result is stored or awaited - except the probe's
-# (``maintenance.probe`` sets ignore_result=False). Publishing a task whose result is kept
+# (``maintenance.probe_worker`` sets ignore_result=False). Publishing a task whose result is kept
 # also subscribes the publisher to its result channel: every API process would pile up
 # subscriptions nobody reads, and while Redis is down each publish waited ~20 s for that
 # subscription before failing.

@@ -38,7 +38,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     from app.integrations.payments.registry import build_registry
 
     app.extensions["vibebox.payments"] = build_registry(settings)
-    from app.services import box_watch
+    from app.services.boxes import box_watch
 
     box_watch.configure_publisher(settings.redis_url)
     # Started on the first long poll, in the process (gunicorn worker) that serves it.

@@ -37,7 +37,7 @@ orders_cli = AppGroup("orders", help="Orders and payments.")
 
 def _alembic_config():
     from app.config import normalize_database_url
-    from app.services.health import alembic_config
+    from app.services.readiness import alembic_config
 
     use_embedded_services(redis=False)
     url = os.environ["DATABASE_URL"]

@@ -23,7 +23,7 @@ def _uuid(value: str, what: str) -> uuid.UUID:
 
 
 def _status_choices() -> list[str]:
-    from app.services.engine import BoxStatus
+    from app.services.boxes.statuses import BoxStatus
 
     return [s.value for s in BoxStatus]
 
@@ -51,7 +51,7 @@ def boxes_list(
 ) -> None:
     """Boxes, newest first: status, step, progress, degraded, plan, user, server."""
     from app.db import db_session
-    from app.services import admin_boxes
+    from app.services.boxes import admin_boxes
 
     f = admin_boxes.BoxFilter(
         status=status,
@@ -98,7 +98,7 @@ def boxes_show(box_id: str) -> None:
     """One box: status, step, progress, last error, degraded reason, timeline, events."""
     from app import get_settings
     from app.db import db_session
-    from app.services import admin_boxes, provisioning
+    from app.services.boxes import admin_boxes, provisioning
 
     session = db_session()
     with _domain_errors():
@@ -152,7 +152,7 @@ def boxes_show(box_id: str) -> None:
 def boxes_retry(box_id: str) -> None:
     """Resume a box in error: the workflow that failed, from its failed step."""
     from app.db import db_session
-    from app.services import engine
+    from app.services.boxes import engine
 
     session = db_session()
     with _domain_errors():
@@ -169,7 +169,7 @@ def boxes_terminate(box_id: str) -> None:
     """Tear a box down now (forced: a renewal never cancels it; its subscription is left as
     it is)."""
     from app.db import db_session
-    from app.services import engine, provisioning
+    from app.services.boxes import engine, provisioning
 
     session = db_session()
     with _domain_errors():

@@ -63,7 +63,7 @@ def main() -> int:
         from app.crypto import encrypt_str
         from app.models import Server, User, VibeBox
         from app.services import pool
-        from app.services.health import alembic_config
+        from app.services.readiness import alembic_config
 
         cfg = alembic_config()
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

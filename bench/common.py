@@ -301,7 +301,7 @@ def create_scratch(stack: contextlib.ExitStack, redis_db: int) -> Scratch:
 def migrate(database_url: str) -> None:
     from alembic import command
 
-    from app.services.health import alembic_config
+    from app.services.readiness import alembic_config
 
     cfg = alembic_config()
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))

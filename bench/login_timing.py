@@ -55,7 +55,7 @@ def main() -> int:
         from alembic import command
 
         from app import create_app
-        from app.services.health import alembic_config
+        from app.services.readiness import alembic_config
 
         cfg = alembic_config()
         cfg.set_main_option("sqlalchemy.url", os.environ["DATABASE_URL"].replace("%", "%%"))

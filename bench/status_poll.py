@@ -158,8 +158,8 @@ def main() -> int:
         from app import create_app
         from app.db import db_session
         from app.models import ProvisioningStep, User, VibeBox
-        from app.services.health import alembic_config
-        from app.services.provisioning import STEPS
+        from app.services.boxes.provisioning import STEPS
+        from app.services.readiness import alembic_config
 
         cfg = alembic_config()
         cfg.set_main_option("sqlalchemy.url", env["DATABASE_URL"].replace("%", "%%"))

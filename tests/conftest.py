@@ -202,7 +202,7 @@ def migrated_engine(settings: Settings) -> Iterator[Engine]:
     """The test database, rebuilt from scratch with `alembic upgrade head` once per session."""
     from alembic import command
 
-    from app.services.health import alembic_config
+    from app.services.readiness import alembic_config
 
     engine = create_engine(settings.database_url)
     with engine.begin() as conn:

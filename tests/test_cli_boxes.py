@@ -13,7 +13,7 @@ from flask.cli import ScriptInfo
 
 from app.cli import NO_DATABASE, cli
 from app.models import VibeBox
-from app.services import events
+from app.services.boxes import events
 from tests.pool_fixtures import make_box, make_server
 from tests.services.engine_harness import PERMANENT, Harness
 

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.models import Base
-from app.services.health import alembic_config
+from app.services.readiness import alembic_config
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def get_settings() -> Settings:
             settings = Settings.from_env()
             init_db(settings.database_url)
             from app import logging as app_logging
-            from app.services import box_watch
+            from app.services.boxes import box_watch
 
             box_watch.configure_publisher(settings.redis_url)  # wakes the API's long polls
 

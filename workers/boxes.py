@@ -1,5 +1,5 @@
 """Box step tasks (queues ``provisioning`` and ``control``): one thin task per step, all
-running the lifecycle engine's one runner (``app.services.engine.StepRunner``).
+running the lifecycle engine's one runner (``app.services.boxes.runner.StepRunner``).
 
 Task names: ``provisioning.<step>``, ``teardown.<step>``, ``control.run_action``. Payload:
 the box id only.
@@ -19,9 +19,9 @@ import celery_config
 from app.db import db_session
 from app.integrations.happy import HappyClient
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
-from app.services import engine
-from app.services.provisioning import TEARDOWN_STEPS
-from app.services.steps import StepContext
+from app.services.boxes import engine, runner
+from app.services.boxes.provisioning import TEARDOWN_STEPS
+from app.services.boxes.steps import StepContext
 from workers import celery_app, get_settings
 from workers.base import BoxFailedError, StepTask
 
@@ -89,7 +89,7 @@ def step_context() -> StepContext:
 def run_box_step(task: Task, box_id: str, step: str) -> str:
     """Run one step; a retry is a Celery RETRY, a final failure a FAILURE."""
     ctx = step_context()  # first: it initialises this process's settings and database
-    outcome = engine.StepRunner(db_session(), ctx).run(uuid.UUID(box_id), step)
+    outcome = runner.StepRunner(db_session(), ctx).run(uuid.UUID(box_id), step)
     ended_at = outcome.step or step
     log.info("box %s: step %s ended %s", box_id, ended_at, outcome.kind)
     if outcome.kind in ("retry", "waiting"):

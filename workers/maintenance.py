@@ -14,29 +14,38 @@ from app.db import db_session
 from app.errors import PermanentError, TransientError
 from app.extensions import get_redis
 from app.integrations.box_host import BoxHost
-from app.services import billing, daemon_watch, engine, health, jobs, lifecycle, pool
+from app.services import billing, jobs, pool, readiness
+from app.services.boxes import daemon_watch, engine, lifecycle
 from workers import celery_app, get_settings
 from workers.base import StepTask, sweeper
 
 log = logging.getLogger(__name__)
 
 
-@celery_app.task(name="maintenance.probe", acks_late=False, ignore_result=False)
-def probe() -> dict[str, Any]:
+def _report_worker() -> dict[str, Any]:
     """Report what this worker sees: its database (and migrations) and host name.
 
     Used by ``/readyz?workers=1`` to prove the broker, a worker and the worker's
     database connection all work end to end.
     """
     get_settings()
-    return {"worker": socket.gethostname(), "database": health.check_database(db_session())}
+    return {"worker": socket.gethostname(), "database": readiness.check_database(db_session())}
+
+
+# The readiness round trip through a worker (not ``probe_server``, the SSH probe of one pool
+# server). Registered under its old name too: a web process of the previous release sends
+# ``maintenance.probe`` during a rolling deploy, and a worker must still answer it.
+probe_worker = celery_app.task(
+    name="maintenance.probe_worker", acks_late=False, ignore_result=False
+)(_report_worker)
+celery_app.task(name="maintenance.probe", acks_late=False, ignore_result=False)(_report_worker)
 
 
 def check_worker_roundtrip(timeout: float = 5.0) -> str:
-    """Send ``maintenance.probe`` through the broker and wait for a worker's answer."""
+    """Send ``maintenance.probe_worker`` through the broker and wait for a worker's answer."""
     result = None
     try:
-        result = probe.apply_async(expires=timeout)
+        result = probe_worker.apply_async(expires=timeout)
         answer = result.get(timeout=timeout, disable_sync_subtasks=False)
     except CeleryTimeoutError:
         return "no worker answered"
@@ -206,7 +215,7 @@ def probe_server(server_id: str) -> str:
                     log.warning("probe %s: daemon check failed: %s", server_id, exc)
     except (TransientError, PermanentError) as exc:
         ok, error = False, str(exc)
-    server = lifecycle.record_probe(
+    server = lifecycle.record_server_probe_for_box(
         session,
         server_uuid,
         ok=ok,

@@ -49,7 +49,8 @@ from app.integrations.payments.base import (
 )
 from app.models import Order, PaymentEvent, Plan, Subscription, User, VibeBox
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services import engine, jobs, provisioning, regions
+from app.services import jobs, regions
+from app.services.boxes import engine, provisioning
 
 log = logging.getLogger(__name__)
 

@@ -50,8 +50,9 @@ from app.integrations import bootstrap, cloud, ssh
 from app.integrations.cloud import CloudCompute, CloudRateLimitedError
 from app.integrations.ssh import SSHTarget
 from app.models import CloudProvider, Plan, Server, VibeBox
-from app.services import cloud_providers, events, jobs, pool
-from app.services.engine import backoff
+from app.services import cloud_providers, jobs, pool
+from app.services.boxes import events
+from app.services.boxes.engine import backoff
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,8 @@ from app.integrations import ssh
 from app.integrations.box_host import BoxEnvironmentError, BoxHost, EnvironmentReport
 from app.integrations.ssh import SSHTarget
 from app.models import Plan, Server, VibeBox
-from app.services import events, jobs
+from app.services import jobs
+from app.services.boxes import events
 
 log = logging.getLogger(__name__)
 

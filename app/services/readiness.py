@@ -58,7 +58,7 @@ def check_redis(client) -> str:
 
 
 def check_worker_roundtrip(timeout: float = 5.0) -> str:
-    """Send ``maintenance.probe`` through the broker and wait for a worker's answer (the
+    """Send ``maintenance.probe_worker`` through the broker and wait for a worker's answer (the
     task system is reached through its one seam, like ``app.services.jobs``)."""
     from workers.maintenance import check_worker_roundtrip as round_trip
 

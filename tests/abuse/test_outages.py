@@ -33,7 +33,8 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.crypto import encrypt_str
 from app.models import Base, PaymentEvent, Server, VibeBox
-from app.services import billing, engine, happy_accounts, jobs
+from app.services import billing, jobs
+from app.services.boxes import engine, happy_accounts
 from tests.conftest import METRICS_AUTH, METRICS_TOKEN
 from tests.support.api_server import ApiServer
 from tests.support.redis_server import RedisServer
@@ -339,7 +340,7 @@ def test_metrics_and_the_worker_round_trip_are_rate_limited(client: Any, metrics
 
 def _probe(client: Any) -> dict[str, Any] | None:
     try:
-        return client.send_task("maintenance.probe", expires=10).get(timeout=5)  # type: ignore[no-any-return]
+        return client.send_task("maintenance.probe_worker", expires=10).get(timeout=5)  # type: ignore[no-any-return]
     except Exception:
         return None
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.services import events
+from app.services.boxes import events
 from tests.api.test_admin_guard import token_for
 from tests.factories import AdminFactory, UserFactory
 from tests.pool_fixtures import make_box, make_server

@@ -25,7 +25,7 @@ from app.integrations.happy import (
     secret_key_backup,
 )
 from app.models import HappyAccount, Server, VibeBox
-from app.services import happy_accounts
+from app.services.boxes import happy_accounts
 from tests.factories import UserFactory
 from tests.support.happy_app import HappyAppDevice
 from tests.support.happy_double import HappyDouble, make_secret

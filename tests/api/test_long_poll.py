@@ -24,7 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.models import Base, User, VibeBox
-from app.services import box_watch, engine, jobs
+from app.services import jobs
+from app.services.boxes import box_watch, engine
 from tests.api.test_admin_guard import token_for
 from tests.factories import _TEST_HASH, UserFactory
 from tests.pool_fixtures import make_box
@@ -133,7 +134,7 @@ def test_redis_down_answers_at_once_instead_of_waiting(app, client, owned_box, m
 
 
 def test_a_flush_notes_the_box_of_changed_steps_and_events(session, owned_box) -> None:
-    from app.services import events
+    from app.services.boxes import events
 
     _, box_id = owned_box
     box = session.get(VibeBox, box_id)

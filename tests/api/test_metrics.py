@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.services import provisioning
+from app.services.boxes import provisioning
 from tests.conftest import METRICS_AUTH
 from tests.factories import UserFactory
 

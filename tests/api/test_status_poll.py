@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from app import db as app_db
 from app.models import ProvisioningStep
-from app.services import events
+from app.services.boxes import events
 from tests.api.test_admin_guard import token_for
 from tests.factories import UserFactory
 from tests.pool_fixtures import make_box

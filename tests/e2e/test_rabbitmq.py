@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from app.db import db_session
 from app.extensions import get_redis
 from app.models import HappyAccount, Server, VibeBox
-from app.services.provisioning import STEPS
+from app.services.boxes.provisioning import STEPS
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.sshd import BoxAccount

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from app.db import db_session
 from app.extensions import get_redis
 from app.models import ProvisioningStep, VibeBox
-from app.services import provisioning
+from app.services.boxes import provisioning
 from tests.e2e.conftest import provision
 from tests.support.failpoints import PAUSE_KEY, PAUSED_KEY
 from tests.support.waiting import wait_until

@@ -22,16 +22,17 @@ from app.config import Settings
 from app.crypto import encrypt_str
 from app.errors import HostUnreachableError, PermanentError, TransientError
 from app.models import ProvisioningStep, Server, Subscription, VibeBox
-from app.services import engine, jobs, provisioning
-from app.services.jobs import Job
-from app.services.provisioning import utcnow
-from app.services.steps import (
+from app.services import jobs
+from app.services.boxes import engine, provisioning, runner, statuses
+from app.services.boxes.provisioning import utcnow
+from app.services.boxes.steps import (
     AllocateServer,
     ServerUnusableError,
     Step,
     StepContext,
     StopDaemon,
 )
+from app.services.jobs import Job
 
 OK, TRANSIENT, PERMANENT, UNUSABLE = "ok", "transient", "permanent", "unusable"
 
@@ -113,7 +114,7 @@ class Harness:
         self.published: list[Any] = []
         jobs.set_publisher(self.published.append)
         self.ctx = StepContext(settings=settings, happy=None, connect=None)  # type: ignore[arg-type]
-        self.runner = engine.StepRunner(session, self.ctx, steps_for(self.world))
+        self.runner = runner.StepRunner(session, self.ctx, steps_for(self.world))
 
     def add_server(self, cpu: int = 2, ram: int = 4, disk: int = 40) -> Server:
         server_id = uuid.uuid4()
@@ -167,7 +168,7 @@ class Harness:
             return None
         return engine.first_unfinished(box, wf) or wf.steps[-1]
 
-    def run(self, box_id: uuid.UUID, step: str | None = None) -> engine.Outcome:
+    def run(self, box_id: uuid.UUID, step: str | None = None) -> runner.Outcome:
         """Run the box's next step (and what it runs ahead into), as the countdown of its
         retry or capacity wait firing now: the harness does not wait out delays."""
         name = step or self.next_step(box_id)
@@ -185,7 +186,7 @@ class Harness:
     def drive(self, box_id: uuid.UUID, limit: int = 40) -> VibeBox:
         """Play the worker until the box settles (or ``limit`` runs)."""
         for _ in range(limit):
-            if self.box(box_id).status in engine.SETTLED:
+            if self.box(box_id).status in statuses.SETTLED:
                 return self.box(box_id)
             self.run(box_id)
         return self.box(box_id)

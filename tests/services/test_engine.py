@@ -11,8 +11,9 @@ from itertools import count
 import pytest
 
 from app.models import Server, Subscription, VibeBox
-from app.services import engine, lifecycle, pool, provisioning
-from app.services.engine import BoxStatus as S
+from app.services import pool
+from app.services.boxes import engine, lifecycle, status_document, statuses
+from app.services.boxes.statuses import BoxStatus as S
 from app.services.jobs import Job
 from tests.services.engine_harness import PERMANENT, TRANSIENT, UNUSABLE, Harness
 
@@ -39,23 +40,23 @@ def _running_box(h: Harness) -> VibeBox:
 
 
 def test_every_transition_moves_only_from_its_allowed_statuses():
-    for name, (allowed, target) in engine.TRANSITIONS.items():
+    for name, (allowed, target) in statuses.TRANSITIONS.items():
         for status in S:
             box = VibeBox(status=str(status))
-            to = target or sorted(engine.TO_ANY[name])[0]
+            to = target or sorted(statuses.TO_ANY[name])[0]
             if status in allowed:
-                assert engine.transition(box, name, to if target is None else None) == to
+                assert statuses.transition(box, name, to if target is None else None) == to
                 assert box.status == to
             else:
-                with pytest.raises(engine.IllegalTransitionError):
-                    engine.transition(box, name, to if target is None else None)
+                with pytest.raises(statuses.IllegalTransitionError):
+                    statuses.transition(box, name, to if target is None else None)
                 assert box.status == status
 
 
 def test_a_caller_given_target_must_be_one_the_table_allows():
     box = VibeBox(status="starting")
     with pytest.raises(ValueError):
-        engine.transition(box, "action_done", S.TERMINATED)
+        statuses.transition(box, "action_done", S.TERMINATED)
 
 
 def test_no_module_but_the_engine_assigns_a_box_status():
@@ -133,7 +134,7 @@ def test_defect3_failures_stay_in_the_history_and_progress_does_not_go_back(h):
     h.world.script["start_daemon"] = [PERMANENT]
     failed = h.drive(box.id)
     assert failed.status == S.ERROR
-    done_before, _ = provisioning.progress(failed)
+    done_before, _ = status_document.progress(failed)
     assert done_before == 3  # account, allocation, configure: not reset by the failure
     failed_step = next(s for s in failed.steps if s.name == "start_daemon")
     assert failed_step.state == "failed" and failed_step.last_error

@@ -29,8 +29,8 @@ from sqlalchemy import delete, func, select
 
 from app.errors import ConflictError, InvalidStateError, NotFoundError
 from app.models import BoxEvent, ProvisioningStep, Server, Subscription, User, VibeBox
-from app.services import engine, lifecycle, provisioning
-from app.services.engine import BoxStatus as S
+from app.services.boxes import engine, lifecycle, status_document, statuses
+from app.services.boxes.statuses import BoxStatus as S
 from app.services.jobs import Job
 from tests.services.engine_harness import OK, PERMANENT, TRANSIENT, UNUSABLE, Harness
 
@@ -132,7 +132,7 @@ def _model(session, app_settings):  # type: ignore[no-untyped-def]
         @rule(data=st.data(), ok=st.booleans())
         def probe(self, data: st.DataObject, ok: bool) -> None:
             server_id = data.draw(st.sampled_from(self.servers))
-            lifecycle.record_probe(
+            lifecycle.record_server_probe_for_box(
                 session, server_id, ok=ok, latency_ms=1, error=None, unhealthy_after=2
             )
             session.commit()
@@ -207,7 +207,7 @@ def _model(session, app_settings):  # type: ignore[no-untyped-def]
             on_the_way = {j.box_id for j in self.h.published if isinstance(j, Job)}
             for box_id in self.boxes:
                 box = self.h.box(box_id)
-                if box.status in engine.SETTLED:
+                if box.status in statuses.SETTLED:
                     continue
                 held = any(s.state == "running" for s in box.steps)
                 scheduled = box.next_retry_at is not None
@@ -234,7 +234,7 @@ def _model(session, app_settings):  # type: ignore[no-untyped-def]
                 self.history[box_id] = size
                 runs = sum(1 for k in events if k in ("moved", "retried", "terminate"))
                 phase = 1 if box.status in (S.TERMINATING, S.TERMINATED) else 0
-                done, _ = provisioning.progress(box)
+                done, _ = status_document.progress(box)
                 before = self.progress.get(box_id)
                 if before is not None and before[1:] == (runs, phase):
                     assert done >= before[0], f"progress went back {before[0]} -> {done}"

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.models import Server, Subscription, VibeBox
-from app.services import engine, lifecycle, provisioning
+from app.services.boxes import engine, lifecycle, provisioning
 from tests.factories import UserFactory
 
 DAY = timedelta(days=1)
@@ -115,13 +115,13 @@ def test_cancel_teardown_restores_the_previous_status(session):
 def test_probe_failures_mark_the_live_box_degraded_and_recovery_clears_it(session):
     sub = subscription(session, end_offset=10 * DAY)
     box = box_on_server(session, sub)
-    lifecycle.record_probe(
+    lifecycle.record_server_probe_for_box(
         session, box.server_id, ok=False, latency_ms=None, error="refused", unhealthy_after=2
     )
     assert box.degraded_since is not None
     server = session.get(Server, box.server_id)
     assert server.state == "allocated"  # never pulled from under its owner
-    lifecycle.record_probe(
+    lifecycle.record_server_probe_for_box(
         session, box.server_id, ok=True, latency_ms=3, error=None, unhealthy_after=2
     )
     assert box.degraded_since is None

@@ -13,7 +13,7 @@ from app.config import Settings
 from app.errors import TransientError
 from app.integrations.box_host import BoxUser, DaemonLiveness, DaemonStart
 from app.integrations.happy import HappyCredentials, HappyMachine
-from app.services.steps import BoxPlan, MarkRunning, RunningPlan, StepContext, poll_intervals
+from app.services.boxes.steps import BoxPlan, MarkRunning, RunningPlan, StepContext, poll_intervals
 
 MACHINE = "machine-1"
 CREDS = HappyCredentials(b"\xfb" * 32, "token")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.services.engine import BoxStatus as S
-from app.services.provisioning import STEPS
+from app.services.boxes.provisioning import STEPS
+from app.services.boxes.statuses import BoxStatus as S
 from tests.services.engine_harness import TRANSIENT, Harness
 from tests.support.metrics import key, process_samples
 

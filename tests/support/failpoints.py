@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from app.services import steps
+from app.services.boxes import steps
 from workers import celery_app
 
 app = celery_app

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import celery_config
-from app.services import engine
+from app.services.boxes import runner
 from workers import boxes
 
 _SHOW = """
@@ -78,10 +78,10 @@ def test_only_countdowns_below_the_cap_are_held_by_the_worker(monkeypatch, delay
         def __init__(self, *_: Any) -> None:
             pass
 
-        def run(self, box_id: uuid.UUID, step: str) -> engine.Outcome:
-            return engine.Outcome("retry", "transient", delay=delay)
+        def run(self, box_id: uuid.UUID, step: str) -> runner.Outcome:
+            return runner.Outcome("retry", "transient", delay=delay)
 
-    monkeypatch.setattr(engine, "StepRunner", Runner)
+    monkeypatch.setattr(runner, "StepRunner", Runner)
     task = _Task()
     if held:
         with pytest.raises(_Task.Retry):

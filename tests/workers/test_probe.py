@@ -12,9 +12,17 @@ def test_readyz_with_workers_round_trips_a_task_through_a_real_worker(client, ce
 
 
 def test_probe_task_reports_the_workers_database_view(celery_worker):
-    from workers.maintenance import probe
+    from workers.maintenance import probe_worker
 
-    answer = probe.apply_async().get(timeout=15)
+    answer = probe_worker.apply_async().get(timeout=15)
+    assert answer["database"] == "ok"
+    assert answer["worker"]
+
+
+def test_probe_task_answers_under_its_old_name_during_a_rolling_deploy(celery_worker):
+    from workers import celery_app
+
+    answer = celery_app.send_task("maintenance.probe").get(timeout=15)
     assert answer["database"] == "ok"
     assert answer["worker"]
 

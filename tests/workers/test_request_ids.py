@@ -7,8 +7,8 @@ import json
 import time
 import uuid
 
+from app.services.boxes.provisioning import STEPS
 from app.services.jobs import Job
-from app.services.provisioning import STEPS
 
 
 def _json_lines(text: str) -> list[dict]:

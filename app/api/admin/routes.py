@@ -22,7 +22,8 @@ from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchem
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, admin_boxes, billing, engine, provisioning, regions
+from app.services import accounts, billing, regions
+from app.services.boxes import admin_boxes, engine, provisioning, status_document
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)
@@ -96,7 +97,7 @@ class Provision(MethodView):
             ),
         )
         db_session.commit()
-        return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
+        return {"vibeBox": status_document.describe_box(session, get_settings(), box)}
 
 
 @blp.route("/vibeboxes/<uuid:box_id>/retry")
@@ -110,7 +111,7 @@ class RetryBox(MethodView):
         engine.retry_failed_box(session, box_id, by=f"admin {current_user.username}")
         db_session.commit()
         box = provisioning.get_box(session, box_id)
-        return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
+        return {"vibeBox": status_document.describe_box(session, get_settings(), box)}
 
 
 @blp.route("/subscriptions/<uuid:subscription_id>/cancel")
@@ -155,4 +156,4 @@ class TerminateBox(MethodView):
         )
         db_session.commit()
         box = provisioning.get_box(session, box_id)
-        return {"vibeBox": provisioning.describe_box(session, get_settings(), box)}
+        return {"vibeBox": status_document.describe_box(session, get_settings(), box)}

@@ -5,7 +5,7 @@ from marshmallow import Schema, fields, validate
 from app.api.auth.schemas import UserSchema
 from app.api.validation import INT32_MAX, RequestSchema
 from app.api.vibeboxes.schemas import ProgressSchema, VibeBoxSchema
-from app.services.engine import BoxStatus
+from app.services.boxes.statuses import BoxStatus
 
 
 class PageArgsSchema(RequestSchema):

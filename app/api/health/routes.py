@@ -12,7 +12,7 @@ from app.api.metrics.routes import metrics_limit
 from app.db import db_session
 from app.extensions import get_redis, limiter
 from app.security import require_metrics_token
-from app.services import health
+from app.services import readiness
 
 blp = Blueprint("health", __name__, description="Probes")
 
@@ -89,12 +89,12 @@ class Readyz(MethodView):
         workers = _wants_workers()
         if workers:
             require_metrics_token()
-        result = health.Readiness()
-        result.checks["database"] = health.check_database(db_session())
-        result.checks["redis"] = health.check_redis(get_redis())
+        result = readiness.Readiness()
+        result.checks["database"] = readiness.check_database(db_session())
+        result.checks["redis"] = readiness.check_redis(get_redis())
         if workers and result.checks["redis"] != "ok":
             result.checks["worker"] = "not checked: the broker (Redis) is unreachable"
         elif workers:
-            result.checks["worker"] = health.check_worker_roundtrip(timeout=5.0)
+            result.checks["worker"] = readiness.check_worker_roundtrip(timeout=5.0)
         body = {"status": "ok" if result.ok else "unavailable", "checks": result.checks}
         return body, (200 if result.ok else 503)

@@ -1,6 +1,6 @@
 """The status poll's rendered documents, kept per box and version in this process.
 
-A running box is polled far more often than it changes. ``provisioning.box_version`` (the
+A running box is polled far more often than it changes. ``status_document.box_version`` (the
 ETag's input, one small query) moves whenever the document may have changed, so the JSON
 rendered for one version can answer every later poll that reads the same version: such a
 poll costs the version query and no document queries, decryption or serialization. A client

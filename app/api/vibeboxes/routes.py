@@ -30,7 +30,7 @@ from app.errors import LongPollBusyError
 from app.extensions import limiter
 from app.integrations.happy import HappyClient
 from app.outage import revocation_unverified
-from app.services import box_watch, connect, engine, provisioning
+from app.services.boxes import box_watch, connect, engine, provisioning, status_document
 
 blp = Blueprint("vibeboxes", __name__, url_prefix="/api/vibeboxes", description="VibeBoxes")
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}]
@@ -60,7 +60,7 @@ def happy_client(settings: Settings, region: str | None = None) -> HappyClient:
 def _status_document(session: Any, settings: Settings, box: Any) -> dict[str, Any]:
     """The polled status; without ``connectionInfo`` (credentials) when the session token
     could not be checked against the blocklist (Redis outage, see app.outage)."""
-    document = provisioning.describe_box(session, settings, box)
+    document = status_document.describe_box(session, settings, box)
     if revocation_unverified():
         document["connectionInfo"] = None
     return document
@@ -90,7 +90,7 @@ def _rendered_envelope(box_id: uuid.UUID, owner_id: uuid.UUID, version: list[Any
 
 
 def _version(box_id: uuid.UUID, owner_id: uuid.UUID) -> list[Any]:
-    """What the ETag of the box's document hashes (``provisioning.box_version``, plus whether
+    """What the ETag of the box's document hashes (``status_document.box_version``, plus whether
     this answer leaves out the credentials): read before any document is built. Reads run
     without a transaction (``autocommit_reads``): a poll is one statement when nothing
     changed, and its connection goes back to the pool right after it (a poll that holds it
@@ -99,7 +99,7 @@ def _version(box_id: uuid.UUID, owner_id: uuid.UUID) -> list[Any]:
     try:
         session = autocommit_reads(db_session())
         return [
-            *provisioning.box_version(session, box_id, owner_id=owner_id),
+            *status_document.box_version(session, box_id, owner_id=owner_id),
             revocation_unverified(),
         ]
     finally:
@@ -243,5 +243,5 @@ class VibeBoxControl(MethodView):
         engine.request_action(session, box_id, owner_id=current_user.id, action=data["action"])
         db_session.commit()
         box = provisioning.get_box(session, box_id)
-        document = provisioning.describe_box(session, get_settings(), box)
+        document = status_document.describe_box(session, get_settings(), box)
         return {"status": box.status, "vibeBox": document}

@@ -1,6 +1,6 @@
 """Operator views of VibeBoxes: the filtered, paged list and the full document.
 
-Read-only: what happens to a box is the engine's business (``app.services.engine``).
+Read-only: what happens to a box is the engine's business (``app.services.boxes.engine``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.config import Settings
 from app.models import VibeBox
-from app.services import provisioning
+from app.services.boxes import status_document
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def list_boxes(
 
 def summarize(box: VibeBox) -> dict[str, Any]:
     """One row of the operator list (no timeline, no events)."""
-    done, total = provisioning.progress(box)
+    done, total = status_document.progress(box)
     return {
         "id": box.id,
         "status": box.status,
@@ -94,7 +94,7 @@ def summarize(box: VibeBox) -> dict[str, Any]:
 def describe(session: Session, settings: Settings, box: VibeBox) -> dict[str, Any]:
     """The owner's status document (timeline, events) plus operator fields. The owner's
     connection info carries their Happy credentials: operators never get it."""
-    document = provisioning.describe_box(session, settings, box)
+    document = status_document.describe_box(session, settings, box)
     document.update(
         userId=box.user_id, serverId=box.server_id, unixUser=box.unix_user, connectionInfo=None
     )

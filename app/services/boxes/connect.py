@@ -30,14 +30,14 @@ from app.integrations.happy import (
     secret_key_backup,
 )
 from app.models import VibeBox
-from app.services import happy_accounts, provisioning
+from app.services.boxes import happy_accounts, status_document
 
 log = logging.getLogger(__name__)
 
 
 def _credentials(session: Session, settings: Settings, box: VibeBox) -> HappyCredentials:
     """The owner's Happy credentials; 409 ``vibebox_not_running`` unless the box runs."""
-    provisioning.connect_url(session, settings, box)  # the one "is it open yet" rule
+    status_document.connect_url(session, settings, box)  # the one "is it open yet" rule
     creds = happy_accounts.get_credentials(
         session, box.user_id, settings.encryption_key, server_url=settings.happy_realm(box.region)
     )
@@ -54,7 +54,7 @@ def connect_info(session: Session, settings: Settings, box: VibeBox) -> dict[str
     """``{happyWebUrl, secretKey}`` of a running box (both are credentials: owner only)."""
     creds = _credentials(session, settings, box)
     return {
-        "happyWebUrl": provisioning.web_url(settings, creds),
+        "happyWebUrl": status_document.web_url(settings, creds),
         "secretKey": secret_key_backup(creds.secret),
     }
 

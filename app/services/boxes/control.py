@@ -19,8 +19,9 @@ from app.integrations.box_host import BoxHost, BoxUser
 from app.integrations.happy import HappyCredentials
 from app.integrations.ssh import SSHTarget
 from app.models import Server, VibeBox
-from app.services import events, happy_accounts, pool
-from app.services.steps import Step, StepContext, bring_up_daemon, wait_for_daemon
+from app.services import pool
+from app.services.boxes import events, happy_accounts
+from app.services.boxes.steps import Step, StepContext, bring_up_daemon, wait_for_daemon
 
 log = logging.getLogger(__name__)
 

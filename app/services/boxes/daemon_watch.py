@@ -24,9 +24,9 @@ from app.errors import IntegrationError
 from app.integrations.box_host import BoxHost, BoxUser
 from app.integrations.happy import HappyCredentials
 from app.models import VibeBox
-from app.services import events, happy_accounts
-from app.services.provisioning import utcnow
-from app.services.steps import StepContext, bring_up_daemon
+from app.services.boxes import events, happy_accounts
+from app.services.boxes.provisioning import utcnow
+from app.services.boxes.steps import StepContext, bring_up_daemon
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ that one read shows all the ways a box can move; split out are the status table
 (:mod:`app.services.boxes.statuses`) and the step runner (:mod:`app.services.boxes.runner`).
 
 States (``BoxStatus``) and the named transitions between them are a table
-(:data:`~app.services.boxes.statuses.TRANSITIONS`); :func:`transition` is the only code that assigns ``box.status`` and
-raises :class:`IllegalTransitionError` for anything the table does not allow. Work on a box
-is organised in three workflows of steps with rows in ``provisioning_steps``:
+(:data:`~app.services.boxes.statuses.TRANSITIONS`); :func:`transition` is the only code that
+assigns ``box.status`` and raises :class:`IllegalTransitionError` for anything the table
+does not allow. Work on a box is organised in three workflows of steps with rows in
+``provisioning_steps``:
 
 - ``provision``: create_happy_account -> allocate_server -> configure_server ->
   start_daemon -> mark_running (statuses pending / waiting_for_capacity / provisioning);
@@ -16,17 +17,18 @@ is organised in three workflows of steps with rows in ``provisioning_steps``:
 - ``control``: one step, the owner's start / stop / restart (starting / stopping /
   restarting).
 
-One runner (:class:`~app.services.boxes.runner.StepRunner`) runs any step: claim it under the box's row lock with a lease,
-``prepare`` (DB) / ``execute`` (remote only, no transaction open) / ``record`` (DB), then
-finish, and ONE policy for what can go wrong: transient -> retry with exponential backoff
-and full jitter up to ``PROVISION_MAX_ATTEMPTS`` (counted in PostgreSQL), capacity ->
-wait with its own backoff up to ``CAPACITY_RETRY_MAX_SECONDS``, a server that cannot be
-used -> quarantine it and move the box, permanent or out of budget -> fail with a readable
-reason. The runner is the transaction boundary of a step (it commits between phases) and
-enqueues follow-up work only through :mod:`app.services.jobs` (after commit).
+One runner (:class:`~app.services.boxes.runner.StepRunner`) runs any step: claim it under
+the box's row lock with a lease, ``prepare`` (DB) / ``execute`` (remote only, no transaction
+open) / ``record`` (DB), then finish, and ONE policy for what can go wrong: transient ->
+retry with exponential backoff and full jitter up to ``PROVISION_MAX_ATTEMPTS`` (counted in
+PostgreSQL), capacity -> wait with its own backoff up to ``CAPACITY_RETRY_MAX_SECONDS``, a
+server that cannot be used -> quarantine it and move the box, permanent or out of budget ->
+fail with a readable reason. The runner is the transaction boundary of a step (it commits
+between phases) and enqueues follow-up work only through :mod:`app.services.jobs` (after
+commit).
 
-History is append-only: every failed attempt, move, retry, terminate and control action is
-a box event; step rows only move forward within a run.
+History is append-only: every failed attempt, move, retry, terminate and control action is a
+box event; step rows only move forward within a run.
 """
 
 from __future__ import annotations
@@ -34,34 +36,28 @@ from __future__ import annotations
 import enum
 import logging
 import random
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from app import telemetry
-from app.errors import InvalidStateError, NotFoundError, PermanentError, TransientError
+from app.errors import InvalidStateError, NotFoundError
 from app.models import ProvisioningStep, Subscription, VibeBox
-from app.services import events, happy_accounts, jobs, pool
-from app.services.provisioning import STEPS, TEARDOWN_STEPS, utcnow
+from app.services import jobs, pool
+from app.services.boxes import events
+from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS, utcnow
 from app.services.boxes.statuses import (
-    ACTION_FROM,
     ACTION_OF,
     ACTION_STATUS,
     ACTION_TO,
     CONTROL_STATUSES,
-    LIVE,
     PROVISIONING_STATUSES,
     SETTLED,
-    TO_ANY,
-    TRANSITIONS,
     BoxStatus,
-    IllegalTransitionError,
     S,
     may,
     transition,

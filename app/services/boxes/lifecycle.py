@@ -16,8 +16,9 @@ from sqlalchemy import Exists, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from app.models import Server, Subscription, VibeBox
-from app.services import engine, pool
-from app.services.provisioning import utcnow
+from app.services import pool
+from app.services.boxes import engine
+from app.services.boxes.provisioning import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def servers_to_probe(session: Session) -> list[uuid.UUID]:
     return list(session.scalars(select(Server.id).where(Server.state.in_(PROBED_STATES))))
 
 
-def record_probe(
+def record_server_probe_for_box(
     session: Session,
     server_id: uuid.UUID,
     *,
@@ -109,8 +110,9 @@ def record_probe(
     error: str | None,
     unhealthy_after: int,
 ) -> Server:
-    """Record a probe; mark the live box on a failing server degraded (and clear it on
-    recovery). A server sent to ``cleaning`` needs the scrub task (the caller enqueues)."""
+    """Record a server's SSH probe (``pool.record_probe``) and, for the live box on it, mark
+    it degraded while the server fails (and clear that on recovery). A server sent to
+    ``cleaning`` needs the scrub task (the caller enqueues)."""
     server = pool.record_probe(
         session, server_id, ok, latency_ms, error, unhealthy_after=unhealthy_after
     )

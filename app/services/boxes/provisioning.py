@@ -2,8 +2,8 @@
 ``app.services.boxes.status_document``).
 
 What happens to a box afterwards (its status, its steps, retries, teardown) is the
-lifecycle engine's business (``app.services.engine``); what each step does lives in
-``app.services.steps``.
+lifecycle engine's business (``app.services.boxes.engine``); what each step does lives in
+``app.services.boxes.steps``.
 """
 
 from __future__ import annotations
@@ -11,26 +11,18 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, cast, func, literal_column, select
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
 
-from app.config import Settings
-from app.errors import InvalidStateError, NotFoundError
-from app.integrations.happy import HappyCredentials
+from app.errors import NotFoundError
 from app.models import (
-    BoxEvent,
-    HappyAccount,
-    HappyServerToken,
     Plan,
     ProvisioningStep,
-    Server,
     User,
     VibeBox,
 )
-from app.services import events, happy_accounts, jobs
+from app.services import jobs
 
 log = logging.getLogger(__name__)
 

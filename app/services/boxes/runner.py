@@ -44,7 +44,7 @@ class Outcome:
 
 class StepRunner:
     """Runs one step of one box with the engine's policy. ``implementations`` maps step
-    names to :class:`app.services.steps.Step` objects; ``ctx`` gives them the integrations;
+    names to :class:`app.services.boxes.steps.Step` objects; ``ctx`` gives them the integrations;
     ``settings`` the budgets. Commits between phases: no transaction is open while a step
     talks to a remote system."""
 
@@ -75,7 +75,7 @@ class StepRunner:
             name = outcome.next_step
 
     def _run_one(self, box_id: uuid.UUID, name: str) -> Outcome:
-        from app.services.steps import (
+        from app.services.boxes.steps import (
             NoCapacityError,
             ServerUnusableError,
             TeardownCanceledError,
@@ -228,10 +228,9 @@ RUN_AHEAD: dict[str, str] = {
 
 def implementations() -> dict[str, Any]:
     """Every step of every workflow, by name."""
-    from app.services.control import ControlAction
-    from app.services.steps import STEP_IMPLEMENTATIONS
+    from app.services.boxes.control import ControlAction
+    from app.services.boxes.steps import STEP_IMPLEMENTATIONS
 
     found = {**STEP_IMPLEMENTATIONS, CONTROL_STEP: ControlAction()}
     assert set(found) == set(_BY_STEP), "each workflow step has an implementation"
     return found
-

@@ -23,6 +23,7 @@ from app.models import (
 from app.services.boxes import events, happy_accounts
 from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS
 
+
 def _box_version_query() -> Select[Any]:
     """The statement of ``box_version``, built once (Core, on the tables: no ORM or cache-key
     work per poll); its only parameter is ``box_id``."""

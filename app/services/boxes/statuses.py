@@ -82,4 +82,3 @@ def transition(box: VibeBox, name: str, to: BoxStatus | None = None) -> BoxStatu
 
 def may(box: VibeBox, name: str) -> bool:
     return BoxStatus(box.status) in TRANSITIONS[name][0]
-

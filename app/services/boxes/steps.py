@@ -1,9 +1,14 @@
 """The steps of the provisioning and teardown workflows.
 
+Over 400 lines on purpose: the eight steps share the phase protocol, the box's plan
+(``box_plan``/``BoxPlan``), the daemon helpers and ``STEP_IMPLEMENTATIONS``, whose order is
+checked against the workflows at import; read top to bottom they are the whole remote side
+of a box's life. (The owner's start/stop/restart is ``control.py``.)
+
 A step is three phases so no database transaction stays open across a remote call:
 ``prepare`` (DB: read state; return None when the work is already done), ``execute``
 (remote only: Happy, SSH; no session), ``record`` (DB: write the outcome). The engine's
-runner (``app.services.engine.StepRunner``) claims the step, commits between the phases
+runner (``app.services.boxes.runner.StepRunner``) claims the step, commits between the phases
 and owns retries. Every ``prepare`` reads what is already true and skips done work,
 which is what makes redeliveries and duplicates safe.
 """
@@ -38,8 +43,9 @@ from app.integrations.box_host import (
 from app.integrations.happy import HappyAPI, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
 from app.models import Server, VibeBox
-from app.services import happy_accounts, pool
-from app.services.provisioning import STEPS, TEARDOWN_STEPS
+from app.services import pool
+from app.services.boxes import happy_accounts
+from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS
 
 
 class NoCapacityError(TransientError):
@@ -504,7 +510,7 @@ class StopDaemon(Step):
     name = "stop_daemon"
 
     def prepare(self, session: Session, box: VibeBox, ctx: StepContext) -> Any | None:
-        from app.services import engine
+        from app.services.boxes import engine
 
         if engine.teardown_cancelled_by_renewal(session, box):
             engine.cancel_teardown(session, box)
