@@ -64,9 +64,11 @@ def test_no_module_but_the_engine_assigns_a_box_status():
     import re
 
     root = pathlib.Path(__file__).resolve().parents[2]
+    # statuses.py holds the engine's transition table and its one writer, ``transition``
+    engine_modules = {"app/services/boxes/engine.py", "app/services/boxes/statuses.py"}
     offenders = []
     for path in [*root.joinpath("app").rglob("*.py"), *root.joinpath("workers").rglob("*.py")]:
-        if path.name == "engine.py":
+        if path.relative_to(root).as_posix() in engine_modules:
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"\bbox\.status\s*=[^=]", line):
