@@ -5,29 +5,7 @@ One ``stripe.StripeClient`` per provider (never the global ``stripe.api_key``), 
 network-retry budget. Retries are safe: every POST carries an idempotency key (ours for the
 checkout, ``f"checkout-{order_id}"``; the SDK's own for the rest).
 
-Webhooks are verified with ``stripe.Webhook.construct_event`` (HMAC-SHA256 over
-``"{t}.{body}"``, default 300 s tolerance) and mapped to one normalized ``ProviderEvent``:
-
-==========================================  ==================================================
-Stripe event                                ``EventKind``
-==========================================  ==================================================
-checkout.session.completed, paid /          PAID (order from metadata.orderId or
-no_payment_required                         client_reference_id; session, subscription,
-                                            customer, amount_total, currency)
-checkout.session.completed, unpaid          IGNORED (an async payment is still pending)
-checkout.session.async_payment_succeeded    PAID
-checkout.session.async_payment_failed       PAYMENT_FAILED
-invoice.paid, billing_reason                PAID (order from the subscription metadata; may
-subscription_create                         arrive before checkout.session.completed)
-invoice.paid, any other billing_reason      RENEWED (period_end = the subscription line's end)
-invoice.payment_failed                      PAYMENT_FAILED
-customer.subscription.updated               CANCEL_AT_PERIOD_END if cancel_at_period_end,
-                                            else IGNORED
-customer.subscription.deleted               CANCELED
-anything else                               IGNORED
-==========================================  ==================================================
-
-SDK exceptions never leave this module: connection errors, timeouts, 409, 429 and 5xx become
+SDK exceptions never leave this package: connection errors, timeouts, 409, 429 and 5xx become
 ``TransientError``; other 4xx ``PermanentError``. Neither the secret key nor the webhook
 secret appears in a message or a log line. What we rely on from Stripe: docs/payments.md.
 """
@@ -38,7 +16,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import stripe
@@ -48,7 +26,6 @@ from app.integrations.payments.base import (
     CheckoutRequest,
     CheckoutSession,
     EventKind,
-    InvalidWebhookError,
     OrderQuery,
     OrderRef,
     OrderState,
@@ -58,27 +35,34 @@ from app.integrations.payments.base import (
     WebhookRequest,
     with_query,
 )
+from app.integrations.payments.fields import int_at, str_at, upper
+from app.integrations.payments.stripe.events import (
+    PAID_STATUSES,
+    PROVIDER_NAME,
+    _session_event,
+    verified_events,
+)
+from app.integrations.payments.stripe.settings import (
+    ENV_API_BASE,
+    ENV_PRICE_IDS,
+    ENV_SECRET_KEY,
+    ENV_WEBHOOK_SECRET,
+    _parse_price_ids,
+)
 
 if TYPE_CHECKING:
     from stripe.params.checkout import SessionCreateParams
 
 log = logging.getLogger(__name__)
 
-ENV_SECRET_KEY: Final = "STRIPE_SECRET_KEY"  # noqa: S105 (a variable name)
-ENV_WEBHOOK_SECRET: Final = "STRIPE_WEBHOOK_SECRET"  # noqa: S105
-ENV_PRICE_IDS: Final = "STRIPE_PRICE_IDS"
-ENV_API_BASE: Final = "STRIPE_API_BASE"
-
-SIGNATURE_HEADER: Final = "Stripe-Signature"
 DEFAULT_TIMEOUT: Final[tuple[float, float]] = (3.05, 20.0)  # (connect, read) seconds
 DEFAULT_MAX_NETWORK_RETRIES: Final = 2
-PAID_STATUSES: Final = frozenset({"paid", "no_payment_required"})
 
 
 class StripeProvider:
     """``PaymentProvider`` for Stripe Checkout (mode ``subscription``)."""
 
-    name = "stripe"
+    name = PROVIDER_NAME
 
     def __init__(
         self,
@@ -166,14 +150,14 @@ class StripeProvider:
         except stripe.StripeError as exc:
             raise self._error("create checkout session", exc) from None
 
-        session_id = _str(session, "id")
-        url = _str(session, "url")
+        session_id = str_at(session, "id")
+        url = str_at(session, "url")
         if not session_id or not url:
             raise PermanentError(
                 "Stripe created a checkout session without an id or url",
                 safe_message="The payment provider gave an unexpected answer.",
             )
-        amount, currency = _int(session, "amount_total"), _upper(_str(session, "currency"))
+        amount, currency = int_at(session, "amount_total"), upper(str_at(session, "currency"))
         if amount != request.amount or currency != request.currency.upper():
             # The webhook would then carry an amount the order does not expect and the
             # payment would be flagged instead of fulfilled: refuse before anyone pays.
@@ -189,24 +173,8 @@ class StripeProvider:
     # --- webhooks ------------------------------------------------------------------------
 
     def handle_callback(self, request: WebhookRequest) -> list[ProviderEvent]:
-        """Verify the ``Stripe-Signature`` and map the event (see the module table)."""
-        header = _header(request.headers, SIGNATURE_HEADER)
-        if not header:
-            raise InvalidWebhookError(f"missing {SIGNATURE_HEADER} header")
-        try:
-            event = stripe.Webhook.construct_event(request.body, header, self._webhook_secret)
-        except stripe.SignatureVerificationError as exc:
-            # The SDK's message says which check failed; it never contains the secret.
-            raise InvalidWebhookError(f"stripe signature: {exc.user_message}") from None
-        except (ValueError, TypeError, AttributeError, KeyError):
-            # ValueError covers undecodable UTF-8 and invalid JSON.
-            raise InvalidWebhookError("stripe webhook body is not a JSON event") from None
-        data = event.to_dict()
-        event_id, event_type = _str(data, "id"), _str(data, "type")
-        obj = _dict(_dict(data, "data"), "object")
-        if not event_id or not event_type or not obj:
-            raise InvalidWebhookError("stripe event without id, type or data.object")
-        return [_map_event(event_id, event_type, _timestamp(data.get("created")), obj)]
+        """Verify the ``Stripe-Signature`` and map the event (see ``events``)."""
+        return verified_events(request, self._webhook_secret)
 
     def ack(self) -> WebhookReply:
         return WebhookReply(200, json.dumps({"received": True}))
@@ -227,8 +195,8 @@ class StripeProvider:
             if exc.http_status == 404:
                 return OrderQuery(OrderState.UNKNOWN)
             raise self._error("retrieve checkout session", exc) from None
-        status = _str(session, "status")
-        if status == "complete" and _str(session, "payment_status") in PAID_STATUSES:
+        status = str_at(session, "status")
+        if status == "complete" and str_at(session, "payment_status") in PAID_STATUSES:
             event = _session_event(
                 f"query:{session_id}",
                 "checkout.session.completed",
@@ -282,13 +250,17 @@ class StripeProvider:
 
     def _session_status(self, session_id: str) -> str | None:
         try:
-            return _str(self._client.v1.checkout.sessions.retrieve(session_id).to_dict(), "status")
+            return str_at(
+                self._client.v1.checkout.sessions.retrieve(session_id).to_dict(), "status"
+            )
         except stripe.StripeError as exc:
             raise self._error("retrieve checkout session", exc) from None
 
     def _subscription_status(self, subscription_id: str) -> str | None:
         try:
-            return _str(self._client.v1.subscriptions.retrieve(subscription_id).to_dict(), "status")
+            return str_at(
+                self._client.v1.subscriptions.retrieve(subscription_id).to_dict(), "status"
+            )
         except stripe.StripeError as exc:
             raise self._error("retrieve subscription", exc) from None
 
@@ -319,310 +291,3 @@ class StripeProvider:
             if secret:
                 text = text.replace(secret, "***")
         return text
-
-
-# --- event mapping (pure functions of verified data) -----------------------------------
-
-
-def _map_event(
-    event_id: str, event_type: str, occurred_at: datetime | None, obj: dict[str, Any]
-) -> ProviderEvent:
-    if event_type == "checkout.session.completed":
-        if _str(obj, "payment_status") in PAID_STATUSES:
-            return _session_event(event_id, event_type, EventKind.PAID, obj, occurred_at)
-        # unpaid: a delayed method (bank debit...); async_payment_succeeded/failed follows.
-        return _session_event(event_id, event_type, EventKind.IGNORED, obj, occurred_at)
-    if event_type == "checkout.session.async_payment_succeeded":
-        return _session_event(event_id, event_type, EventKind.PAID, obj, occurred_at)
-    if event_type == "checkout.session.async_payment_failed":
-        return _session_event(event_id, event_type, EventKind.PAYMENT_FAILED, obj, occurred_at)
-    if event_type == "invoice.paid":
-        return _invoice_paid_event(event_id, event_type, obj, occurred_at)
-    if event_type == "invoice.payment_failed":
-        return _invoice_event(event_id, event_type, EventKind.PAYMENT_FAILED, obj, occurred_at)
-    if event_type == "customer.subscription.updated":
-        kind = (
-            EventKind.CANCEL_AT_PERIOD_END
-            if obj.get("cancel_at_period_end") is True
-            else EventKind.IGNORED
-        )
-        return _subscription_event(event_id, event_type, kind, obj, occurred_at)
-    if event_type == "customer.subscription.deleted":
-        return _subscription_event(event_id, event_type, EventKind.CANCELED, obj, occurred_at)
-    return ProviderEvent(
-        provider=StripeProvider.name,
-        event_id=event_id,
-        type=event_type,
-        kind=EventKind.IGNORED,
-        occurred_at=occurred_at,
-        payload={"object": _str(obj, "object"), "id": _str(obj, "id")},
-    )
-
-
-def _session_event(
-    event_id: str,
-    event_type: str,
-    kind: EventKind,
-    session: dict[str, Any],
-    occurred_at: datetime | None,
-    *,
-    source: str = "webhook",
-) -> ProviderEvent:
-    metadata = _metadata(session)
-    subscription_id = _ref_id(session.get("subscription"))
-    customer_id = _ref_id(session.get("customer"))
-    amount = _int(session, "amount_total")
-    currency = _upper(_str(session, "currency"))
-    return ProviderEvent(
-        provider=StripeProvider.name,
-        event_id=event_id,
-        type=event_type,
-        kind=kind,
-        order_id=metadata.get("orderId") or _str(session, "client_reference_id"),
-        provider_order_id=_str(session, "id"),
-        provider_subscription_id=subscription_id,
-        provider_customer_id=customer_id,
-        amount=amount,
-        currency=currency,
-        occurred_at=occurred_at,
-        payload={
-            "source": source,
-            "session_id": _str(session, "id"),
-            "status": _str(session, "status"),
-            "payment_status": _str(session, "payment_status"),
-            "mode": _str(session, "mode"),
-            "client_reference_id": _str(session, "client_reference_id"),
-            "metadata": metadata,
-            "subscription": subscription_id,
-            "customer": customer_id,
-            "amount_total": amount,
-            "currency": currency,
-        },
-    )
-
-
-def _invoice_paid_event(
-    event_id: str, event_type: str, invoice: dict[str, Any], occurred_at: datetime | None
-) -> ProviderEvent:
-    if not _invoice_subscription(invoice):
-        return _invoice_event(event_id, event_type, EventKind.IGNORED, invoice, occurred_at)
-    if _str(invoice, "billing_reason") == "subscription_create":
-        # The first invoice: the same payment as checkout.session.completed (which may come
-        # later); a second PAID for the order is a no-op for the service.
-        return _invoice_event(event_id, event_type, EventKind.PAID, invoice, occurred_at)
-    return _invoice_event(event_id, event_type, EventKind.RENEWED, invoice, occurred_at)
-
-
-def _invoice_event(
-    event_id: str,
-    event_type: str,
-    kind: EventKind,
-    invoice: dict[str, Any],
-    occurred_at: datetime | None,
-) -> ProviderEvent:
-    metadata = _invoice_metadata(invoice)
-    subscription_id = _invoice_subscription(invoice)
-    customer_id = _ref_id(invoice.get("customer"))
-    paid = kind in (EventKind.PAID, EventKind.RENEWED)
-    amount = _int(invoice, "amount_paid" if paid else "amount_due")
-    currency = _upper(_str(invoice, "currency"))
-    period_end = _invoice_period_end(invoice)
-    return ProviderEvent(
-        provider=StripeProvider.name,
-        event_id=event_id,
-        type=event_type,
-        kind=kind,
-        order_id=metadata.get("orderId"),
-        provider_subscription_id=subscription_id,
-        provider_customer_id=customer_id,
-        amount=amount,
-        currency=currency,
-        occurred_at=occurred_at,
-        period_end=period_end if paid else None,
-        payload={
-            "invoice_id": _str(invoice, "id"),
-            "billing_reason": _str(invoice, "billing_reason"),
-            "status": _str(invoice, "status"),
-            "metadata": metadata,
-            "subscription": subscription_id,
-            "customer": customer_id,
-            "amount_paid": _int(invoice, "amount_paid"),
-            "amount_due": _int(invoice, "amount_due"),
-            "currency": currency,
-            "period_end": period_end.isoformat() if period_end else None,
-        },
-    )
-
-
-def _subscription_event(
-    event_id: str,
-    event_type: str,
-    kind: EventKind,
-    subscription: dict[str, Any],
-    occurred_at: datetime | None,
-) -> ProviderEvent:
-    metadata = _metadata(subscription)
-    customer_id = _ref_id(subscription.get("customer"))
-    period_end = _subscription_period_end(subscription)
-    return ProviderEvent(
-        provider=StripeProvider.name,
-        event_id=event_id,
-        type=event_type,
-        kind=kind,
-        order_id=metadata.get("orderId"),
-        provider_subscription_id=_str(subscription, "id"),
-        provider_customer_id=customer_id,
-        occurred_at=occurred_at,
-        payload={
-            "subscription": _str(subscription, "id"),
-            "status": _str(subscription, "status"),
-            "cancel_at_period_end": subscription.get("cancel_at_period_end") is True,
-            "cancel_at": _int(subscription, "cancel_at"),
-            "canceled_at": _int(subscription, "canceled_at"),
-            "current_period_end": period_end.isoformat() if period_end else None,
-            "metadata": metadata,
-            "customer": customer_id,
-        },
-    )
-
-
-def _invoice_subscription(invoice: dict[str, Any]) -> str | None:
-    """The subscription id: ``parent.subscription_details`` (API 2025-03-31 and later) or
-    the older top-level ``subscription``, else the subscription lines'."""
-    details = _dict(_dict(invoice, "parent"), "subscription_details")
-    found = _ref_id(details.get("subscription")) or _ref_id(invoice.get("subscription"))
-    if found:
-        return found
-    for line in _subscription_lines(invoice):
-        item_details = _dict(_dict(line, "parent"), "subscription_item_details")
-        found = _ref_id(item_details.get("subscription")) or _ref_id(line.get("subscription"))
-        if found:
-            return found
-    return None
-
-
-def _invoice_metadata(invoice: dict[str, Any]) -> dict[str, str]:
-    """The subscription metadata snapshot the invoice carries (where depends on API version)."""
-    for details in (
-        _dict(_dict(invoice, "parent"), "subscription_details"),
-        _dict(invoice, "subscription_details"),
-    ):
-        metadata = _metadata(details)
-        if metadata:
-            return metadata
-    for line in _subscription_lines(invoice):
-        metadata = _metadata(line)  # subscription lines carry the subscription's metadata
-        if metadata:
-            return metadata
-    return {}
-
-
-def _invoice_period_end(invoice: dict[str, Any]) -> datetime | None:
-    """End of the period the invoice paid for: its subscription lines' ``period.end``.
-
-    Not ``invoice.period_end``: for subscription invoices that is the end of the *previous*
-    period.
-    """
-    ends = [_int(_dict(line, "period"), "end") for line in _subscription_lines(invoice)]
-    known = [end for end in ends if end is not None]
-    return _timestamp(max(known)) if known else None
-
-
-def _subscription_lines(invoice: dict[str, Any]) -> list[dict[str, Any]]:
-    lines = [line for line in _list(_dict(invoice, "lines"), "data") if isinstance(line, dict)]
-    subscription_lines = [
-        line
-        for line in lines
-        if _str(_dict(line, "parent"), "type") == "subscription_item_details"
-        or _str(line, "type") == "subscription"
-    ]
-    return subscription_lines or lines
-
-
-def _subscription_period_end(subscription: dict[str, Any]) -> datetime | None:
-    """``current_period_end``: per item since API 2025-03-31, top-level before."""
-    ends = [
-        _int(item, "current_period_end")
-        for item in _list(_dict(subscription, "items"), "data")
-        if isinstance(item, dict)
-    ]
-    known = [end for end in ends if end is not None]
-    if known:
-        return _timestamp(max(known))
-    return _timestamp(subscription.get("current_period_end"))
-
-
-# --- small typed readers of verified JSON ----------------------------------------------
-
-
-def _dict(obj: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = obj.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _list(obj: Mapping[str, Any], key: str) -> list[Any]:
-    value = obj.get(key)
-    return value if isinstance(value, list) else []
-
-
-def _str(obj: Mapping[str, Any], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) and value else None
-
-
-def _int(obj: Mapping[str, Any], key: str) -> int | None:
-    value = obj.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _upper(value: str | None) -> str | None:
-    return value.upper() if value else None
-
-
-def _metadata(obj: Mapping[str, Any]) -> dict[str, str]:
-    return {k: v for k, v in _dict(obj, "metadata").items() if isinstance(v, str)}
-
-
-def _ref_id(value: Any) -> str | None:
-    """An expandable field: an id string, or the expanded object's id."""
-    if isinstance(value, str) and value:
-        return value
-    if isinstance(value, dict):
-        return _str(value, "id")
-    return None
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
-    return None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Header lookup that also works on a plain dict with other capitalization."""
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), None)
-    return value
-
-
-def _parse_price_ids(raw: str) -> dict[str, str]:
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise ProviderNotConfiguredError(
-            f"Stripe is disabled: {ENV_PRICE_IDS} is not valid JSON"
-        ) from None
-    if (
-        not isinstance(value, dict)
-        or not value
-        or not all(
-            isinstance(k, str) and ":" in k and isinstance(v, str) and v for k, v in value.items()
-        )
-    ):
-        raise ProviderNotConfiguredError(
-            f"Stripe is disabled: {ENV_PRICE_IDS} must be a JSON object like "
-            f'{{"basic:monthly": "price_..."}}'
-        )
-    return {k.strip(): v.strip() for k, v in value.items()}
