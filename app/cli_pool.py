@@ -544,7 +544,7 @@ def pool_exec(
     import shlex
 
     from app import get_settings
-    from app.services import fleet
+    from app.services.pool import fleet
 
     if bool(server_ids) == all_servers:
         raise click.UsageError("Give --all or at least one --server ID (not both).")
@@ -595,7 +595,7 @@ def pool_upgrade_happy(version: str | None, include_busy: bool, parallel: int) -
     """
     from app import get_settings
     from app.config import BootstrapSettings
-    from app.services import fleet
+    from app.services.pool import fleet
 
     session = db_session_()
 

@@ -1,7 +1,7 @@
 """Plans, orders, payment events and subscriptions: money and provisioning agree.
 
 - Checkout creates a pending order whose amount and currency come from the plan, in a
-  region the plan is offered in (``app.services.regions``), after the user's box quota
+  region the plan is offered in (``app.services.pool.regions``), after the user's box quota
   is checked (below), before any provider call.
 - A verified provider event is recorded once (``payment_events`` is unique on provider +
   event id; a duplicate is a no-op) and applied in the same transaction: mark the order
@@ -49,7 +49,8 @@ from app.integrations.payments.base import (
 )
 from app.models import Order, PaymentEvent, Plan, Subscription, User, VibeBox
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services import engine, jobs, provisioning, regions
+from app.services import engine, jobs, provisioning
+from app.services.pool import regions
 
 log = logging.getLogger(__name__)
 

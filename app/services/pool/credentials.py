@@ -17,7 +17,8 @@ def _gateway_credential_aad(server_id: uuid.UUID) -> str:
     return f"server-gateway-credential:{server_id}"
 
 
-credential_aad = _credential_aad  # cloud servers are sealed the same way (services/capacity.py)
+# Cloud servers are sealed the same way (services/capacity/demand.py).
+credential_aad = _credential_aad
 
 
 def ssh_target_for(server: Server, encryption_key: bytes) -> SSHTarget:
