@@ -111,7 +111,7 @@ def record_probe(
 ) -> Server:
     """Record a probe; mark the live box on a failing server degraded (and clear it on
     recovery). A server sent to ``cleaning`` needs the scrub task (the caller enqueues)."""
-    server = pool.record_probe(
+    server = pool.record_server_probe(
         session, server_id, ok, latency_ms, error, unhealthy_after=unhealthy_after
     )
     box = session.scalar(

@@ -28,8 +28,9 @@ from app.models import (
     User,
     VibeBox,
 )
-from app.services import billing, happy_accounts, pool, regions
+from app.services import billing, happy_accounts, pool
 from app.services.billing import CheckoutPolicy
+from app.services.pool import regions
 from app.services.steps import CreateHappyAccount, StepContext
 from tests.factories import UserFactory
 from tests.pool_fixtures import make_box, make_server

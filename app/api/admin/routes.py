@@ -22,7 +22,8 @@ from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchem
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, admin_boxes, billing, engine, provisioning, regions
+from app.services import accounts, admin_boxes, billing, engine, provisioning
+from app.services.pool import regions
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)

@@ -3,7 +3,7 @@
 Each public name lives in the module named by its concern and is re-exported here:
 
 - ``checkout``: checkout creates a pending order whose amount and currency come from the
-  plan, in a region the plan is offered in (``app.services.regions``), after the user's
+  plan, in a region the plan is offered in (``app.services.pool.regions``), after the user's
   box quota is checked (``quotas``), before any provider call. ``plans``: the catalogue.
 - ``intake``: a verified provider event is recorded once (``payment_events`` is unique on
   provider + event id; a duplicate is a no-op); the task ``billing.apply_payment_event``

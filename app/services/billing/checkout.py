@@ -16,8 +16,8 @@ from app.errors import (
 )
 from app.integrations.payments.base import CheckoutRequest, CheckoutSession, PaymentProvider
 from app.models import Order, Plan, User
-from app.services import regions
 from app.services.billing.quotas import CheckoutPolicy, check_quota, lock_user_quota, renewal_box
+from app.services.pool import regions
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session
 from app.config import RegionSettings
 from app.errors import NotFoundError, ValidationError
 from app.models import Plan
-from app.services import regions
 from app.services.billing.quotas import CheckoutPolicy, quota_limit
+from app.services.pool import regions
 
 
 def list_active_plans(session: Session) -> list[Plan]:
