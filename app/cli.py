@@ -20,6 +20,7 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, ScriptInfo
 
+from app import cli_pool_fleet  # noqa: F401  - registers pool bootstrap / exec / upgrade-happy
 from app.cli_boxes import boxes_cli
 from app.cli_cloud import cloud_cli
 from app.cli_plans import plans_cli

@@ -195,7 +195,7 @@ def cloud_add(name: str, driver: str, disabled: bool, **opts: Any) -> None:
     from app import get_settings
     from app.api.cloud_providers.schemas import CloudProviderCreateSchema
     from app.db import db_session
-    from app.services import cloud_providers
+    from app.services.capacity import cloud_providers
 
     raw = {"name": name, "driver": driver, **_raw(opts)}
     if disabled:
@@ -221,7 +221,7 @@ def cloud_add(name: str, driver: str, disabled: bool, **opts: Any) -> None:
 def cloud_list() -> None:
     """Show cloud providers (never their credentials)."""
     from app.db import db_session
-    from app.services import cloud_providers
+    from app.services.capacity import cloud_providers
 
     views, _total = cloud_providers.page_providers(db_session(), limit=1000)
     if not views:
@@ -260,7 +260,7 @@ def cloud_update(provider: str, enabled: bool | None, **opts: Any) -> None:
     from app import get_settings
     from app.api.cloud_providers.schemas import CloudProviderUpdateSchema
     from app.db import db_session
-    from app.services import cloud_providers
+    from app.services.capacity import cloud_providers
 
     raw = _raw(opts)
     if enabled is not None:
@@ -285,7 +285,7 @@ def cloud_update(provider: str, enabled: bool | None, **opts: Any) -> None:
 def cloud_remove(provider: str) -> None:
     """Remove PROVIDER (refused while servers of it exist)."""
     from app.db import db_session
-    from app.services import cloud_providers
+    from app.services.capacity import cloud_providers
 
     session = db_session()
     with _domain_errors():

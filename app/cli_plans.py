@@ -17,7 +17,8 @@ def plans_list() -> None:
     from app import get_settings
     from app.db import db_session
     from app.models import Plan
-    from app.services import billing, regions
+    from app.services import billing
+    from app.services.pool import regions
 
     settings = get_settings()
     policy = billing.CheckoutPolicy.from_settings(settings)

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
         from app import create_app
         from app.db import get_engine
-        from app.services import cloud_providers
+        from app.services.capacity import cloud_providers
         from tests.support.do_double import DigitalOceanDouble
         from tests.support.sshd import BoxFleet
         from tests.support.worker import CeleryWorkerProcess

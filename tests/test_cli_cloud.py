@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from app.models import CloudProvider
-from app.services import cloud_providers
+from app.services.capacity import cloud_providers
 
 TOKEN = "dop_v1_" + "cd34" * 16
 

@@ -26,6 +26,9 @@ Everything the demo keeps is under ``<VIBEBOX_VAR_DIR or ./var>/demo/``: the ssh
 and the login key (both kept, so the pinned host key stays valid across runs), sshd_config,
 the logs, and the box runtime (``happy`` + PyNaCl, readable by box users). :class:`Demo`
 stops, by PID, only the processes it started.
+
+Size (over 400 lines): a development tool, never imported by the product; it sets up a
+whole local sshd box with its own keys and user.
 """
 
 from __future__ import annotations

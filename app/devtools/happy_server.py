@@ -30,6 +30,9 @@ stand-in on the SSH test boxes all talk to it exactly as they would to happy-ser
 
 In-process: ``with HappyDouble() as double: double.url``. Standalone (benches, e2e):
 ``python -m app.devtools.happy_server --port 8765``.
+
+Size (over 400 lines): a development and test double of a third-party server, never
+imported by the product; it implements each endpoint the product uses.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ The connection is a Fabric ``Connection`` from :mod:`app.integrations.fabric_ssh
 host key, no SSH config, gateway when the target has one); the verification uses the same
 per-box paramiko path provisioning uses. Credentials are in ``connect_kwargs`` only: no
 command line or log line carries them. Every remote command has its own timeout.
+
+Size (over 400 lines, on purpose): the Fabric run and the cloud-init rendering are the same
+steps in two forms; keeping them in one module keeps them identical.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ Places an unprivileged user can write on a standard Debian/Ubuntu server, which 
 empties and ``leftovers`` checks by uid: its home, ``/tmp``, ``/var/tmp``, ``/dev/shm``,
 ``/run/user/<uid>``, ``/run/lock``, the mail spool, the cron and at spools and systemd's
 linger flag.
+
+Size (over 400 lines, on purpose): this is the ONE interface to what runs on a pool
+server for a box; its shell scripts are kept side by side so that creating a user and
+proving by uid that nothing of it remains can be read, and reviewed, together.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ Drivers: ``digitalocean`` (v2 API, end to end in the tests), ``ec2``, ``vultr`` 
 ``linode`` (API v4), ``aliyun_ecs``. Credentials: ``{"key": ...}`` for DigitalOcean, Vultr
 and Linode; ``{"key": access key id, "secret": ...}`` for EC2 and Alibaba ECS (plus
 ``securityGroupId`` for ECS, which requires one).
+
+Size (over 400 lines, on purpose): the per-driver differences of five libcloud drivers
+(tags, sizes, images, credentials, error shapes) are the whole point of this adapter; the
+rest of the code sees one small interface.
 """
 
 from __future__ import annotations

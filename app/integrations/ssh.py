@@ -19,6 +19,10 @@ refused, timed out, dropped), ``SSHAuthError`` / ``HostKeyMismatchError`` (perma
 
 Commands run in the pool login's shell and environment (the server's sshd provides ``PATH``
 and ``HAPPY_SERVER_URL``), so ``happy`` is looked up on ``PATH``, never at a fixed path.
+
+Size (over 400 lines, on purpose): connection set-up, host-key pinning, the per-server
+connection pool and command execution with timeouts share one lock discipline and one fault
+mapping; split, each part would need the others' internals.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ SERVER_STATES = (
     "unhealthy",
     "draining",
     "retired",
-    # Cloud servers (app/services/capacity.py): creating -> bootstrapping -> available, and
+    # Cloud servers (app/services/capacity/): creating -> bootstrapping -> available, and
     # retiring -> destroyed.
     "creating",
     "bootstrapping",

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from app.crypto import DecryptionError, decrypt_str
 from app.models import CloudProvider
-from app.services import cloud_providers
+from app.services.capacity import cloud_providers
 from tests.api.test_admin_guard import token_for
 from tests.factories import AdminFactory, UserFactory
 

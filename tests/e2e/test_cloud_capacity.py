@@ -14,7 +14,7 @@ from app.db import db_session
 from app.extensions import get_redis
 from app.integrations import cloud
 from app.models import CloudProvider, Server
-from app.services import cloud_providers
+from app.services.capacity import cloud_providers
 from tests.e2e.conftest import provision
 from tests.support.do_double import DigitalOceanDouble
 from tests.support.failpoints import CLOUD_PAUSE_KEY, CLOUD_PAUSED_KEY

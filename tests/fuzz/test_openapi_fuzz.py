@@ -79,7 +79,7 @@ def closed_port() -> Iterator[int]:
 @pytest.fixture
 def fuzz(app: Any, db: Any, monkeypatch: pytest.MonkeyPatch, closed_port: int):  # type: ignore[no-untyped-def]
     """``fuzz(headers)``: every operation, valid and invalid input, checked; one report."""
-    monkeypatch.setattr(pool, "resolve_addresses", _loopback_only_resolver)
+    monkeypatch.setattr(pool.networks, "resolve_addresses", _loopback_only_resolver)
     api_schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
 
     def run(headers: Callable[[], dict[str, str]]) -> None:

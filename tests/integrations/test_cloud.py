@@ -15,7 +15,7 @@ from libcloud.compute.types import NodeState
 from app.errors import PermanentError, TransientError
 from app.integrations import cloud, ssh
 from app.integrations.cloud import CloudAccount, CloudRateLimitedError, LibcloudCompute
-from app.services.cloud_providers import generate_key_pair
+from app.services.capacity.cloud_providers import generate_key_pair
 from tests.support.do_double import DigitalOceanDouble
 
 

@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from app.integrations import cloud
 from app.models import BoxEvent, CloudProvider, Server, VibeBox
-from app.services import capacity, cloud_providers
+from app.services import capacity
+from app.services.capacity import cloud_providers
 from tests.factories import UserFactory
 from tests.support.do_double import DigitalOceanDouble
 

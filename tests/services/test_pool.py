@@ -536,10 +536,10 @@ def test_quarantine_takes_a_server_out_of_allocation(session):
 def test_probes_mark_unhealthy_after_k_failures_and_recover_through_cleaning(session):
     server = make_server(session)
     for expected in ("available", "available", "unhealthy"):
-        pool.record_probe(session, server.id, False, None, "timeout", unhealthy_after=3)
+        pool.record_server_probe(session, server.id, False, None, "timeout", unhealthy_after=3)
         assert server.state == expected
     assert (server.consecutive_failures, server.last_error) == (3, "timeout")
-    pool.record_probe(session, server.id, True, 12, None)
+    pool.record_server_probe(session, server.id, True, 12, None)
     # Back, but scrubbed before reuse: cleaning, then available once verified clean.
     assert (server.state, server.consecutive_failures, server.last_latency_ms) == (
         "cleaning",
@@ -554,7 +554,7 @@ def test_failed_probes_leave_an_allocated_server_allocated(session):
     server = make_server(session)
     pool.allocate_server(session, make_box(session))
     for _ in range(5):
-        pool.record_probe(session, server.id, False, None, "refused", unhealthy_after=2)
+        pool.record_server_probe(session, server.id, False, None, "refused", unhealthy_after=2)
     assert (server.state, server.consecutive_failures) == ("allocated", 5)
 
 

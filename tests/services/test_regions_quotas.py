@@ -28,10 +28,11 @@ from app.models import (
     User,
     VibeBox,
 )
-from app.services import billing, pool, regions
+from app.services import billing, pool
 from app.services.billing import CheckoutPolicy
 from app.services.boxes import happy_accounts
 from app.services.boxes.steps import CreateHappyAccount, StepContext
+from app.services.pool import regions
 from tests.factories import UserFactory
 from tests.pool_fixtures import make_box, make_server
 from tests.services.test_billing import FakeProvider, paid

@@ -22,8 +22,9 @@ from app.api.subscriptions.schemas import CancelRequestSchema, SubscriptionSchem
 from app.api.vibeboxes.schemas import ProvisionRequestSchema, VibeBoxEnvelopeSchema
 from app.db import db_session
 from app.security import require_admin
-from app.services import accounts, billing, regions
+from app.services import accounts, billing
 from app.services.boxes import admin_boxes, engine, provisioning, status_document
+from app.services.pool import regions
 
 blp = Blueprint("admin", __name__, url_prefix="/api/admin", description="Operators only")
 blp.before_request(require_admin)

@@ -18,7 +18,7 @@ from app.api.cloud_providers.schemas import (
 )
 from app.db import db_session
 from app.security import require_admin
-from app.services import cloud_providers
+from app.services.capacity import cloud_providers
 
 blp = Blueprint(
     "admin_cloud_providers",

@@ -30,15 +30,15 @@ class ProviderRegistry:
 def _build(name: str, env: Mapping[str, str], settings: Settings) -> PaymentProvider:
     # Imported on demand: a provider that is not enabled costs nothing at start-up.
     if name == "stripe":
-        from app.integrations.payments.stripe_provider import StripeProvider
+        from app.integrations.payments.stripe import StripeProvider
 
         return StripeProvider.from_env(env)
     if name == "wechat":
-        from app.integrations.payments.wechat_provider import WeChatPayProvider
+        from app.integrations.payments.wechat import WeChatPayProvider
 
         return WeChatPayProvider.from_env(env)
     if name == "alipay":
-        from app.integrations.payments.alipay_provider import AlipayProvider
+        from app.integrations.payments.alipay import AlipayProvider
 
         return AlipayProvider.from_env(env)
     if name == "dev":

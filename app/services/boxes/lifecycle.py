@@ -110,10 +110,10 @@ def record_server_probe_for_box(
     error: str | None,
     unhealthy_after: int,
 ) -> Server:
-    """Record a server's SSH probe (``pool.record_probe``) and, for the live box on it, mark
-    it degraded while the server fails (and clear that on recovery). A server sent to
+    """Record a server's SSH probe (``pool.record_server_probe``) and, for the live box on it,
+    mark it degraded while the server fails (and clear that on recovery). A server sent to
     ``cleaning`` needs the scrub task (the caller enqueues)."""
-    server = pool.record_probe(
+    server = pool.record_server_probe(
         session, server_id, ok, latency_ms, error, unhealthy_after=unhealthy_after
     )
     box = session.scalar(

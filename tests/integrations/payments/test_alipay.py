@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from app.errors import PermanentError, TransientError
-from app.integrations.payments.alipay_provider import AlipayProvider
+from app.integrations.payments.alipay import AlipayProvider
 from app.integrations.payments.base import (
     CheckoutRequest,
     EventKind,

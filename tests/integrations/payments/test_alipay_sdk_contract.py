@@ -1,6 +1,6 @@
-"""Contract of the ``python-alipay-sdk`` internals that ``alipay_provider`` relies on.
+"""Contract of the ``python-alipay-sdk`` internals the Alipay provider relies on.
 
-The provider (``app/integrations/payments/alipay_provider.py``) goes beyond the SDK's public
+The provider (``app/integrations/payments/alipay/``) goes beyond the SDK's public
 surface in four places; each test here pins one of them on the installed SDK, so an SDK
 upgrade that changes it fails here, by name, rather than somewhere in a payment flow
 (docs/payments.md, Alipay):
@@ -31,7 +31,7 @@ import pytest
 from alipay import AliPay
 from alipay.exceptions import AliPayValidationError
 
-import app.integrations.payments.alipay_provider  # noqa: F401  (installs the logger stand-in)
+import app.integrations.payments.alipay  # noqa: F401  (installs the logger stand-in)
 from tests.support.payments.alipay_double import AlipayKeys, make_keys, rsa2_sign
 
 RESPONSE_TYPE = "alipay_trade_query_response"
@@ -69,7 +69,7 @@ def test_the_sdk_logs_through_the_alipay_loggers_module_we_replace() -> None:
         import logging, sys
         handler = logging.StreamHandler(sys.stdout)
         logging.getLogger().addHandler(handler)
-        import app.integrations.payments.alipay_provider
+        import app.integrations.payments.alipay
         import alipay
         sdk_logger = sys.modules["alipay.loggers"].logger
         assert alipay.logger is sdk_logger, "the SDK no longer takes its logger from .loggers"

@@ -27,7 +27,7 @@ from app.integrations.payments.base import (
     ProviderNotConfiguredError,
     WebhookRequest,
 )
-from app.integrations.payments.stripe_provider import StripeProvider
+from app.integrations.payments.stripe import StripeProvider
 from tests.support.payments.stripe_double import (
     Price,
     StripeDouble,

@@ -24,7 +24,7 @@ from app.integrations.payments.base import (
     ProviderNotConfiguredError,
     WebhookRequest,
 )
-from app.integrations.payments.wechat_provider import WeChatPayProvider
+from app.integrations.payments.wechat import WeChatPayProvider
 from tests.support.payments.wechat_double import (
     WeChatKeys,
     WeChatPayDouble,

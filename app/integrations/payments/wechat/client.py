@@ -20,33 +20,21 @@ or pre-placed platform certificates are loaded once, keyed by their id/serial.
 
 Nothing returned is an SDK object; ``requests`` errors become ``TransientError`` or
 ``PermanentError``. No key (merchant private key, APIv3 key) ever appears in a message or log.
-What we rely on from WeChat Pay: docs/payments.md.
+Callbacks: ``events``; settings: ``settings``. What we rely on from WeChat Pay: docs/payments.md.
 """
 
 from __future__ import annotations
 
-import binascii
 import json
 import logging
-import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from wechatpayv3.utils import (
-    aes_decrypt,
-    build_authorization,
-    load_private_key,
-    load_public_key,
-    rsa_verify,
-)
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from wechatpayv3.utils import build_authorization
 
 from app.errors import PermanentError, TransientError
 from app.integrations.http import is_transient_status, request_faults
@@ -54,7 +42,6 @@ from app.integrations.payments.base import (
     CheckoutRequest,
     CheckoutSession,
     EventKind,
-    InvalidWebhookError,
     OrderQuery,
     OrderRef,
     OrderState,
@@ -63,20 +50,27 @@ from app.integrations.payments.base import (
     WebhookReply,
     WebhookRequest,
 )
+from app.integrations.payments.wechat.events import (
+    PROVIDER_NAME,
+    _amount,
+    _order_id,
+    _parse_time,
+    _public_payload,
+    _verify,
+    verified_events,
+)
+from app.integrations.payments.wechat.settings import (
+    API_V3_KEY_LENGTH,
+    DEFAULT_API_BASE,
+    _load_platform_key,
+    _load_private_key,
+    provider_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_API_BASE = "https://api.mch.weixin.qq.com"
 DEFAULT_TIMEOUT: tuple[float, float] = (3.05, 10.0)  # (connect, read) seconds
-SIGNATURE_TYPE = "WECHATPAY2-SHA256-RSA2048"
-MAX_CLOCK_SKEW_SECONDS = 300  # |now - Wechatpay-Timestamp| allowed on callbacks
-API_V3_KEY_LENGTH = 32  # AES-256: the APIv3 key is 32 ASCII characters
 DESCRIPTION_MAX_CHARS = 127  # WeChat's limit on ``description``
-# Personal data of the payer; kept out of the audit payload.
-_PRIVATE_FIELDS = ("payer", "user_received_account")
-
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.DOTALL)
-_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 # trade_state -> our view (query_order). REFUND: the money was paid and (partly) returned
 # through the merchant platform; provisioning for it would be wrong, so it counts as failed.
@@ -104,7 +98,7 @@ class _ApiRefusal(PermanentError):
 class WeChatPayProvider:
     """WeChat Pay v3 direct merchant (普通商户), Native pay."""
 
-    name = "wechat"
+    name = PROVIDER_NAME
 
     def __init__(
         self,
@@ -147,57 +141,9 @@ class WeChatPayProvider:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WeChatPayProvider:
-        """Build from ``WECHAT_PAY_*`` settings; never touches the network.
-
-        Keys: ``WECHAT_PAY_MCH_PRIVATE_KEY`` / ``WECHAT_PAY_PUBLIC_KEY`` hold PEM text (``\\n``
-        escapes allowed), or name a file through the ``_FILE`` variant.
-        ``WECHAT_PAY_PUBLIC_KEY_ID`` may be a comma list: with one key, every listed id verifies
-        with it; with as many PEM blocks as ids, they pair up in order (key rotation).
-        """
-        missing: list[str] = []
-
-        def required(name: str) -> str:
-            value = (env.get(name) or "").strip()
-            if not value:
-                missing.append(name)
-            return value
-
-        mchid = required("WECHAT_PAY_MCHID")
-        appid = required("WECHAT_PAY_APPID")
-        api_v3_key = required("WECHAT_PAY_API_KEY")
-        serial = required("WECHAT_PAY_MCH_CERT_SERIAL")
-        private_key = _pem_setting(env, "WECHAT_PAY_MCH_PRIVATE_KEY", missing)
-        public_keys = _pem_setting(env, "WECHAT_PAY_PUBLIC_KEY", missing)
-        key_ids = [k.strip() for k in (env.get("WECHAT_PAY_PUBLIC_KEY_ID") or "").split(",")]
-        key_ids = [k for k in key_ids if k]
-        if not key_ids:
-            missing.append("WECHAT_PAY_PUBLIC_KEY_ID")
-        if missing:
-            raise ProviderNotConfiguredError(
-                "WeChat Pay is not configured: missing " + ", ".join(missing)
-            )
-
-        # One PEM block per key; a bare base64 key body counts as one key.
-        blocks = [m.group(0) for m in _PEM_BLOCK.finditer(public_keys)] or [public_keys]
-        if len(blocks) == 1:
-            platform = dict.fromkeys(key_ids, blocks[0])
-        elif len(blocks) == len(key_ids):
-            platform = dict(zip(key_ids, blocks, strict=True))
-        else:
-            raise ProviderNotConfiguredError(
-                f"WECHAT_PAY_PUBLIC_KEY holds {len(blocks)} keys but WECHAT_PAY_PUBLIC_KEY_ID "
-                f"lists {len(key_ids)} ids (give one key, or one key per id)"
-            )
-        api_base = (env.get("WECHAT_PAY_API_BASE") or "").strip() or DEFAULT_API_BASE
-        return cls(
-            mchid=mchid,
-            appid=appid,
-            api_v3_key=api_v3_key,
-            merchant_private_key=private_key,
-            merchant_cert_serial=serial,
-            platform_public_keys=platform,
-            api_base=api_base,
-        )
+        """Build from ``WECHAT_PAY_*`` settings (``settings.provider_kwargs``); never touches
+        the network."""
+        return cls(**provider_kwargs(env))
 
     # --- PaymentProvider ---------------------------------------------------------------
 
@@ -246,103 +192,14 @@ class WeChatPayProvider:
         returning the whole amount is REFUNDED (a partial refund is recorded but IGNORED);
         every other verified notification is IGNORED, still recorded by its id.
         """
-        headers = {str(k).lower(): str(v) for k, v in request.headers.items()}
-        signature = headers.get("wechatpay-signature", "")
-        timestamp = headers.get("wechatpay-timestamp", "")
-        nonce = headers.get("wechatpay-nonce", "")
-        serial = headers.get("wechatpay-serial", "")
-        if not (signature and timestamp and nonce and serial):
-            raise InvalidWebhookError("missing Wechatpay-Signature/Timestamp/Nonce/Serial")
-        signature_type = headers.get("wechatpay-signature-type")
-        if signature_type is not None and signature_type != SIGNATURE_TYPE:
-            raise InvalidWebhookError(f"unsupported Wechatpay-Signature-Type {signature_type!r}")
-        public_key = self._platform_keys.get(serial)
-        if public_key is None:
-            raise InvalidWebhookError(f"Wechatpay-Serial {serial[:64]!r} is not an accepted key")
-        if not _TIMESTAMP.fullmatch(timestamp):
-            raise InvalidWebhookError("Wechatpay-Timestamp is not a unix timestamp")
-        skew = self._clock() - int(timestamp)
-        if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
-            raise InvalidWebhookError(f"Wechatpay-Timestamp is {skew:+.0f} s off (stale)")
-        try:
-            text = request.body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidWebhookError("body is not UTF-8") from None
-        if not _verify(public_key, timestamp, nonce, text, signature):
-            raise InvalidWebhookError("signature does not verify with the platform key")
-
-        notification = _json_object(text)
-        if notification is None:
-            raise InvalidWebhookError("body is not a JSON object")
-        event_id = notification.get("id")
-        event_type = notification.get("event_type")
-        if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str):
-            raise InvalidWebhookError("notification has no id or event_type")
-        resource = self._decrypt_resource(notification)
-
-        if resource.get("mchid") != self.mchid:
-            raise InvalidWebhookError("notification is for another merchant (mchid)")
-        transaction_event = event_type.startswith("TRANSACTION.")
-        if (transaction_event or "appid" in resource) and resource.get("appid") != self.appid:
-            raise InvalidWebhookError("notification is for another app (appid)")
-
-        occurred_at = _parse_time(resource.get("success_time")) or _parse_time(
-            notification.get("create_time")
+        return verified_events(
+            request,
+            platform_keys=self._platform_keys,
+            now=self._clock(),
+            api_v3_key=self._api_v3_key,
+            mchid=self.mchid,
+            appid=self.appid,
         )
-        payload = _public_payload(resource)
-        out_trade_no = resource.get("out_trade_no")
-        out_trade_no = out_trade_no if isinstance(out_trade_no, str) and out_trade_no else None
-
-        if event_type == "TRANSACTION.SUCCESS" and resource.get("trade_state") == "SUCCESS":
-            if out_trade_no is None:
-                raise InvalidWebhookError("paid transaction has no out_trade_no")
-            amount, currency = _amount(resource)
-            if amount is None or currency is None:
-                raise InvalidWebhookError("paid transaction has no amount.total/currency")
-            return [
-                ProviderEvent(
-                    provider=self.name,
-                    event_id=event_id,
-                    type=event_type,
-                    kind=EventKind.PAID,
-                    order_id=_order_id(out_trade_no),
-                    provider_order_id=out_trade_no,
-                    amount=amount,
-                    currency=currency,
-                    occurred_at=occurred_at,
-                    payload=payload,
-                )
-            ]
-        if event_type == "REFUND.SUCCESS" and resource.get("refund_status") == "SUCCESS":
-            refund = _full_refund(resource)
-            if out_trade_no is not None and refund is not None:
-                return [
-                    ProviderEvent(
-                        provider=self.name,
-                        event_id=event_id,
-                        type=event_type,
-                        kind=EventKind.REFUNDED,
-                        order_id=_order_id(out_trade_no),
-                        provider_order_id=out_trade_no,
-                        amount=refund,
-                        currency="CNY",
-                        occurred_at=occurred_at,
-                        payload=payload,
-                    )
-                ]
-        log.info("WeChat Pay notification %s (%s) ignored", event_id, event_type)
-        return [
-            ProviderEvent(
-                provider=self.name,
-                event_id=event_id,
-                type=event_type,
-                kind=EventKind.IGNORED,
-                order_id=_order_id(out_trade_no) if out_trade_no else None,
-                provider_order_id=out_trade_no,
-                occurred_at=occurred_at,
-                payload=payload,
-            )
-        ]
 
     def query_order(self, order: OrderRef) -> OrderQuery:
         """``GET /v3/pay/transactions/out-trade-no/{out_trade_no}?mchid=...`` (signed answer)."""
@@ -428,37 +285,6 @@ class WeChatPayProvider:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _decrypt_resource(self, notification: dict[str, Any]) -> dict[str, Any]:
-        resource = notification.get("resource")
-        if notification.get("resource_type") != "encrypt-resource" or not isinstance(
-            resource, dict
-        ):
-            raise InvalidWebhookError("notification has no encrypted resource")
-        if resource.get("algorithm") != "AEAD_AES_256_GCM":
-            raise InvalidWebhookError("resource algorithm is not AEAD_AES_256_GCM")
-        nonce = resource.get("nonce")
-        ciphertext = resource.get("ciphertext")
-        associated_data = resource.get("associated_data") or ""
-        if not (isinstance(nonce, str) and nonce and isinstance(ciphertext, str) and ciphertext):
-            raise InvalidWebhookError("resource has no nonce or ciphertext")
-        if not isinstance(associated_data, str):
-            raise InvalidWebhookError("resource associated_data is not a string")
-        try:
-            plaintext = aes_decrypt(
-                nonce=nonce,
-                ciphertext=ciphertext,
-                associated_data=associated_data,
-                apiv3_key=self._api_v3_key,
-            )
-        except (binascii.Error, ValueError, UnicodeError):
-            plaintext = None
-        if plaintext is None:
-            raise InvalidWebhookError("resource does not decrypt (APIv3 key or tampered)")
-        decoded = _json_object(plaintext)
-        if decoded is None:
-            raise InvalidWebhookError("decrypted resource is not a JSON object")
-        return decoded
-
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Signed call; verifies the platform's signature on every 2xx answer."""
         what = f"WeChat Pay {method} {path.split('?')[0]}"
@@ -536,113 +362,6 @@ class WeChatPayProvider:
         return _verify(key, timestamp, nonce, text, signature)
 
 
-# --- helpers ---------------------------------------------------------------------------
-
-
-def _pem_setting(env: Mapping[str, str], name: str, missing: list[str]) -> str:
-    """PEM text from ``name`` (``\\n`` escapes allowed) or from the file ``name_FILE``."""
-    value = (env.get(name) or "").strip()
-    if value:
-        return value.replace("\\n", "\n") if "\n" not in value else value
-    path = (env.get(f"{name}_FILE") or "").strip()
-    if not path:
-        missing.append(f"{name} (or {name}_FILE)")
-        return ""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProviderNotConfiguredError(
-            f"{name}_FILE: cannot read {path} ({type(exc).__name__})"
-        ) from None
-    if not text:
-        raise ProviderNotConfiguredError(f"{name}_FILE: {path} is empty")
-    return text
-
-
-def _load_private_key(pem: str) -> RSAPrivateKey:
-    try:
-        key = load_private_key(pem)  # PKCS#8 PEM, or its bare base64 body
-    except Exception:  # the SDK raises a bare Exception
-        try:
-            key = load_pem_private_key(pem.encode("utf-8"), password=None)  # e.g. PKCS#1
-        except (ValueError, TypeError):
-            key = None
-    if not isinstance(key, RSAPrivateKey):
-        raise ProviderNotConfiguredError(
-            "WECHAT_PAY_MCH_PRIVATE_KEY is not an unencrypted PEM RSA private key"
-        )
-    return key
-
-
-def _load_platform_key(pem: str, key_id: str) -> RSAPublicKey:
-    key: Any
-    try:
-        if "BEGIN CERTIFICATE" in pem:  # a pre-placed platform certificate
-            key = x509.load_pem_x509_certificate(pem.encode("utf-8")).public_key()
-        else:
-            key = load_public_key(pem)
-    except Exception:  # the SDK raises a bare Exception
-        key = None
-    if not isinstance(key, RSAPublicKey):
-        raise ProviderNotConfiguredError(
-            f"WECHAT_PAY_PUBLIC_KEY for id {key_id!r} is not a PEM RSA public key or certificate"
-        )
-    return key
-
-
-def _verify(key: RSAPublicKey, timestamp: str, nonce: str, body: str, signature: str) -> bool:
-    try:
-        return bool(rsa_verify(timestamp, nonce, body, signature, key))
-    except (ValueError, TypeError, UnicodeError):
-        return False
-
-
-def _json_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _amount(data: Mapping[str, Any]) -> tuple[int | None, str | None]:
-    amount = data.get("amount")
-    if not isinstance(amount, dict):
-        return None, None
-    total = amount.get("total")
-    currency = amount.get("currency")
-    return (
-        total if isinstance(total, int) and not isinstance(total, bool) else None,
-        currency.upper() if isinstance(currency, str) and currency else None,
-    )
-
-
-def _order_id(out_trade_no: str) -> str | None:
-    """Our order id from ``out_trade_no`` (the UUID's 32 hex chars); None if it is not ours."""
-    if len(out_trade_no) != 32:
-        return None
-    try:
-        return str(uuid.UUID(hex=out_trade_no))
-    except ValueError:
-        return None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    """WeChat's RFC 3339 times, e.g. ``2018-06-08T10:34:56+08:00``."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
-def _public_payload(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if k not in _PRIVATE_FIELDS}
-
-
 def _error_of(response: requests.Response) -> tuple[str, str]:
     """WeChat's ``{"code", "message"}`` error body, shortened; never echoes our request."""
     try:
@@ -657,14 +376,3 @@ def _error_of(response: requests.Response) -> tuple[str, str]:
         code[:64] if isinstance(code, str) else "",
         message[:200] if isinstance(message, str) else "",
     )
-
-
-def _full_refund(resource: dict[str, Any]) -> int | None:
-    """The refunded amount (fen) when a refund returns the whole payment, else None."""
-    amount = resource.get("amount")
-    if not isinstance(amount, dict):
-        return None
-    total, refund = amount.get("total"), amount.get("refund")
-    if isinstance(total, int) and isinstance(refund, int) and refund == total > 0:
-        return refund
-    return None

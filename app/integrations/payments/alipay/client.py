@@ -4,23 +4,7 @@ Requests are built and signed (RSA2 = SHA256withRSA over the sorted ``k=v`` pair
 SDK's ``AliPay`` client; this module swaps in its own HTTP call (``ALIPAY_GATEWAY``, a
 ``requests`` timeout, error mapping) and Beijing-time request timestamps. Answers are only
 trusted when their ``sign`` verifies with the Alipay public key.
-
-Async notifications (form-encoded POST) are verified with the SDK's ``verify`` (RSA2 over the
-sorted ``k=v`` pairs minus ``sign`` and ``sign_type``); then this module checks what the SDK
-does not: ``app_id``, ``seller_id`` (when ``ALIPAY_SELLER_ID`` is set), ``out_trade_no`` (our
-32-hex order ref), ``total_amount`` and ``notify_id``. The service compares the amount with
-the order.
-
-================================  =========================================================
-``trade_status``                  ``EventKind``
-================================  =========================================================
-TRADE_SUCCESS, TRADE_FINISHED     PAID (amount in fen, CNY, ``event_id`` = ``notify_id``)
-TRADE_CLOSED                      PAYMENT_FAILED (closed unpaid)
-WAIT_BUYER_PAY                    IGNORED
-refund_fee == total_amount          REFUNDED (the whole payment returned)
-other refund notifies             IGNORED (a partial refund, kept for audit)
-anything else                     IGNORED
-================================  =========================================================
+Notifications are verified and mapped in ``events``; ``ALIPAY_*`` settings: ``settings``.
 
 Gateway codes: ``10000`` success; ``20000`` and ``ACQ.SYSTEM_ERROR`` / ``isp.*`` ->
 ``TransientError``; every other code -> ``PermanentError``. Timeouts, connection errors and
@@ -34,31 +18,45 @@ in docs/payments.md.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import re
-import sys
-import types
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from pathlib import Path
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import requests
-from Cryptodome.PublicKey import RSA
 
 from app.errors import PermanentError, TransientError
 from app.integrations.http import is_transient_status, request_faults
+from app.integrations.payments.alipay.events import (
+    BEIJING,
+    CURRENCY,
+    PAID_STATUSES,
+    PROVIDER_NAME,
+    TIME_FORMAT,
+    _beijing_time,
+    _fen,
+    verified_events,
+)
+from app.integrations.payments.alipay.sdk import AliPay, AliPayException, AliPayValidationError
+from app.integrations.payments.alipay.settings import (
+    DEFAULT_GATEWAY,
+    ENV_GATEWAY,
+    ENV_MODE,
+    ENV_PRIVATE_KEY,
+    ENV_PUBLIC_KEY,
+    MODES,
+    _load_key,
+    _pem,
+    provider_kwargs,
+)
 from app.integrations.payments.base import (
     CheckoutRequest,
     CheckoutSession,
     EventKind,
-    InvalidWebhookError,
     OrderQuery,
     OrderRef,
     OrderState,
@@ -68,53 +66,14 @@ from app.integrations.payments.base import (
     WebhookRequest,
 )
 
-# ``alipay.loggers`` runs ``logging.config.dictConfig()`` at import time: that closes every
-# logging handler the process has already installed and adds an unfiltered DEBUG console
-# handler. Hand the SDK a plain logger instead when we are the first to import it.
-if "alipay" not in sys.modules:
-    _sdk_loggers = types.ModuleType("alipay.loggers")
-    _sdk_loggers.logger = logging.getLogger("python-alipay-sdk")  # type: ignore[attr-defined]
-    sys.modules.setdefault("alipay.loggers", _sdk_loggers)
-
-from alipay import AliPay
-from alipay.exceptions import AliPayException, AliPayValidationError
-
 log = logging.getLogger(__name__)
 
-ENV_APP_ID: Final = "ALIPAY_APP_ID"
-ENV_PRIVATE_KEY: Final = "ALIPAY_PRIVATE_KEY"
-ENV_PUBLIC_KEY: Final = "ALIPAY_PUBLIC_KEY"
-ENV_SELLER_ID: Final = "ALIPAY_SELLER_ID"
-ENV_GATEWAY: Final = "ALIPAY_GATEWAY"
-ENV_MODE: Final = "ALIPAY_MODE"
-
-DEFAULT_GATEWAY: Final = "https://openapi.alipay.com/gateway.do"
 DEFAULT_TIMEOUT: Final[tuple[float, float]] = (3.05, 15.0)  # (connect, read) seconds
 DEFAULT_TIMEOUT_EXPRESS: Final = "2h"  # an unpaid trade closes itself after this
-MODES: Final = ("precreate", "page")
-CURRENCY: Final = "CNY"
-MAX_NOTIFY_BYTES: Final = 64 * 1024
-
-BEIJING: Final = timezone(timedelta(hours=8))  # Alipay's clock: GMT+8, no DST
-TIME_FORMAT: Final = "%Y-%m-%d %H:%M:%S"
-
 SUCCESS_CODE: Final = "10000"
 TRANSIENT_CODES: Final = frozenset({"20000"})
 TRANSIENT_SUB_CODES: Final = frozenset({"ACQ.SYSTEM_ERROR", "aop.ACQ.SYSTEM_ERROR"})
 TRADE_NOT_EXIST: Final = "ACQ.TRADE_NOT_EXIST"
-PAID_STATUSES: Final = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
-REFUND_FIELDS: Final = ("refund_fee", "gmt_refund", "out_biz_no")
-REQUIRED_NOTIFY_FIELDS: Final = (
-    "notify_id",
-    "app_id",
-    "out_trade_no",
-    "trade_no",
-    "trade_status",
-    "total_amount",
-)
-
-_ORDER_REF = re.compile(r"[0-9a-f]{32}")
-_AMOUNT = re.compile(r"\d{1,9}(?:\.\d{1,2})?")
 _SUBJECT_UNSAFE = re.compile(r"[/=&\s]+")  # Alipay rejects / = & in subject
 
 
@@ -204,7 +163,7 @@ class _GatewayClient(AliPay):
 class AlipayProvider:
     """``PaymentProvider`` for Alipay face-to-face precreate (QR) or computer page pay."""
 
-    name = "alipay"
+    name = PROVIDER_NAME
 
     def __init__(
         self,
@@ -251,26 +210,8 @@ class AlipayProvider:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AlipayProvider:
-        """Build from ``ALIPAY_*`` settings; ``ProviderNotConfiguredError`` names what is
-        missing or invalid (never a key's content)."""
-        app_id = (env.get(ENV_APP_ID) or "").strip()
-        private_key = _setting_or_file(env, ENV_PRIVATE_KEY)
-        public_key = _setting_or_file(env, ENV_PUBLIC_KEY)
-        missing = [ENV_APP_ID] if not app_id else []
-        if not private_key:
-            missing.append(f"{ENV_PRIVATE_KEY} (or {ENV_PRIVATE_KEY}_FILE)")
-        if not public_key:
-            missing.append(f"{ENV_PUBLIC_KEY} (or {ENV_PUBLIC_KEY}_FILE)")
-        if missing or private_key is None or public_key is None:
-            raise ProviderNotConfiguredError(f"Alipay needs {', '.join(missing)}")
-        return cls(
-            app_id=app_id,
-            app_private_key=private_key,
-            alipay_public_key=public_key,
-            seller_id=(env.get(ENV_SELLER_ID) or "").strip() or None,
-            gateway=(env.get(ENV_GATEWAY) or "").strip() or DEFAULT_GATEWAY,
-            mode=(env.get(ENV_MODE) or "").strip().lower() or "precreate",
-        )
+        """Build from ``ALIPAY_*`` settings (``settings.provider_kwargs``)."""
+        return cls(**provider_kwargs(env))
 
     # --- checkout ------------------------------------------------------------------------
 
@@ -331,63 +272,9 @@ class AlipayProvider:
 
     def handle_callback(self, request: WebhookRequest) -> list[ProviderEvent]:
         """Verify an async notify (RSA2, app/seller ids, order ref, amount) and map it."""
-        params = _parse_notify(request.body)
-        signature = params.pop("sign", "")
-        if not signature:
-            raise InvalidWebhookError("alipay notify without sign")
-        if params.get("sign_type") != "RSA2":
-            raise InvalidWebhookError("alipay notify sign_type is not RSA2")
-        try:
-            # The SDK pops sign_type and signs the rest sorted; give it a copy.
-            verified = bool(self._client.verify(dict(params), signature))
-        except (AliPayException, ValueError, TypeError):
-            verified = False
-        if not verified:
-            raise InvalidWebhookError("alipay notify signature does not verify")
-
-        missing = [name for name in REQUIRED_NOTIFY_FIELDS if not params.get(name)]
-        if missing:
-            raise InvalidWebhookError(f"alipay notify lacks {', '.join(missing)}")
-        if params["app_id"] != self.app_id:
-            raise InvalidWebhookError("alipay notify is for another app_id")
-        if self.seller_id is not None and params.get("seller_id") != self.seller_id:
-            raise InvalidWebhookError("alipay notify is for another seller_id")
-        out_trade_no = params["out_trade_no"]
-        order_id = _order_id(out_trade_no)
-        if order_id is None:
-            raise InvalidWebhookError("alipay notify out_trade_no is not one of our order refs")
-        amount = _fen(params["total_amount"])
-        if amount is None:
-            raise InvalidWebhookError("alipay notify total_amount does not parse")
-
-        status = params["trade_status"]
-        refund = any(params.get(name) for name in REFUND_FIELDS)
-        refund_fee = _fen(params.get("refund_fee") or "")
-        if refund:
-            # The whole amount returned takes back what the order bought; a partial refund
-            # is recorded for audit only.
-            kind = EventKind.REFUNDED if refund_fee == amount else EventKind.IGNORED
-        elif status in PAID_STATUSES:
-            kind = EventKind.PAID
-        elif status == "TRADE_CLOSED":
-            kind = EventKind.PAYMENT_FAILED
-        else:  # WAIT_BUYER_PAY, or a status this code does not know
-            kind = EventKind.IGNORED
-        return [
-            ProviderEvent(
-                provider=self.name,
-                event_id=params["notify_id"],
-                type=f"refund:{status}" if refund else status,
-                kind=kind,
-                order_id=order_id,
-                provider_order_id=out_trade_no,
-                amount=amount,
-                currency=CURRENCY,
-                occurred_at=_beijing_time(params.get("gmt_payment"))
-                or _beijing_time(params.get("notify_time")),
-                payload=params,
-            )
-        ]
+        return verified_events(
+            request, client=self._client, app_id=self.app_id, seller_id=self.seller_id
+        )
 
     def ack(self) -> WebhookReply:
         return WebhookReply(status=200, body="success", content_type="text/plain")
@@ -488,95 +375,11 @@ class AlipayProvider:
         raise PermanentError(detail, safe_message="Alipay refused the request.")
 
 
-# --- parsing and formatting ----------------------------------------------------------------
-
-
-def _setting_or_file(env: Mapping[str, str], name: str) -> str | None:
-    value = (env.get(name) or "").strip()
-    if value:
-        return value
-    path = (env.get(f"{name}_FILE") or "").strip()
-    if not path:
-        return None
-    try:
-        return Path(path).read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProviderNotConfiguredError(
-            f"{name}_FILE cannot be read ({type(exc).__name__})"
-        ) from None
-
-
-def _load_key(text: str, name: str, *, private: bool) -> RSA.RsaKey:
-    """An RSA key given as PEM, PEM with literal ``\\n``, or bare base64 DER (as the Alipay
-    console shows keys)."""
-    text = text.strip().replace("\\n", "\n")
-    what = "an RSA private key" if private else "an RSA public key"
-    try:
-        if "-----BEGIN" in text:
-            key = RSA.import_key(text)
-        else:
-            key = RSA.import_key(base64.b64decode("".join(text.split()), validate=True))
-    except (ValueError, IndexError, TypeError, binascii.Error):
-        raise ProviderNotConfiguredError(f"{name} is not {what}") from None
-    if key.has_private() != private:
-        raise ProviderNotConfiguredError(f"{name} is not {what}")
-    if key.size_in_bits() < 2048:
-        raise ProviderNotConfiguredError(f"{name} is shorter than 2048 bits (RSA2 needs 2048)")
-    return key
-
-
-def _pem(key: RSA.RsaKey) -> str:
-    exported = key.export_key(format="PEM", pkcs=8) if key.has_private() else key.export_key()
-    return exported.decode("ascii") if isinstance(exported, bytes) else str(exported)
-
-
 def _yuan(fen: int) -> str:
     """Minor units -> Alipay's ``total_amount``: yuan with exactly two decimals."""
     return str((Decimal(fen) / 100).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-def _fen(total_amount: str) -> int | None:
-    """``"12.34"`` -> 1234; None when it is not a plain positive amount."""
-    if not _AMOUNT.fullmatch(total_amount):
-        return None
-    try:
-        fen = Decimal(total_amount) * 100
-    except InvalidOperation:
-        return None
-    return int(fen) if fen == fen.to_integral_value() else None
-
-
 def _subject(plan_name: str, billing_cycle: str) -> str:
     name = _SUBJECT_UNSAFE.sub(" ", plan_name).strip() or "plan"
     return f"VibeBox {name} ({billing_cycle})"[:256]
-
-
-def _order_id(out_trade_no: str) -> str | None:
-    if not _ORDER_REF.fullmatch(out_trade_no):
-        return None
-    return str(uuid.UUID(hex=out_trade_no))
-
-
-def _beijing_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=BEIJING)
-    except ValueError:
-        return None
-
-
-def _parse_notify(body: bytes) -> dict[str, str]:
-    if not body or len(body) > MAX_NOTIFY_BYTES:
-        raise InvalidWebhookError("alipay notify body is empty or too large")
-    try:
-        text = body.decode("utf-8")
-        pairs = parse_qsl(
-            text, keep_blank_values=True, strict_parsing=True, encoding="utf-8", errors="strict"
-        )
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidWebhookError("alipay notify body is not a form") from None
-    params = dict(pairs)
-    if len(params) != len(pairs):
-        raise InvalidWebhookError("alipay notify repeats a parameter")
-    return params

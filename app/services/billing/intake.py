@@ -1,0 +1,57 @@
+"""Intake of a verified webhook event: recorded once, applied by a task sent after commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from app.errors import UnknownOrderError
+from app.integrations.payments.base import EventKind, ProviderEvent
+from app.models import PaymentEvent
+from app.services import jobs
+from app.services.billing.apply import _amount_problem, record_event
+from app.services.billing.event_records import EventOutcome, _find_order, _serialize
+
+log = logging.getLogger(__name__)
+
+
+def intake_event(session: Session, event: ProviderEvent) -> EventOutcome:
+    """The webhook's part: record a verified event once and leave its effect to the task
+    ``billing.apply_payment_event``, enqueued for when the caller commits (see
+    ``apply_recorded_event``). Two statements for a payment (the order it names, the INSERT).
+
+    Refused as today, before anything is recorded: an event that names no known order
+    (``UnknownOrderError``). A payment whose amount does not match its order is settled here,
+    synchronously (``record_event``: recorded, the order flagged, ``AmountMismatchError``), so
+    the provider still hears "no". A duplicate delivery is a no-op.
+    """
+    order_id: uuid.UUID | None = None
+    if event.kind in (EventKind.PAID, EventKind.REFUNDED):
+        order = _find_order(session, event)
+        if order is None or order.provider != event.provider:
+            raise UnknownOrderError(f"No order matches {event.provider} event {event.event_id}")
+        if event.kind is EventKind.PAID and _amount_problem(order, event):
+            return record_event(session, event)
+        order_id = order.id
+    inserted = session.scalar(
+        insert(PaymentEvent)
+        .values(
+            id=uuid.uuid4(),
+            order_id=order_id,
+            provider=event.provider,
+            event_id=event.event_id,
+            type=event.type[:128],
+            payload=_serialize(event),
+            subject=event.provider_subscription_id,
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(PaymentEvent.id)
+    )
+    if inserted is None:
+        log.info("payment event %s/%s is a duplicate: no-op", event.provider, event.event_id)
+        return EventOutcome(duplicate=True, note="duplicate")
+    jobs.enqueue_payment_event(session, inserted)
+    return EventOutcome(note="recorded")
