@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.provision import (  # noqa: E402 - after the path set-up
+from bench.common import (  # noqa: E402 - after the path set-up
     RESULTS_DIR,
     Bench,
     BenchError,

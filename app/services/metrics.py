@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from app.models import Server, VibeBox
 from app.models.server import SERVER_STATES
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services.boxes.provisioning import utcnow
 from app.services.boxes.statuses import PROVISIONING_STATUSES
+from app.timeutil import utcnow
 
 
 def fleet_metrics(session: Session) -> list[Metric]:

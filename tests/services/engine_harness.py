@@ -24,7 +24,6 @@ from app.errors import HostUnreachableError, PermanentError, TransientError
 from app.models import ProvisioningStep, Server, Subscription, VibeBox
 from app.services import jobs
 from app.services.boxes import engine, provisioning, runner, statuses
-from app.services.boxes.provisioning import utcnow
 from app.services.boxes.steps import (
     AllocateServer,
     ServerUnusableError,
@@ -33,6 +32,7 @@ from app.services.boxes.steps import (
     StopDaemon,
 )
 from app.services.jobs import Job
+from app.timeutil import utcnow
 
 OK, TRANSIENT, PERMANENT, UNUSABLE = "ok", "transient", "permanent", "unusable"
 

@@ -25,8 +25,8 @@ from app.integrations.box_host import BoxHost, BoxUser
 from app.integrations.happy import HappyCredentials
 from app.models import VibeBox
 from app.services.boxes import events, happy_accounts
-from app.services.boxes.provisioning import utcnow
 from app.services.boxes.steps import StepContext, bring_up_daemon
+from app.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

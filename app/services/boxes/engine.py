@@ -49,7 +49,7 @@ from app.errors import InvalidStateError, NotFoundError
 from app.models import ProvisioningStep, Subscription, VibeBox
 from app.services import jobs, pool
 from app.services.boxes import events
-from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS, utcnow
+from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS
 from app.services.boxes.statuses import (
     ACTION_OF,
     ACTION_STATUS,
@@ -62,6 +62,7 @@ from app.services.boxes.statuses import (
     may,
     transition,
 )
+from app.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.models import Server, Subscription, VibeBox
 from app.services import pool
 from app.services.boxes import engine
-from app.services.boxes.provisioning import utcnow
+from app.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload, selectinload
@@ -35,10 +34,6 @@ STEPS: tuple[str, ...] = (
 )
 # Teardown (subscription ended): the same step engine, a second phase of the timeline.
 TEARDOWN_STEPS: tuple[str, ...] = ("stop_daemon", "wipe_credentials", "verify_clean")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- boxes ---------------------------------------------------------------------------
