@@ -53,8 +53,17 @@ class Server(UUIDPk, Timestamps, Base):
         CheckConstraint(in_values("auth_method", SERVER_AUTH_METHODS), name="auth_method"),
         CheckConstraint("ssh_port BETWEEN 1 AND 65535", name="ssh_port_range"),
         UniqueConstraint("host", "ssh_port", "ssh_user"),
-        # Allocation picks the smallest fitting available server.
-        Index("ix_servers_state_resources", "state", "cpu_cores", "ram_gb", "disk_gb"),
+        # Allocation picks the smallest fitting available server, oldest first: the index
+        # carries the whole ORDER BY, so LIMIT 1 reads one row, not every equal-sized server.
+        Index(
+            "ix_servers_state_resources",
+            "state",
+            "cpu_cores",
+            "ram_gb",
+            "disk_gb",
+            "created_at",
+            "id",
+        ),
         CheckConstraint(GATEWAY_COMPLETE, name="gateway_complete"),
     )
 
