@@ -10,7 +10,7 @@ from itertools import count
 
 import pytest
 
-from app.models import Server, Subscription, VibeBox
+from app.models import PaymentEvent, Server, Subscription, VibeBox
 from app.services import pool
 from app.services.boxes import engine, lifecycle, status_document, statuses
 from app.services.boxes.statuses import BoxStatus as S
@@ -116,6 +116,60 @@ def test_an_expiry_teardown_is_cancelled_by_a_renewal_that_lands_before_it_begin
     back = h.box(box.id)
     assert back.status == S.RUNNING
     assert [e.kind for e in engine_events(h, box.id)][-1] == "teardown_cancelled"
+
+
+def test_an_expiry_teardown_waits_for_a_renewal_recorded_but_not_yet_applied(h):
+    """Webhooks are recorded at once and applied by a job: a renewal recorded while the
+    expiry's teardown is queued must win, whichever job a worker runs first."""
+    box = _running_box(h)
+    sub = h.session.get(Subscription, box.subscription_id)
+    assert sub is not None
+    sub.payment_subscription_id = f"sub_{uuid.uuid4().hex[:12]}"
+    sub.status = "expired"
+    sub.current_period_end = datetime.now(UTC) - timedelta(hours=1)
+    assert engine.start_teardown(h.session, box.id, reason="expired", cancellable=True)
+    renewal = PaymentEvent(
+        provider=sub.payment_provider,
+        event_id=f"evt_{uuid.uuid4().hex[:12]}",
+        type="invoice.paid",
+        payload={},
+        subject=sub.payment_subscription_id,
+    )
+    h.session.add(renewal)
+    h.session.commit()
+
+    h.run(box.id)  # the teardown's job ran first: it waits, the daemon is not touched
+    waiting = h.box(box.id)
+    assert waiting.status == S.TERMINATING
+    assert "payment" in (waiting.last_error or "")
+    assert ("stop_daemon", box.id) not in h.world.calls
+
+    sub.status = "active"  # the renewal's job applies it
+    sub.current_period_end = datetime.now(UTC) + timedelta(days=30)
+    renewal.processed_at = datetime.now(UTC)
+    h.session.commit()
+    h.run(box.id)
+    assert h.box(box.id).status == S.RUNNING
+    assert [e.kind for e in engine_events(h, box.id)][-1] == "teardown_cancelled"
+
+
+def test_a_forced_teardown_does_not_wait_for_payments(h):
+    box = _running_box(h)
+    sub = h.session.get(Subscription, box.subscription_id)
+    assert sub is not None
+    sub.payment_subscription_id = f"sub_{uuid.uuid4().hex[:12]}"
+    assert engine.start_teardown(h.session, box.id, reason="admin", cancellable=False)
+    h.session.add(
+        PaymentEvent(
+            provider=sub.payment_provider,
+            event_id=f"evt_{uuid.uuid4().hex[:12]}",
+            type="invoice.paid",
+            payload={},
+            subject=sub.payment_subscription_id,
+        )
+    )
+    h.session.commit()
+    assert h.drive(box.id).status == S.TERMINATED
 
 
 def engine_events(h: Harness, box_id: uuid.UUID):  # type: ignore[no-untyped-def]

@@ -41,12 +41,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session, selectinload
 
 from app import telemetry
 from app.errors import InvalidStateError, NotFoundError
-from app.models import ProvisioningStep, Subscription, VibeBox
+from app.models import PaymentEvent, ProvisioningStep, Subscription, VibeBox
 from app.services import jobs, pool
 from app.services.boxes import events
 from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS
@@ -507,6 +507,39 @@ def teardown_cancelled_by_renewal(session: Session, box: VibeBox) -> bool:
         sub is not None
         and sub.status in ("active", "past_due")
         and sub.current_period_end > utcnow()
+    )
+
+
+# How long a cancellable teardown waits for a payment event of its subscription that the
+# webhook recorded but no job has applied yet. Such an event is applied within seconds, or
+# re-sent by the reconciler after PAYMENT_EVENT_RESEND_AFTER_SECONDS (60 s); one older than
+# this is stuck for another reason (the reconciler reports it) and holds nothing up.
+PAYMENT_BEING_APPLIED_SECONDS = 300.0
+
+
+def payment_being_applied(session: Session, box: VibeBox) -> bool:
+    """A cancellable teardown's subscription has a payment event recorded but not yet applied
+    (webhooks are recorded at once and applied by a job): the teardown must not race it, or a
+    renewal applied a moment later would find its box gone. Deferred events (waiting for a
+    checkout) and old ones do not count."""
+    if not box.teardown_cancellable or box.subscription_id is None:
+        return False
+    sub = session.get(Subscription, box.subscription_id)
+    if sub is None or not sub.payment_subscription_id:
+        return False
+    since = utcnow() - timedelta(seconds=PAYMENT_BEING_APPLIED_SECONDS)
+    return bool(
+        session.scalar(
+            select(
+                exists().where(
+                    PaymentEvent.provider == sub.payment_provider,
+                    PaymentEvent.subject == sub.payment_subscription_id,
+                    PaymentEvent.processed_at.is_(None),
+                    PaymentEvent.note.is_(None),
+                    PaymentEvent.received_at > since,
+                )
+            )
+        )
     )
 
 

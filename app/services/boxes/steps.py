@@ -515,6 +515,11 @@ class StopDaemon(Step):
         if engine.teardown_cancelled_by_renewal(session, box):
             engine.cancel_teardown(session, box)
             raise TeardownCanceledError()
+        if engine.payment_being_applied(session, box):
+            raise TransientError(
+                f"box {box.id}: a payment of its subscription is being applied",
+                safe_message="Waiting for a payment of this subscription to be applied.",
+            )
         return _teardown_plan(session, box, ctx)
 
     def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
