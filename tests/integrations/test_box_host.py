@@ -35,7 +35,14 @@ from app.integrations.box_host import (
 from app.integrations.happy import HappyClient, HappyCredentials, HappyMachine
 from app.integrations.ssh import BoxSession
 from tests.support.happy_double import HappyDouble, make_secret
-from tests.support.sshd import SUDOERS_DIR, BoxAccount, BoxFleet, SSHBox, remove_product_box_users
+from tests.support.sshd import (
+    SUDOERS_DIR,
+    BoxAccount,
+    BoxFleet,
+    SSHBox,
+    _account_command,
+    remove_product_box_users,
+)
 from tests.support.waiting import wait_until
 
 STANDARD_PADDED_BASE64 = re.compile(
@@ -256,11 +263,10 @@ def test_a_repeated_teardown_leaves_alone_a_new_user_that_got_the_old_uid(
     host.remove_user(user)
     assert user.uid is not None
     newcomer = user_name[:-2] + "nn"
-    # The next box's user, created as useradd may well do it: with the uid just freed.
-    subprocess.run(
-        ["useradd", "-M", "-u", str(user.uid), "-c", "vibebox-box newcomer", newcomer],
-        check=True,
-        capture_output=True,
+    # The next box's user, created as useradd may well do it: with the uid just freed. (-o:
+    # another test process may have been handed that uid already; passwd's lock is retried.)
+    _account_command(
+        ["useradd", "-o", "-M", "-u", str(user.uid), "-c", "vibebox-box newcomer", newcomer]
     )
     as_newcomer = ["setpriv", f"--reuid={user.uid}", f"--regid={user.uid}", "--clear-groups"]
     sleeper = subprocess.Popen([*as_newcomer, "sleep", "4203"])
