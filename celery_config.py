@@ -1,4 +1,6 @@
-"""Celery settings (read by ``workers`` via ``config_from_object``).
+"""Celery's options: the fixed ones as module attributes (``config_from_object``), and
+``options(...)`` built from the settings object (``app.config.CelerySettings`` and
+``BeatSettings``) for ``celery_app.conf.update``. Nothing here reads the environment.
 
 Crash safety: a task is acknowledged only after it finished (``task_acks_late``) and is
 redelivered when its worker dies (``task_reject_on_worker_lost``); each worker process
@@ -13,14 +15,11 @@ backend on the broker URL would not even load for AMQP (Celery has no ``amqp`` b
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 from kombu import Queue
 
-_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-broker_url = os.environ.get("CELERY_BROKER_URL") or _redis
-result_backend = os.environ.get("CELERY_RESULT_BACKEND") or _redis
+from app.config import BeatSettings, CelerySettings
 
 
 def is_amqp(url: str) -> bool:
@@ -44,28 +43,7 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 task_track_started = True
-# Never let a hung remote call hold a worker forever; tasks get SoftTimeLimitExceeded first.
-task_soft_time_limit = int(os.environ.get("CELERY_TASK_SOFT_TIME_LIMIT", "300"))
-task_time_limit = int(os.environ.get("CELERY_TASK_TIME_LIMIT", "360"))
 result_expires = 24 * 3600
-
-# Longer than task_time_limit and the longest retry countdown: an unacknowledged message
-# comes back only when its worker is really gone.
-_visibility = int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600"))
-
-# A retry's countdown is held by the worker as an unacknowledged message (both brokers). On
-# RabbitMQ a delivery unacknowledged for longer than the server's ``consumer_timeout``
-# (default 30 min) closes the worker's channel and redelivers everything it held; on Redis
-# one held past ``visibility_timeout`` is delivered a second time. So a countdown is held
-# only up to this cap (plus the task's run time, well below both limits); a longer backoff
-# is not held at all: the box keeps its ``next_retry_at`` and the reconciler sends it on
-# (workers/boxes.py). The engine's own caps (PROVISION_RETRY_MAX_SECONDS 300,
-# CAPACITY_RETRY_MAX_SECONDS 60) stay below it by default.
-max_countdown = min(
-    float(os.environ.get("CELERY_MAX_COUNTDOWN_SECONDS", "900")),
-    # never so long that a held message outlives Redis's visibility timeout
-    max(0.0, _visibility - float(os.environ.get("CELERY_TASK_TIME_LIMIT", "360")) - 60),
-)
 
 # Redis restarts and outages (README: Security). The worker never gives up on the broker:
 # it reconnects with backoff (2 s steps, at most 30 s apart) for as long as Redis is away,
@@ -75,22 +53,6 @@ max_countdown = min(
 broker_connection_retry = True
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
-broker_transport_options: dict[str, object]
-if is_amqp(broker_url):
-    # Publisher confirms: a publish returns only once RabbitMQ has taken the message (and,
-    # the queues being durable and the messages persistent, written it), so "committed,
-    # then enqueued" means the step survives a broker restart. RabbitMQ redelivers an
-    # unacknowledged message as soon as the consumer's connection or channel closes - no
-    # visibility timeout to wait for - and AMQP heartbeats notice a vanished peer.
-    broker_transport_options = {"confirm_publish": True, "connect_timeout": 5}
-    broker_heartbeat = 30
-else:
-    broker_transport_options = {
-        "visibility_timeout": _visibility,
-        "socket_connect_timeout": 5,
-        "socket_keepalive": True,
-        "health_check_interval": 10,
-    }
 # Publishing (API, beat, chains): a few quick retries, then the caller decides (the API
 # leaves committed work to the reconciler; see app/outage.py).
 task_publish_retry = True
@@ -104,7 +66,6 @@ task_publish_retry_policy = {
 # task that did its work: each write already retries for about 20 s (the Redis backend's own
 # policy); on top of that it is retried 10 times with backoff (10 ms doubling up to 10 s).
 # The task's hard time limit still bounds a task stuck on a dead Redis.
-result_backend_transport_options = {"visibility_timeout": _visibility}
 result_backend_always_retry = True
 result_backend_max_retries = 10
 redis_socket_connect_timeout = 5
@@ -138,45 +99,92 @@ task_routes = {
 }
 
 worker_send_task_events = True  # Flower's live view
-# A "task-sent" event costs every publisher (the web answering a webhook, too) one more
-# Redis PUBLISH per task; Flower shows each task from the worker's "received" on without
-# it. CELERY_SEND_SENT_EVENT=1 brings it back.
-task_send_sent_event = os.environ.get("CELERY_SEND_SENT_EVENT", "0").strip().lower() in {
-    "1",
-    "true",
-    "yes",
-}
 worker_hijack_root_logger = False
 
 # Beat runs once: every beat process may be started (one per machine, for failover), but only
 # the holder of the Redis leader lease sends (workers/beat.py).
 beat_scheduler = "workers.beat:LeaderScheduler"
 
-# Each sweeper's period comes from the environment (seconds).
-beat_schedule: dict[str, dict[str, object]] = {
-    "reconcile-stuck-boxes": {
-        "task": "maintenance.reconcile",
-        "schedule": float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "60")),
-        "options": {"expires": 60},
-    },
-    "pool-health-check": {
-        "task": "maintenance.health_sweep",
-        "schedule": float(os.environ.get("HEALTH_CHECK_INTERVAL_SECONDS", "60")),
-        "options": {"expires": 60},
-    },
-    "expire-subscriptions": {
-        "task": "maintenance.expire_subscriptions",
-        "schedule": float(os.environ.get("EXPIRY_INTERVAL_SECONDS", "300")),
-        "options": {"expires": 300},
-    },
-    "cloud-capacity": {
-        "task": "capacity.sweep",
-        "schedule": float(os.environ.get("CLOUD_SWEEP_INTERVAL_SECONDS", "60")),
-        "options": {"expires": 60},
-    },
-    "reconcile-pending-orders": {
-        "task": "maintenance.reconcile_orders",
-        "schedule": float(os.environ.get("ORDER_RECONCILE_INTERVAL_SECONDS", "300")),
-        "options": {"expires": 300},
-    },
-}
+
+def transport_options(celery: CelerySettings) -> dict[str, Any]:
+    """The broker's transport options (and AMQP heartbeat)."""
+    if is_amqp(celery.broker_url):
+        # Publisher confirms: a publish returns only once RabbitMQ has taken the message
+        # (and, the queues being durable and the messages persistent, written it), so
+        # "committed, then enqueued" means the step survives a broker restart. RabbitMQ
+        # redelivers an unacknowledged message as soon as the consumer's connection or
+        # channel closes - no visibility timeout to wait for - and AMQP heartbeats notice a
+        # vanished peer.
+        return {
+            "broker_transport_options": {"confirm_publish": True, "connect_timeout": 5},
+            "broker_heartbeat": 30,
+        }
+    return {
+        "broker_transport_options": {
+            # Longer than task_time_limit and the longest held countdown: an unacknowledged
+            # message comes back only when its worker is really gone.
+            "visibility_timeout": celery.visibility_timeout,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        }
+    }
+
+
+def beat_schedule(beat: BeatSettings) -> dict[str, dict[str, object]]:
+    """The sweepers and their periods (seconds)."""
+
+    def every(task: str, seconds: float, expires: int) -> dict[str, object]:
+        return {"task": task, "schedule": seconds, "options": {"expires": expires}}
+
+    return {
+        "reconcile-stuck-boxes": every(
+            "maintenance.reconcile", beat.reconcile_interval_seconds, 60
+        ),
+        "pool-health-check": every(
+            "maintenance.health_sweep", beat.health_check_interval_seconds, 60
+        ),
+        "expire-subscriptions": every(
+            "maintenance.expire_subscriptions", beat.expiry_interval_seconds, 300
+        ),
+        "cloud-capacity": every("capacity.sweep", beat.cloud_sweep_interval_seconds, 60),
+        "reconcile-pending-orders": every(
+            "maintenance.reconcile_orders", beat.order_reconcile_interval_seconds, 300
+        ),
+    }
+
+
+def options(celery: CelerySettings, beat: BeatSettings | None = None) -> dict[str, Any]:
+    """The options that come from the settings, for ``celery_app.conf.update`` (the fixed
+    ones above are loaded with ``config_from_object("celery_config")`` first).
+
+    ``vibebox_max_countdown``: a retry's countdown is held by the worker as an
+    unacknowledged message (both brokers). On RabbitMQ a delivery unacknowledged for longer
+    than the server's ``consumer_timeout`` (default 30 min) closes the worker's channel and
+    redelivers everything it held; on Redis one held past ``visibility_timeout`` is
+    delivered a second time. So a countdown is held only up to this cap (plus the task's run
+    time, well below both limits); a longer backoff is not held at all: the box keeps its
+    ``next_retry_at`` and the reconciler sends it on (workers/boxes.py). The engine's own
+    caps (PROVISION_RETRY_MAX_SECONDS 300, CAPACITY_RETRY_MAX_SECONDS 300) stay below it.
+
+    ``task_send_sent_event``: a "task-sent" event costs every publisher (the web answering a
+    webhook, too) one more Redis PUBLISH per task; Flower shows each task from the worker's
+    "received" on without it. CELERY_SEND_SENT_EVENT=1 brings it back."""
+    return {
+        "broker_url": celery.broker_url,
+        "result_backend": celery.result_backend,
+        # Never let a hung remote call hold a worker forever; SoftTimeLimitExceeded first.
+        "task_soft_time_limit": celery.task_soft_time_limit,
+        "task_time_limit": celery.task_time_limit,
+        **transport_options(celery),
+        "result_backend_transport_options": {"visibility_timeout": celery.visibility_timeout},
+        "task_send_sent_event": celery.send_sent_event,
+        "beat_schedule": beat_schedule(beat or BeatSettings()),
+        "vibebox_max_countdown": celery.max_countdown,
+    }
+
+
+def configure(app: Any, celery: CelerySettings, beat: BeatSettings | None = None) -> None:
+    """Configure the Celery ``app``: the fixed options of this module, then the settings'."""
+    app.config_from_object("celery_config")
+    app.conf.update(options(celery, beat))

@@ -17,13 +17,12 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
     from app.api.errors import register_error_handlers
     from app.api.request_guard import init_request_guard
     from app.cli import register_cli
-    from app.config import web_threads
     from app.db import POOL_SIZE, db_session, init_db
     from app.extensions import api, jwt, limiter
     from app.security import register_jwt_callbacks
 
     settings = settings or Settings.from_env()
-    app_logging.configure(settings.log_level)
+    app_logging.configure(settings.log.level, settings.log.format)
 
     app = Flask(__name__)
     trust_proxies(app, settings.trusted_proxies)
@@ -34,7 +33,7 @@ def create_app(overrides: dict[str, Any] | None = None, settings: Settings | Non
 
     # One pooled connection per gunicorn thread (WEB_THREADS): with fewer, busy threads
     # take overflow connections that are closed on return and reopened by the next request.
-    init_db(settings.database_url, pool_size=max(POOL_SIZE, web_threads()))
+    init_db(settings.database_url, pool_size=max(POOL_SIZE, settings.web.threads))
     from app.integrations.payments.registry import build_registry
 
     app.extensions["vibebox.payments"] = build_registry(settings)

@@ -37,13 +37,12 @@ orders_cli = AppGroup("orders", help="Orders and payments.")
 
 
 def _alembic_config():
-    from app.config import normalize_database_url
+    from app.config import database_url
     from app.services.readiness import alembic_config
 
     use_embedded_services(redis=False)
-    url = os.environ["DATABASE_URL"]
     cfg = alembic_config()
-    cfg.set_main_option("sqlalchemy.url", normalize_database_url(url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", database_url().replace("%", "%%"))
     return cfg
 
 

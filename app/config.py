@@ -1,12 +1,23 @@
-"""Settings from the environment.
+"""The settings object: every variable of every process, read from the environment once.
+
+``Settings.from_env()`` builds it, validated, from nested sections (``provisioning``,
+``limits``, ``cloud``, ``regions``, ``celery``, ``beat``, ``web``, ``bootstrap``, ``log``)
+and the payment providers' own variables. A field declared with :func:`setting` names its
+variable and default once; marshmallow's fields parse and validate the text (environs is
+marshmallow over ``os.environ``; a section here also loads from any mapping, which the
+tests and the CLI use). Processes that must not need the database load their section alone:
+the Celery app (``CelerySettings``, ``BeatSettings``; celery_config.py turns them into
+Celery's options), gunicorn (``WebSettings``), the worker's log set-up (``LogSettings``).
+No other module reads the environment for configuration; ``.env`` is merged into it by
+``make run`` (scripts/run.py), and tests/test_docs.py checks .env.example and the README
+against :func:`variables`.
 
 Every variable is documented in README.md and .env.example. In development and testing
 secrets fall back to fixed, clearly-marked defaults; in production a missing, publicly known
 or weak secret is a start-up error (README, Security), never a silent default.
 
-Over 400 lines: every setting's parsing, default and validation message lives here, once for
-all processes. (Still open, issue 14: one declarative settings object that also builds the
-Celery configuration, in place of the section dataclasses and celery_config.py's own reads.)
+Over 400 lines: every setting's declaration, default and validation message lives here,
+once for all processes.
 """
 
 from __future__ import annotations
@@ -18,11 +29,17 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args, get_type_hints
+
+from marshmallow import ValidationError
+from marshmallow import fields as mm_fields
+
+T = TypeVar("T")
 
 DEV_SECRET = "dev-insecure-secret-change-me"  # noqa: S105 - development only, refused in production
 DEV_JWT_SECRET = DEV_SECRET + "-jwt"
@@ -67,38 +84,103 @@ def served_base_url(host: str | None, port: str | int | None) -> str:
     return f"http://{name}:{str(port or '').strip() or '5000'}"
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    return value.strip()
+Environ = Mapping[str, str]
 
 
-def _int(name: str, default: int) -> int:
-    raw = _env(name)
-    if raw is None:
-        return default
+def _raw(environ: Environ, name: str) -> str | None:
+    """A variable's value; unset and blank are the same (so `.env.example`'s empty lines
+    mean "the default")."""
+    value = environ.get(name)
+    return None if value is None or value.strip() == "" else value.strip()
+
+
+# How a variable's text becomes a value: marshmallow's fields, which also validate our API.
+_PARSERS: dict[Any, tuple[mm_fields.Field, str]] = {
+    int: (mm_fields.Integer(strict=False), "an integer"),
+    float: (mm_fields.Float(allow_nan=False), "a number"),
+    bool: (mm_fields.Boolean(), "a boolean (1/0, true/false, yes/no, on/off)"),
+}
+
+
+def _parse(name: str, raw: str, kind: Any) -> Any:
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        return raw
     try:
-        return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+        return parser[0].deserialize(raw)
+    except ValidationError:
+        raise ConfigError(f"{name} must be {parser[1]}, got {raw!r}") from None
 
 
-def _float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+def setting(
+    env: str,
+    default: Any = None,
+    *,
+    check: Callable[[Any], str | None] | None = None,
+    parse: Callable[[str, str], Any] | None = None,
+) -> Any:
+    """A settings field read from the variable ``env``: parsed by the field's type (int,
+    float, bool, str) or by ``parse(name, raw)``, then ``check(value)`` names what is wrong
+    (None: fine). Unset or blank: ``default``. The one place a default is written."""
+    meta = {"env": env, "check": check, "parse": parse}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable default")
+    return field(default=default, metadata=meta)
 
 
-def _bool(name: str, default: bool) -> bool:
-    raw = _env(name)
-    if raw is None:
-        return default
-    return raw.lower() in {"1", "true", "yes", "on"}
+def load(cls: type[T], environ: Environ | None = None, **given: Any) -> T:
+    """Build the settings dataclass ``cls`` from ``environ`` (default: the process
+    environment): every field declared with :func:`setting`, its default when unset;
+    ``given`` values win. Errors are ConfigError naming the variable."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        name = f.metadata.get("env")
+        if f.name in given or name is None:
+            continue
+        raw = _raw(environ, name)
+        if raw is None:
+            continue
+        kind = hints[f.name]
+        kind = next((k for k in get_args(kind) if k is not type(None)), kind)
+        parse = f.metadata["parse"]
+        value = parse(name, raw) if parse else _parse(name, raw, kind)
+        problem = f.metadata["check"](value) if f.metadata["check"] else None
+        if problem:
+            raise ConfigError(f"{name} {problem}, got {raw!r}")
+        values[f.name] = value
+    return cls(**{**values, **given})
+
+
+def _variable(cls: type, name: str) -> str:
+    """The variable of ``cls``'s field ``name``."""
+    return next(f.metadata["env"] for f in fields(cls) if f.name == name)
+
+
+def variables(cls: type) -> list[str]:
+    """The variables ``cls`` (a settings dataclass) and its sections read, in order."""
+    names: list[str] = []
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.metadata.get("env"):
+            names.append(f.metadata["env"])
+        names.extend(f.metadata.get("extra_env", ()))
+        if is_dataclass(hints[f.name]):
+            names.extend(variables(hints[f.name]))
+    return names
+
+
+def positive(value: float) -> str | None:
+    return None if value > 0 else "must be positive"
+
+
+def at_least_zero(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be a positive integer"
 
 
 @lru_cache(maxsize=1)
@@ -185,6 +267,14 @@ def production_secret_problems(
     return problems
 
 
+def database_url(environ: Environ | None = None) -> str:
+    """DATABASE_URL alone (the CLI's migrations need nothing else), normalized."""
+    url = _raw(os.environ if environ is None else environ, "DATABASE_URL")
+    if url is None:
+        raise ConfigError("DATABASE_URL is not set")
+    return normalize_database_url(url)
+
+
 def normalize_database_url(url: str) -> str:
     """Accept plain ``postgres://``/``postgresql://`` URLs and pick the psycopg 3 driver."""
     if url.startswith("postgres://"):
@@ -202,8 +292,8 @@ KNOWN_PROVIDERS = ("stripe", "wechat", "alipay", "dev")
 DEFAULT_PROVIDERS = {"development": ("dev",)}
 
 
-def _providers(env: str) -> tuple[str, ...]:
-    raw = _env("PAYMENT_PROVIDERS")
+def _providers(environ: Environ, env: str) -> tuple[str, ...]:
+    raw = _raw(environ, "PAYMENT_PROVIDERS")
     if raw is None:
         return DEFAULT_PROVIDERS.get(env, ())
     names = tuple(n.strip().lower() for n in raw.split(",") if n.strip())
@@ -217,106 +307,66 @@ def _providers(env: str) -> tuple[str, ...]:
     return names
 
 
-def _login_throttle() -> dict[str, Any]:
-    free = _int("LOGIN_FREE_FAILURES", 5)
-    base = _float("LOGIN_DELAY_BASE_SECONDS", 1.0)
-    cap = _float("LOGIN_DELAY_MAX_SECONDS", 900.0)
-    reset = _float("LOGIN_FAILURE_RESET_SECONDS", 3600.0)
-    if free < 0:
-        raise ConfigError(f"LOGIN_FREE_FAILURES must be 0 or more, got {free}")
-    if not (0 < base <= cap):
-        raise ConfigError(
-            "LOGIN_DELAY_BASE_SECONDS must be above 0 and at most LOGIN_DELAY_MAX_SECONDS"
-        )
-    if reset < cap:
-        raise ConfigError("LOGIN_FAILURE_RESET_SECONDS must be at least LOGIN_DELAY_MAX_SECONDS")
-    return {
-        "login_free_failures": free,
-        "login_delay_base_seconds": base,
-        "login_delay_max_seconds": cap,
-        "login_failure_reset_seconds": reset,
-    }
+def _box_user_prefix(value: str) -> str | None:
+    if re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", value):
+        return None
+    return "must be 1-16 of a-z, 0-9, '_' and '-' starting with a letter or '_'"
 
 
 @dataclass(frozen=True)
 class ProvisioningSettings:
     """Retry budgets and timeouts of the provisioning chain and its reconciler."""
 
-    max_attempts: int = 8  # per step, for transient faults
-    retry_base_seconds: float = 2.0
-    retry_max_seconds: float = 300.0
+    # per step, for transient faults
+    max_attempts: int = setting("PROVISION_MAX_ATTEMPTS", 8, check=at_least_one)
+    retry_base_seconds: float = setting("PROVISION_RETRY_BASE_SECONDS", 2.0, check=positive)
+    retry_max_seconds: float = setting("PROVISION_RETRY_MAX_SECONDS", 300.0, check=positive)
     # Waiting for capacity is woken by the event (a server freed, added or made available
     # wakes the oldest waiting boxes it fits); this backoff is only the fallback.
-    capacity_retry_max_seconds: float = 300.0
-    max_server_moves: int = 3  # servers tried before the box fails
-    stuck_after_seconds: float = 600.0  # a step with no progress this long is re-enqueued
-    mark_running_timeout_seconds: float = 90.0
+    capacity_retry_max_seconds: float = setting("CAPACITY_RETRY_MAX_SECONDS", 300.0, check=positive)
+    # servers tried before the box fails
+    max_server_moves: int = setting("PROVISION_MAX_SERVER_MOVES", 3, check=at_least_zero)
+    # a step with no progress this long is re-enqueued
+    stuck_after_seconds: float = setting("STUCK_STEP_SECONDS", 600.0, check=positive)
+    mark_running_timeout_seconds: float = setting(
+        "MARK_RUNNING_TIMEOUT_SECONDS", 90.0, check=positive
+    )
     # Detection polls the Happy server after 0.05 s, doubling up to the cap of 1 s: a daemon
     # that registers at once is seen within ~50 ms, a slow one costs one request a second.
-    mark_running_first_poll_seconds: float = 0.05
-    mark_running_poll_seconds: float = 1.0
-    happy_timeout_seconds: float = 10.0
-    ssh_connect_timeout_seconds: float = 10.0
-    ssh_command_timeout_seconds: float = 60.0
-    ssh_pool_max_idle_seconds: float = 10.0
-    box_user_prefix: str = "vb-"  # + 12 hex of the box id: the box's Unix user
-    daemon_max_restarts: int = 3  # automatic restarts of a crashed daemon per window
-    daemon_restart_window_seconds: float = 3600.0
-    daemon_restart_backoff_seconds: float = 30.0  # doubles with each restart in the window
+    mark_running_first_poll_seconds: float = setting(
+        "MARK_RUNNING_FIRST_POLL_SECONDS", 0.05, check=positive
+    )
+    mark_running_poll_seconds: float = setting("MARK_RUNNING_POLL_SECONDS", 1.0, check=positive)
+    happy_timeout_seconds: float = setting("HAPPY_TIMEOUT_SECONDS", 10.0, check=positive)
+    ssh_connect_timeout_seconds: float = setting(
+        "SSH_CONNECT_TIMEOUT_SECONDS", 10.0, check=positive
+    )
+    ssh_command_timeout_seconds: float = setting(
+        "SSH_COMMAND_TIMEOUT_SECONDS", 60.0, check=positive
+    )
+    ssh_pool_max_idle_seconds: float = setting("SSH_POOL_MAX_IDLE_SECONDS", 10.0)
+    # + 12 hex of the box id: the box's Unix user
+    box_user_prefix: str = setting("BOX_USER_PREFIX", "vb-", check=_box_user_prefix)
+    # automatic restarts of a crashed daemon per window
+    daemon_max_restarts: int = setting("DAEMON_MAX_RESTARTS", 3, check=at_least_zero)
+    daemon_restart_window_seconds: float = setting(
+        "DAEMON_RESTART_WINDOW_SECONDS", 3600.0, check=positive
+    )
+    # doubles with each restart in the window
+    daemon_restart_backoff_seconds: float = setting(
+        "DAEMON_RESTART_BACKOFF_SECONDS", 30.0, check=at_least_zero
+    )
 
     @classmethod
-    def from_env(cls) -> ProvisioningSettings:
-        prefix = _env("BOX_USER_PREFIX", cls.box_user_prefix) or cls.box_user_prefix
-        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,15}", prefix):
-            raise ConfigError(
-                f"BOX_USER_PREFIX must be 1-16 of a-z, 0-9, '_' and '-' starting with a "
-                f"letter or '_', got {prefix!r}"
-            )
-        return cls(
-            max_attempts=_int("PROVISION_MAX_ATTEMPTS", cls.max_attempts),
-            retry_base_seconds=_float("PROVISION_RETRY_BASE_SECONDS", cls.retry_base_seconds),
-            retry_max_seconds=_float("PROVISION_RETRY_MAX_SECONDS", cls.retry_max_seconds),
-            capacity_retry_max_seconds=_float(
-                "CAPACITY_RETRY_MAX_SECONDS", cls.capacity_retry_max_seconds
-            ),
-            max_server_moves=_int("PROVISION_MAX_SERVER_MOVES", cls.max_server_moves),
-            stuck_after_seconds=_float("STUCK_STEP_SECONDS", cls.stuck_after_seconds),
-            mark_running_timeout_seconds=_float(
-                "MARK_RUNNING_TIMEOUT_SECONDS", cls.mark_running_timeout_seconds
-            ),
-            mark_running_first_poll_seconds=_float(
-                "MARK_RUNNING_FIRST_POLL_SECONDS", cls.mark_running_first_poll_seconds
-            ),
-            mark_running_poll_seconds=_float(
-                "MARK_RUNNING_POLL_SECONDS", cls.mark_running_poll_seconds
-            ),
-            happy_timeout_seconds=_float("HAPPY_TIMEOUT_SECONDS", cls.happy_timeout_seconds),
-            ssh_connect_timeout_seconds=_float(
-                "SSH_CONNECT_TIMEOUT_SECONDS", cls.ssh_connect_timeout_seconds
-            ),
-            ssh_command_timeout_seconds=_float(
-                "SSH_COMMAND_TIMEOUT_SECONDS", cls.ssh_command_timeout_seconds
-            ),
-            ssh_pool_max_idle_seconds=_float(
-                "SSH_POOL_MAX_IDLE_SECONDS", cls.ssh_pool_max_idle_seconds
-            ),
-            box_user_prefix=prefix,
-            daemon_max_restarts=_int("DAEMON_MAX_RESTARTS", cls.daemon_max_restarts),
-            daemon_restart_window_seconds=_float(
-                "DAEMON_RESTART_WINDOW_SECONDS", cls.daemon_restart_window_seconds
-            ),
-            daemon_restart_backoff_seconds=_float(
-                "DAEMON_RESTART_BACKOFF_SECONDS", cls.daemon_restart_backoff_seconds
-            ),
-        )
+    def from_env(cls, environ: Environ | None = None) -> ProvisioningSettings:
+        return load(cls, environ)
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(name: str) -> tuple[IPNetwork, ...]:
-    """Comma- or space-separated CIDRs (a bare address is a /32 or /128); empty: none."""
-    raw = _env(name, "") or ""
+def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Comma- or space-separated CIDRs (a bare address is a /32 or /128)."""
     networks = []
     for item in raw.replace(",", " ").split():
         try:
@@ -326,78 +376,67 @@ def _networks(name: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _positive(name: str, default: int) -> int:
-    value = _int(name, default)
-    if value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value}")
-    return value
+@dataclass(frozen=True)
+class WebSettings:
+    """The API's gunicorn processes (app/gunicorn_config.py loads only this section)."""
+
+    threads: int = setting("WEB_THREADS", 16, check=at_least_one)  # per gthread worker
+    # Long polls one web process holds at once; None: half of WEB_THREADS.
+    max_waiters: int | None = setting("WEB_MAX_WAITERS", None)
+
+    def __post_init__(self) -> None:
+        waiters = max(self.threads // 2, 1) if self.max_waiters is None else self.max_waiters
+        if not 0 <= waiters < self.threads:
+            raise ConfigError(
+                f"WEB_MAX_WAITERS must be from 0 to WEB_THREADS - 1 ({self.threads - 1}), got "
+                f"{waiters}: long polls must leave threads for other requests"
+            )
+        object.__setattr__(self, "max_waiters", waiters)
 
 
-def _non_negative(name: str, default: int) -> int:
-    value = _int(name, default)
-    if value < 0:
-        raise ConfigError(f"{name} must be 0 or more, got {value}")
-    return value
-
-
-def _positive_float(name: str, default: float) -> float:
-    value = _float(name, default)
-    if not value > 0:
-        raise ConfigError(f"{name} must be a positive number, got {value}")
-    return value
-
-
-DEFAULT_WEB_THREADS = 16
+DEFAULT_WEB_THREADS = WebSettings.threads
 
 
 def web_threads() -> int:
-    """WEB_THREADS: threads per gunicorn worker (gthread); read by app/gunicorn_config.py
-    too, which must not need the rest of the settings."""
-    return _positive("WEB_THREADS", DEFAULT_WEB_THREADS)
+    """WEB_THREADS: threads per gunicorn worker (gthread)."""
+    return load(WebSettings).threads
 
 
-def web_max_waiters() -> int:
-    """WEB_MAX_WAITERS: long polls one web process holds at once (default half of
-    WEB_THREADS); fewer than WEB_THREADS, so waiting requests never take every thread."""
-    threads = web_threads()
-    value = _int("WEB_MAX_WAITERS", max(threads // 2, 1))
-    if value < 0 or value >= threads:
-        raise ConfigError(
-            f"WEB_MAX_WAITERS must be from 0 to WEB_THREADS - 1 ({threads - 1}), got {value}: "
-            "long polls must leave threads for other requests"
-        )
-    return value
+def prometheus_multiproc_dir(environ: Environ | None = None) -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR (prometheus_client's own variable, which it also reads):
+    metrics are shared across processes through files there; None: one process's only."""
+    return _raw(os.environ if environ is None else environ, "PROMETHEUS_MULTIPROC_DIR")
 
 
-def _flower_url(env: str) -> str | None:
+def _flower_url(environ: Environ, env: str) -> str | None:
     """FLOWER_URL, else (development) Flower's address under `make run`."""
-    url = _env("FLOWER_URL")
+    url = _raw(environ, "FLOWER_URL")
     if url is not None:
         return url.rstrip("/") + "/"
     if env != "development":
         return None
-    host = _env("HOST", "127.0.0.1") or "127.0.0.1"
+    host = _raw(environ, "HOST") or "127.0.0.1"
     if host in ("0.0.0.0", "::"):  # noqa: S104 - display only
         host = "127.0.0.1"
-    return f"http://{host}:{_env('FLOWER_PORT', '5555')}/"
+    return f"http://{host}:{_raw(environ, 'FLOWER_PORT') or '5555'}/"
 
 
 @dataclass(frozen=True)
 class LimitSettings:
     """What a request may carry, and where pool servers may be (README "Security")."""
 
-    max_content_length: int = 1024 * 1024  # any request body, bytes
-    webhook_max_bytes: int = 256 * 1024  # payment webhook bodies, bytes
+    # any request body, bytes
+    max_content_length: int = setting("MAX_CONTENT_LENGTH", 1024 * 1024, check=at_least_one)
+    # payment webhook bodies, bytes
+    webhook_max_bytes: int = setting("WEBHOOK_MAX_BYTES", 256 * 1024, check=at_least_one)
     # Networks a pool server's addresses must all be in; empty: any address.
-    pool_allowed_networks: tuple[IPNetwork, ...] = ()
+    pool_allowed_networks: tuple[IPNetwork, ...] = setting(
+        "POOL_ALLOWED_NETWORKS", (), parse=_networks
+    )
 
     @classmethod
-    def from_env(cls) -> LimitSettings:
-        return cls(
-            max_content_length=_positive("MAX_CONTENT_LENGTH", cls.max_content_length),
-            webhook_max_bytes=_positive("WEBHOOK_MAX_BYTES", cls.webhook_max_bytes),
-            pool_allowed_networks=_networks("POOL_ALLOWED_NETWORKS"),
-        )
+    def from_env(cls, environ: Environ | None = None) -> LimitSettings:
+        return load(cls, environ)
 
 
 REGION_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -417,24 +456,27 @@ class RegionSettings:
     """Regions boxes are sold in (README "Regions"). ``regions`` empty: regions are off,
     every box may take any server (the behaviour before regions existed)."""
 
-    regions: tuple[str, ...] = ()
-    default_region: str | None = None
+    regions: tuple[str, ...] = field(default=(), metadata={"extra_env": ("REGIONS",)})
+    default_region: str | None = field(default=None, metadata={"extra_env": ("DEFAULT_REGION",)})
     # (region, Happy server URL) pairs; a region without one uses HAPPY_SERVER_URL.
-    happy_server_urls: tuple[tuple[str, str], ...] = ()
+    happy_server_urls: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"extra_env": ("HAPPY_SERVER_URLS",)}
+    )
 
     @property
     def enabled(self) -> bool:
         return bool(self.regions)
 
     @classmethod
-    def from_env(cls) -> RegionSettings:
-        raw = _env("REGIONS", "") or ""
+    def from_env(cls, environ: Environ | None = None) -> RegionSettings:
+        environ = os.environ if environ is None else environ
+        raw = _raw(environ, "REGIONS") or ""
         regions: list[str] = []
         for item in raw.replace(",", " ").split():
             region = _region_name("REGIONS", item.strip().lower())
             if region not in regions:
                 regions.append(region)
-        default = _env("DEFAULT_REGION")
+        default = _raw(environ, "DEFAULT_REGION")
         if default is not None:
             default = default.lower()
             if not regions:
@@ -444,7 +486,7 @@ class RegionSettings:
         elif regions:
             default = regions[0]
         urls: list[tuple[str, str]] = []
-        for item in (_env("HAPPY_SERVER_URLS", "") or "").replace(",", " ").split():
+        for item in (_raw(environ, "HAPPY_SERVER_URLS") or "").replace(",", " ").split():
             name, sep, url = item.partition("=")
             region = _region_name("HAPPY_SERVER_URLS", name.strip().lower())
             url = url.strip().rstrip("/")
@@ -469,118 +511,243 @@ DEFAULT_ENV_FILES = {
 }
 
 
+def _env_method(value: str) -> str | None:
+    return None if value in BOOTSTRAP_ENV_METHODS else f"must be one of {BOOTSTRAP_ENV_METHODS}"
+
+
 @dataclass(frozen=True)
 class BootstrapSettings:
     """How ``vibebox pool bootstrap`` (and cloud-init user-data) prepare a host (README
     "Bootstrapping a server")."""
 
-    happy_coder_package: str = "happy-coder@0.13.0"  # npm spec: name@version or a tarball
-    npm_prefix: str | None = None  # None: npm's global prefix (`npm prefix -g`)
-    node_install_command: str = (
-        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm"
+    # npm spec: name@version or a tarball
+    happy_coder_package: str = setting("HAPPY_CODER_PACKAGE", "happy-coder@0.13.0")
+    npm_prefix: str | None = setting("HAPPY_NPM_PREFIX", None)  # None: `npm prefix -g`
+    node_install_command: str = setting(
+        "BOOTSTRAP_NODE_INSTALL_COMMAND",
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm",
     )
     # Where HAPPY_SERVER_URL (and PATH, when happy's bin dir is not on it) are set for the
     # login's non-interactive SSH sessions: pam_env (/etc/environment, read by sshd through
     # PAM on Debian/Ubuntu, no reload) or sshd_setenv (a SetEnv line in an sshd config file,
     # then the reload command).
-    env_method: str = "pam_env"
-    env_file: str = DEFAULT_ENV_FILES["pam_env"]
-    sshd_reload_command: str = (
-        "sshd -t && (systemctl reload ssh || systemctl reload sshd || service ssh reload)"
+    env_method: str = setting("BOOTSTRAP_ENV_METHOD", "pam_env", check=_env_method)
+    env_file: str = setting("BOOTSTRAP_ENV_FILE", "")  # empty: the method's default file
+    sshd_reload_command: str = setting(
+        "BOOTSTRAP_SSHD_RELOAD_COMMAND",
+        "sshd -t && (systemctl reload ssh || systemctl reload sshd || service ssh reload)",
     )
-    install_timeout_seconds: float = 900.0
+    install_timeout_seconds: float = setting(
+        "BOOTSTRAP_INSTALL_TIMEOUT_SECONDS", 900.0, check=positive
+    )
+
+    def __post_init__(self) -> None:
+        if not self.env_file:
+            object.__setattr__(self, "env_file", DEFAULT_ENV_FILES[self.env_method])
 
     @classmethod
-    def from_env(cls) -> BootstrapSettings:
-        method = _env("BOOTSTRAP_ENV_METHOD", cls.env_method) or cls.env_method
-        if method not in BOOTSTRAP_ENV_METHODS:
-            raise ConfigError(
-                f"BOOTSTRAP_ENV_METHOD must be one of {', '.join(BOOTSTRAP_ENV_METHODS)}"
-            )
-        return cls(
-            happy_coder_package=_env("HAPPY_CODER_PACKAGE") or cls.happy_coder_package,
-            npm_prefix=_env("HAPPY_NPM_PREFIX") or None,
-            node_install_command=_env("BOOTSTRAP_NODE_INSTALL_COMMAND") or cls.node_install_command,
-            env_method=method,
-            env_file=_env("BOOTSTRAP_ENV_FILE") or DEFAULT_ENV_FILES[method],
-            sshd_reload_command=_env("BOOTSTRAP_SSHD_RELOAD_COMMAND") or cls.sshd_reload_command,
-            install_timeout_seconds=_float(
-                "BOOTSTRAP_INSTALL_TIMEOUT_SECONDS", cls.install_timeout_seconds
-            ),
-        )
+    def from_env(cls, environ: Environ | None = None) -> BootstrapSettings:
+        return load(cls, environ)
+
+
+def _orphan_policy(value: str) -> str | None:
+    return None if value in ("destroy", "report") else "must be destroy or report"
 
 
 @dataclass(frozen=True)
 class CloudSettings:
     """The capacity service (README "Cloud capacity")."""
 
-    orphan_policy: str = "destroy"  # instances with our tag and no live server: destroy|report
-    sweep_interval_seconds: float = 60.0
-    boot_timeout_seconds: float = 600.0  # a node not reachable by then is destroyed, replaced
-    poll_seconds: float = 5.0
-    api_timeout_seconds: float = 30.0
+    # instances with our tag and no live server: destroy|report
+    orphan_policy: str = setting(
+        "CLOUD_ORPHAN_POLICY", "destroy", check=_orphan_policy, parse=lambda _n, r: r.lower()
+    )
+    # also the beat period of the capacity sweep (BeatSettings reads the same variable)
+    sweep_interval_seconds: float = setting("CLOUD_SWEEP_INTERVAL_SECONDS", 60.0, check=positive)
+    # a node not reachable by then is destroyed, replaced
+    boot_timeout_seconds: float = setting("CLOUD_BOOT_TIMEOUT_SECONDS", 600.0, check=positive)
+    poll_seconds: float = setting("CLOUD_POLL_SECONDS", 5.0, check=positive)
+    api_timeout_seconds: float = setting("CLOUD_API_TIMEOUT_SECONDS", 30.0, check=positive)
 
     @classmethod
-    def from_env(cls) -> CloudSettings:
-        policy = (_env("CLOUD_ORPHAN_POLICY", cls.orphan_policy) or cls.orphan_policy).lower()
-        if policy not in ("destroy", "report"):
-            raise ConfigError(f"CLOUD_ORPHAN_POLICY must be destroy or report, got {policy!r}")
-        return cls(
-            orphan_policy=policy,
-            sweep_interval_seconds=_float(
-                "CLOUD_SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds
+    def from_env(cls, environ: Environ | None = None) -> CloudSettings:
+        return load(cls, environ)
+
+
+@dataclass(frozen=True)
+class CelerySettings:
+    """The Celery app's configuration: celery_config.py turns it into Celery's options. The
+    workers module loads only this section and BeatSettings when imported (Flower and
+    `celery inspect` need no database)."""
+
+    redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0")
+    broker_url: str = setting("CELERY_BROKER_URL", "")  # empty: REDIS_URL
+    # Redis is required whatever the broker; Celery has no backend for amqp:// URLs.
+    result_backend: str = setting("CELERY_RESULT_BACKEND", "")  # empty: REDIS_URL
+    task_soft_time_limit: int = setting("CELERY_TASK_SOFT_TIME_LIMIT", 300, check=at_least_one)
+    task_time_limit: int = setting("CELERY_TASK_TIME_LIMIT", 360, check=at_least_one)
+    visibility_timeout: int = setting("CELERY_VISIBILITY_TIMEOUT", 3600, check=at_least_one)
+    max_countdown_seconds: float = setting(
+        "CELERY_MAX_COUNTDOWN_SECONDS", 900.0, check=at_least_zero
+    )
+    send_sent_event: bool = setting("CELERY_SEND_SENT_EVENT", False)
+    worker_nice: int = setting("WORKER_NICE", 10)  # CPU priority of workers; 0: unchanged
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "broker_url", self.broker_url or self.redis_url)
+        object.__setattr__(self, "result_backend", self.result_backend or self.redis_url)
+
+    @property
+    def max_countdown(self) -> float:
+        """The longest retry countdown a worker holds (celery_config.py says why): never so
+        long that a held message outlives Redis's visibility timeout."""
+        held = max(0.0, self.visibility_timeout - self.task_time_limit - 60)
+        return min(self.max_countdown_seconds, held)
+
+    @classmethod
+    def from_env(cls, environ: Environ | None = None) -> CelerySettings:
+        return load(cls, environ)
+
+
+@dataclass(frozen=True)
+class BeatSettings:
+    """Celery beat: the sweepers' periods (seconds) and the leader lease."""
+
+    reconcile_interval_seconds: float = setting("RECONCILE_INTERVAL_SECONDS", 60.0, check=positive)
+    health_check_interval_seconds: float = setting(
+        "HEALTH_CHECK_INTERVAL_SECONDS", 60.0, check=positive
+    )
+    expiry_interval_seconds: float = setting("EXPIRY_INTERVAL_SECONDS", 300.0, check=positive)
+    order_reconcile_interval_seconds: float = setting(
+        "ORDER_RECONCILE_INTERVAL_SECONDS", 300.0, check=positive
+    )
+    cloud_sweep_interval_seconds: float = setting(
+        "CLOUD_SWEEP_INTERVAL_SECONDS", 60.0, check=positive
+    )
+    leader_ttl_seconds: float = setting("BEAT_LEADER_TTL_SECONDS", 30.0, check=positive)
+
+    @classmethod
+    def from_env(cls, environ: Environ | None = None) -> BeatSettings:
+        return load(cls, environ)
+
+
+PAYMENT_VARIABLE_PREFIXES = ("STRIPE_", "WECHAT_", "ALIPAY_")
+
+
+def _log_format(value: str) -> str | None:
+    return None if value in ("json", "text") else "must be json or text"
+
+
+TOKEN_LIFETIME = timedelta(days=7)
+
+
+def _duration(_name: str, raw: str) -> timedelta:
+    return timedelta(seconds=_parse(_name, raw, int))
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Log lines of every process (app/logging.py); the workers load it alone at start."""
+
+    level: str = setting("LOG_LEVEL", "INFO", parse=lambda _n, r: r.upper())
+    # json: one JSON object per line; text: readable lines. Empty: text in development.
+    format: str = setting("LOG_FORMAT", "", check=_log_format, parse=lambda _n, r: r.lower())
+
+    @classmethod
+    def from_env(cls, environ: Environ | None = None) -> LogSettings:
+        environ = os.environ if environ is None else environ
+        mode = (_raw(environ, "VIBEBOX_ENV") or "development").lower()
+        return load(
+            cls,
+            environ,
+            **(
+                {}
+                if _raw(environ, "LOG_FORMAT")
+                else {"format": "text" if mode == "development" else "json"}
             ),
-            boot_timeout_seconds=_float("CLOUD_BOOT_TIMEOUT_SECONDS", cls.boot_timeout_seconds),
-            poll_seconds=_float("CLOUD_POLL_SECONDS", cls.poll_seconds),
-            api_timeout_seconds=_float("CLOUD_API_TIMEOUT_SECONDS", cls.api_timeout_seconds),
         )
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of every process, read from the environment once (``from_env``).
+
+    Sections: ``provisioning``, ``limits``, ``cloud``, ``regions``, ``celery`` (the Celery
+    app, also loaded alone by the workers at import), ``beat``, ``web`` (gunicorn), and the
+    payment providers' own variables (``payment_variables``, parsed by each provider).
+    Fields declared with :func:`setting` name their variable and default once; the rest
+    (secrets, URLs, the environment's mode) are derived in ``from_env``."""
+
     env: str
     database_url: str
     redis_url: str
-    celery_broker_url: str
-    celery_result_backend: str
     secret_key: str
     jwt_secret_key: str
     encryption_key: bytes
-    jwt_access_expires: timedelta
-    jwt_cookie_secure: bool
-    ratelimit_default: str
-    ratelimit_auth: str
-    ratelimit_enabled: bool
-    bcrypt_rounds: int
-    happy_server_url: str
-    happy_web_url: str
-    log_level: str
-    provisioning: ProvisioningSettings = field(default_factory=lambda: ProvisioningSettings())
-    limits: LimitSettings = field(default_factory=lambda: LimitSettings())
-    cloud: CloudSettings = field(default_factory=lambda: CloudSettings())
-    payment_providers: tuple[str, ...] = ()
-    public_base_url: str = "http://127.0.0.1:5000"
-    checkout_return_url: str = "http://127.0.0.1:5000/"
-    order_reconcile_after_seconds: float = 600.0
+    jwt_access_expires: timedelta = setting(  # noqa: RUF009 - a dataclass field
+        "JWT_ACCESS_TOKEN_EXPIRES_SECONDS", TOKEN_LIFETIME, parse=_duration
+    )
+    jwt_cookie_secure: bool = setting("JWT_COOKIE_SECURE", False)  # production: True
+    ratelimit_default: str = setting("RATELIMIT_DEFAULT", "100 per minute")
+    ratelimit_auth: str = setting("RATELIMIT_AUTH", "10 per minute")
+    ratelimit_enabled: bool = setting("RATELIMIT_ENABLED", True)
+    bcrypt_rounds: int = setting("BCRYPT_ROUNDS", 12, check=at_least_one)
+    happy_server_url: str = setting("HAPPY_SERVER_URL", "https://api.cluster-fluster.com")
+    happy_web_url: str = setting("HAPPY_WEB_URL", "https://app.happy.engineering")
+    log: LogSettings = field(default_factory=lambda: LogSettings())
+    provisioning: ProvisioningSettings = field(default_factory=ProvisioningSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    cloud: CloudSettings = field(default_factory=CloudSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
+    beat: BeatSettings = field(default_factory=BeatSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    payment_providers: tuple[str, ...] = field(
+        default=(), metadata={"extra_env": ("PAYMENT_PROVIDERS",)}
+    )
+    # STRIPE_*, WECHAT_*, ALIPAY_* as set: each provider parses its own (README "Payments")
+    payment_variables: tuple[tuple[str, str], ...] = ()
+    public_base_url: str = field(
+        default="http://127.0.0.1:5000", metadata={"extra_env": ("PUBLIC_BASE_URL",)}
+    )
+    checkout_return_url: str = field(
+        default="http://127.0.0.1:5000/", metadata={"extra_env": ("CHECKOUT_RETURN_URL",)}
+    )
+    order_reconcile_after_seconds: float = setting(
+        "ORDER_RECONCILE_AFTER_SECONDS", 600.0, check=positive
+    )
     # A recorded payment event not applied this long is re-enqueued by the reconciler.
-    payment_event_resend_after_seconds: float = 60.0
-    order_expiry_seconds: float = 86400.0
-    subscription_grace_seconds: float = 3 * 86400.0
-    health_unhealthy_after: int = 3
-    health_probe_timeout_seconds: float = 10.0
-    trusted_proxies: int = 0
+    payment_event_resend_after_seconds: float = setting(
+        "PAYMENT_EVENT_RESEND_AFTER_SECONDS", 60.0, check=positive
+    )
+    order_expiry_seconds: float = setting("ORDER_EXPIRY_SECONDS", 86400.0, check=positive)
+    subscription_grace_seconds: float = setting(
+        "SUBSCRIPTION_GRACE_SECONDS", 3 * 86400.0, check=at_least_zero
+    )
+    health_unhealthy_after: int = setting("HEALTH_UNHEALTHY_AFTER", 3, check=at_least_one)
+    health_probe_timeout_seconds: float = setting(
+        "HEALTH_PROBE_TIMEOUT_SECONDS", 10.0, check=positive
+    )
+    trusted_proxies: int = setting("TRUSTED_PROXIES", 0, check=at_least_zero)
     # Per-account login throttling (app/services/login_throttle.py).
-    login_free_failures: int = 5
-    login_delay_base_seconds: float = 1.0
-    login_delay_max_seconds: float = 900.0
-    login_failure_reset_seconds: float = 3600.0
-    metrics_token: str | None = None  # Bearer token for /metrics and /readyz?workers=1
-    metrics_ratelimit: str = "60 per minute"
-    regions: RegionSettings = field(default_factory=lambda: RegionSettings())
+    login_free_failures: int = setting("LOGIN_FREE_FAILURES", 5, check=at_least_zero)
+    login_delay_base_seconds: float = setting("LOGIN_DELAY_BASE_SECONDS", 1.0, check=positive)
+    login_delay_max_seconds: float = setting("LOGIN_DELAY_MAX_SECONDS", 900.0)
+    login_failure_reset_seconds: float = setting("LOGIN_FAILURE_RESET_SECONDS", 3600.0)
+    # Bearer token for /metrics and /readyz?workers=1
+    metrics_token: str | None = setting("METRICS_TOKEN", None)
+    metrics_ratelimit: str = setting("METRICS_RATELIMIT", "60 per minute")
+    regions: RegionSettings = field(default_factory=RegionSettings)
     # Live boxes (not terminating/terminated) one user may have; a plan may set its own.
     # 0: no limit. Pending checkouts count for quota_pending_order_seconds.
-    max_live_boxes_per_user: int = 3
-    quota_pending_order_seconds: float = 3600.0
+    max_live_boxes_per_user: int = setting("MAX_LIVE_BOXES_PER_USER", 3, check=at_least_zero)
+    quota_pending_order_seconds: float = setting(
+        "QUOTA_PENDING_ORDER_SECONDS", 3600.0, check=at_least_zero
+    )
+    # Status polls (GET /api/vibeboxes[/<id>], GET /api/orders/<id>) have their own limit.
+    status_ratelimit: str = setting("STATUS_RATELIMIT", "600 per minute")
+    long_poll_recheck_seconds: float = setting("LONG_POLL_RECHECK_SECONDS", 5.0, check=positive)
+    flower_url: str | None = field(default=None, metadata={"extra_env": ("FLOWER_URL",)})
 
     def happy_url_for(self, region: str | None) -> str:
         """The Happy server of ``region``: its HAPPY_SERVER_URLS entry, else HAPPY_SERVER_URL."""
@@ -592,38 +759,36 @@ class Settings:
         url = self.happy_url_for(region)
         return None if url == self.happy_server_url else url
 
-    # Status polls (GET /api/vibeboxes[/<id>], GET /api/orders/<id>) have their own limit.
-    status_ratelimit: str = "600 per minute"
-    # Long polls (GET /api/vibeboxes/<id>?wait=N): per web process.
-    web_max_waiters: int = 8
-    long_poll_recheck_seconds: float = 5.0
-    flower_url: str | None = None
+    @property
+    def web_max_waiters(self) -> int:
+        """Long polls one web process holds at once (WEB_MAX_WAITERS)."""
+        return int(self.web.max_waiters or 0)
 
     @property
     def is_production(self) -> bool:
         return self.env == "production"
 
+    @property
+    def payment_env(self) -> dict[str, str]:
+        return dict(self.payment_variables)
+
     @classmethod
-    def from_env(cls) -> Settings:
-        env = (_env("VIBEBOX_ENV", "development") or "development").lower()
+    def from_env(cls, environ: Environ | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        env = (_raw(environ, "VIBEBOX_ENV") or "development").lower()
         if env not in {"development", "production", "testing"}:
             raise ConfigError("VIBEBOX_ENV must be development, production or testing")
         production = env == "production"
         if production:
-            missing = [n for n in PRODUCTION_SECRETS if _env(n) is None]
+            missing = [n for n in PRODUCTION_SECRETS if _raw(environ, n) is None]
             if missing:
                 raise ConfigError(f"{', '.join(missing)} required when VIBEBOX_ENV=production")
 
         def secret(name: str, dev_default: str) -> str:
-            value = _env(name)
-            if value is None:
-                if production:
-                    raise ConfigError(f"{name} is required when VIBEBOX_ENV=production")
-                return dev_default
-            return value
+            return _raw(environ, name) or dev_default
 
-        database_url = _env("DATABASE_URL")
-        redis_url = _env("REDIS_URL")
+        database_url = _raw(environ, "DATABASE_URL")
+        redis_url = _raw(environ, "REDIS_URL")
         if database_url is None:
             raise ConfigError(
                 "DATABASE_URL is not set; start the system with `make run` (embedded "
@@ -635,13 +800,12 @@ class Settings:
                 "or point REDIS_URL at a Redis server"
             )
         key_b64 = secret("ENCRYPTION_KEY", DEV_ENCRYPTION_KEY)
-        decoded = _decode_key(key_b64)
-        if decoded is None:
+        encryption_key = _decode_key(key_b64)
+        if encryption_key is None:
             raise ConfigError(
                 "ENCRYPTION_KEY must be standard base64 of 32 bytes; generate one with: "
                 + GENERATE_ENCRYPTION_KEY
             )
-        encryption_key = decoded
         if len(encryption_key) != 32:
             raise ConfigError(
                 f"ENCRYPTION_KEY must decode to exactly 32 bytes (AES-256), got "
@@ -657,58 +821,49 @@ class Settings:
                 raise ConfigError(
                     "refusing to start with VIBEBOX_ENV=production: " + "; ".join(problems)
                 )
-
-        broker = _env("CELERY_BROKER_URL", redis_url) or redis_url
-        default_base = served_base_url(_env("HOST", "127.0.0.1"), _env("PORT", "5000"))
-        public_base_url = (_env("PUBLIC_BASE_URL", default_base) or default_base).rstrip("/")
-        return cls(
+        default_base = served_base_url(_raw(environ, "HOST"), _raw(environ, "PORT"))
+        public_base_url = (_raw(environ, "PUBLIC_BASE_URL") or default_base).rstrip("/")
+        derived: dict[str, Any] = {
+            "jwt_cookie_secure": production,  # unless JWT_COOKIE_SECURE says otherwise
+        }
+        settings = load(
+            cls,
+            environ,
             env=env,
             database_url=normalize_database_url(database_url),
             redis_url=redis_url,
-            celery_broker_url=broker,
-            # Redis is required whatever the broker; Celery has no backend for amqp:// URLs.
-            celery_result_backend=_env("CELERY_RESULT_BACKEND", redis_url) or redis_url,
             secret_key=secret_key,
             jwt_secret_key=jwt_secret_key,
             encryption_key=encryption_key,
-            jwt_access_expires=timedelta(
-                seconds=_int("JWT_ACCESS_TOKEN_EXPIRES_SECONDS", 7 * 24 * 3600)
+            provisioning=load(ProvisioningSettings, environ),
+            limits=load(LimitSettings, environ),
+            cloud=load(CloudSettings, environ),
+            celery=load(CelerySettings, environ),
+            beat=load(BeatSettings, environ),
+            web=load(WebSettings, environ),
+            bootstrap=load(BootstrapSettings, environ),
+            log=LogSettings.from_env(environ),
+            regions=RegionSettings.from_env(environ),
+            payment_providers=_providers(environ, env),
+            payment_variables=tuple(
+                sorted(
+                    (k, v)
+                    for k, v in environ.items()
+                    if k.startswith(PAYMENT_VARIABLE_PREFIXES) and v.strip()
+                )
             ),
-            jwt_cookie_secure=_bool("JWT_COOKIE_SECURE", production),
-            ratelimit_default=_env("RATELIMIT_DEFAULT", "100 per minute") or "100 per minute",
-            ratelimit_auth=_env("RATELIMIT_AUTH", "10 per minute") or "10 per minute",
-            ratelimit_enabled=_bool("RATELIMIT_ENABLED", True),
-            bcrypt_rounds=_int("BCRYPT_ROUNDS", 12),
-            happy_server_url=_env("HAPPY_SERVER_URL", "https://api.cluster-fluster.com")
-            or "https://api.cluster-fluster.com",
-            happy_web_url=_env("HAPPY_WEB_URL", "https://app.happy.engineering")
-            or "https://app.happy.engineering",
-            log_level=(_env("LOG_LEVEL", "INFO") or "INFO").upper(),
-            provisioning=ProvisioningSettings.from_env(),
-            limits=LimitSettings.from_env(),
-            cloud=CloudSettings.from_env(),
-            payment_providers=_providers(env),
             public_base_url=public_base_url,
-            checkout_return_url=_env("CHECKOUT_RETURN_URL", public_base_url + "/")
-            or public_base_url + "/",
-            order_reconcile_after_seconds=_float("ORDER_RECONCILE_AFTER_SECONDS", 600.0),
-            payment_event_resend_after_seconds=_float("PAYMENT_EVENT_RESEND_AFTER_SECONDS", 60.0),
-            order_expiry_seconds=_float("ORDER_EXPIRY_SECONDS", 86400.0),
-            subscription_grace_seconds=_float("SUBSCRIPTION_GRACE_SECONDS", 3 * 86400.0),
-            health_unhealthy_after=_int("HEALTH_UNHEALTHY_AFTER", 3),
-            health_probe_timeout_seconds=_float("HEALTH_PROBE_TIMEOUT_SECONDS", 10.0),
-            trusted_proxies=_int("TRUSTED_PROXIES", 0),
-            **_login_throttle(),
-            metrics_token=_env("METRICS_TOKEN"),
-            metrics_ratelimit=_env("METRICS_RATELIMIT", "60 per minute") or "60 per minute",
-            regions=RegionSettings.from_env(),
-            max_live_boxes_per_user=_non_negative("MAX_LIVE_BOXES_PER_USER", 3),
-            quota_pending_order_seconds=_float("QUOTA_PENDING_ORDER_SECONDS", 3600.0),
-            status_ratelimit=_env("STATUS_RATELIMIT", "600 per minute") or "600 per minute",
-            web_max_waiters=web_max_waiters(),
-            long_poll_recheck_seconds=_positive_float("LONG_POLL_RECHECK_SECONDS", 5.0),
-            flower_url=_flower_url(env),
+            checkout_return_url=_raw(environ, "CHECKOUT_RETURN_URL") or public_base_url + "/",
+            flower_url=_flower_url(environ, env),
+            **{k: v for k, v in derived.items() if _raw(environ, _variable(cls, k)) is None},
         )
+        if settings.login_delay_base_seconds > settings.login_delay_max_seconds:
+            raise ConfigError("LOGIN_DELAY_BASE_SECONDS must be at most LOGIN_DELAY_MAX_SECONDS")
+        if settings.login_failure_reset_seconds < settings.login_delay_max_seconds:
+            raise ConfigError(
+                "LOGIN_FAILURE_RESET_SECONDS must be at least LOGIN_DELAY_MAX_SECONDS"
+            )
+        return settings
 
     def flask_config(self) -> dict[str, Any]:
         """The subset Flask and its extensions read from ``app.config``."""

@@ -63,9 +63,9 @@ def post_worker_init(worker: Any) -> None:
 def child_exit(server: Any, worker: Any) -> None:
     """A gunicorn worker that exits leaves its counters; prometheus_client drops its live
     gauges (multiprocess mode)."""
-    import os
+    from app.config import prometheus_multiproc_dir
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if prometheus_multiproc_dir():
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)

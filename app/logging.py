@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-import os
 import re
 import uuid
 from typing import Any
@@ -134,13 +133,11 @@ def json_formatter() -> logging.Formatter:
 
 
 def log_format(env: dict[str, str] | None = None) -> str:
-    """LOG_FORMAT: ``json`` or ``text``; by default ``text`` in development, else ``json``."""
-    env = dict(os.environ) if env is None else env
-    default = "text" if env.get("VIBEBOX_ENV", "development") == "development" else "json"
-    fmt = (env.get("LOG_FORMAT") or default).strip().lower()
-    if fmt not in ("json", "text"):
-        raise ValueError("LOG_FORMAT must be json or text")
-    return fmt
+    """LOG_FORMAT: ``json`` or ``text``; by default ``text`` in development, else ``json``
+    (app.config.LogSettings)."""
+    from app.config import LogSettings
+
+    return LogSettings.from_env(env).format
 
 
 def init_app(app: Any) -> None:
@@ -171,6 +168,7 @@ _configured = False
 
 
 def configure(level: str = "INFO", fmt: str | None = None) -> None:
+    """Log lines as ``fmt`` (json or text; None: LOG_FORMAT's default) at ``level``."""
     global _configured
     root = logging.getLogger()
     if not _configured:

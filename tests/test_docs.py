@@ -51,6 +51,39 @@ def test_every_variable_is_in_env_example_and_readme():
     assert missing_readme == [], f"README.md lacks {missing_readme}"
 
 
+def test_every_setting_of_the_settings_object_is_in_env_example_and_readme():
+    """The settings object (app/config.py) is the list of what VibeBox reads: each variable
+    it declares has a line in .env.example and a row in the README."""
+    from app.config import Settings, variables
+
+    names = set(variables(Settings))
+    assert {"PROVISION_MAX_ATTEMPTS", "CELERY_TASK_TIME_LIMIT", "LOG_FORMAT"} <= names
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert sorted(n for n in names if not re.search(rf"^{n}=", example, re.M)) == []
+    assert sorted(n for n in names if f"`{n}`" not in readme) == []
+
+
+READ_BY_THE_PROCFILE = {
+    "WEB_CONCURRENCY": "gunicorn's own variable (its worker processes)",
+    "WORKER_CONCURRENCY": "the Procfile's and compose's provisioning worker",
+    "MAINTENANCE_CONCURRENCY": "the Procfile's and compose's maintenance worker",
+}
+
+
+def test_every_line_of_env_example_is_a_setting_or_a_named_exception():
+    """Nothing in .env.example is left over: each variable is declared by the settings
+    object, read by a provider (STRIPE_/WECHAT_PAY_/ALIPAY_), or read before the settings
+    exist (the run scripts, gunicorn, the secrets and URLs the settings derive)."""
+    from app.config import Settings, variables
+
+    example = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", example, re.M))
+    known = set(variables(Settings)) | variables_read_by_the_code() | set(READ_BY_THE_PROCFILE)
+    known |= {f"{name}_FILE" for name in known}  # a provider key's value, or a file holding it
+    assert sorted(listed - known) == []
+
+
 # --- the repository is self-contained ------------------------------------------------------
 
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".yml", ".yaml", ".json", ".ini", ".mako", ".example", ""}

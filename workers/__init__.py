@@ -19,11 +19,15 @@ from celery.signals import (
     worker_process_init,
 )
 
-from app.config import Settings
+import celery_config
+from app.config import BeatSettings, CelerySettings, LogSettings, Settings
 from app.db import db_session, dispose_engines, init_db
 
+#: The Celery section of the settings, read once when the workers module is imported (the
+#: rest, which needs the database, on first use: ``get_settings``).
+CELERY_SETTINGS = CelerySettings.from_env()
 celery_app = Celery("vibebox")
-celery_app.config_from_object("celery_config")
+celery_config.configure(celery_app, CELERY_SETTINGS, BeatSettings.from_env())
 
 _settings: Settings | None = None
 _settings_lock = threading.Lock()  # the provisioning worker's threads start together
@@ -43,7 +47,7 @@ def get_settings() -> Settings:
 
             box_watch.configure_publisher(settings.redis_url)  # wakes the API's long polls
 
-            app_logging.configure(settings.log_level)
+            app_logging.configure(settings.log.level, settings.log.format)
             _settings = settings  # published last: other threads see it initialised
         return _settings
 
@@ -57,10 +61,7 @@ def _yield_cpu_to_the_web(**_: Any) -> None:
     answered at about half the rate with both at the same priority (BENCHMARKS.md, P4)."""
     import os
 
-    try:
-        increment = int(os.environ.get("WORKER_NICE", "10"))
-    except ValueError:
-        increment = 10
+    increment = CELERY_SETTINGS.worker_nice
     if increment > 0:
         with contextlib.suppress(OSError):
             os.nice(increment)
@@ -76,12 +77,13 @@ def _after_fork(**_: Any) -> None:
 def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     """Worker and beat log like the API (LOG_FORMAT, redaction, context fields)."""
     import logging
-    import os
 
     from app import logging as app_logging
 
-    level = loglevel or os.environ.get("LOG_LEVEL") or "INFO"
-    app_logging.configure(logging.getLevelName(level) if isinstance(level, int) else level.upper())
+    log = LogSettings.from_env()
+    level = loglevel or log.level
+    level = logging.getLevelName(level) if isinstance(level, int) else level.upper()
+    app_logging.configure(level, log.format)
 
 
 _BOX_TASKS = ("provisioning.", "teardown.", "control.")

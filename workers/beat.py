@@ -19,6 +19,8 @@ from typing import Any
 import redis
 from celery.beat import PersistentScheduler
 
+from app.config import BeatSettings, CelerySettings
+
 log = logging.getLogger(__name__)
 
 LEADER_KEY = "vibebox:beat:leader"
@@ -38,7 +40,7 @@ return 0
 
 
 def leader_ttl() -> float:
-    return max(1.0, float(os.environ.get("BEAT_LEADER_TTL_SECONDS", "30")))
+    return max(1.0, BeatSettings.from_env().leader_ttl_seconds)
 
 
 class LeaderScheduler(PersistentScheduler):
@@ -48,7 +50,7 @@ class LeaderScheduler(PersistentScheduler):
         self.leader_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.ttl = leader_ttl()
         self._redis = redis.Redis.from_url(
-            os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            CelerySettings.from_env().redis_url,
             socket_connect_timeout=5,
             socket_timeout=5,
         )

@@ -15,7 +15,6 @@ from functools import cache
 
 from celery import Task
 
-import celery_config
 from app.db import db_session
 from app.integrations.happy import HappyClient
 from app.integrations.ssh import BoxSession, SessionPool, SSHTarget
@@ -93,7 +92,7 @@ def run_box_step(task: Task, box_id: str, step: str) -> str:
     ended_at = outcome.step or step
     log.info("box %s: step %s ended %s", box_id, ended_at, outcome.kind)
     if outcome.kind in ("retry", "waiting"):
-        if outcome.delay is not None and outcome.delay > celery_config.max_countdown:
+        if outcome.delay is not None and outcome.delay > get_settings().celery.max_countdown:
             # Too long to hold as an unacknowledged message (RabbitMQ's consumer_timeout,
             # Redis's visibility_timeout): the box keeps its next_retry_at and the
             # reconciler sends the step on once that has passed.

@@ -162,7 +162,11 @@ def test_web_process_pools_one_database_connection_per_thread(monkeypatch, setti
     from app import create_app
     from app import db as app_db
 
-    monkeypatch.setenv("WEB_THREADS", "12")
+    import dataclasses
+
+    from app.config import WebSettings
+
+    settings = dataclasses.replace(settings, web=WebSettings(threads=12))
     monkeypatch.setattr(app_db, "_engines", {})  # this app makes its own engine
     monkeypatch.setitem(app_db.SessionFactory.kw, "bind", app_db.SessionFactory.kw.get("bind"))
     create_app(settings=settings)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from celery import Celery
 
+import celery_config
+from app.config import CelerySettings
 from tests.support.tiers import require_full_tier
 
 QUEUES = "provisioning,control,maintenance,celery"
@@ -26,7 +28,7 @@ STARTED: list[CeleryWorkerProcess | CeleryBeatProcess] = []
 def amqp_client(name: str, broker_url: str) -> Celery:
     """A Celery app publishing to a RabbitMQ broker (results stay on REDIS_URL)."""
     client = Celery(name)
-    client.config_from_object("celery_config")
+    celery_config.configure(client, CelerySettings.from_env())
     client.conf.update(
         broker_read_url=broker_url,
         broker_write_url=broker_url,
@@ -103,7 +105,7 @@ class CeleryWorkerProcess:
             return celery_app
         if self._client is None:
             client = Celery(f"client-of-{self.name}")
-            client.config_from_object("celery_config")
+            celery_config.configure(client, CelerySettings.from_env())
             # CELERY_BROKER_URL / CELERY_RESULT_BACKEND in this process's environment (the
             # suite's Redis, tests/conftest.py) win over broker_url / result_backend; the
             # read/write URLs and the backend class do not.

@@ -12,20 +12,20 @@ from typing import Any
 
 import pytest
 
-import celery_config
+from app.config import CelerySettings
 from app.services.boxes import runner
 from workers import boxes
 
 _SHOW = """
-import json, celery_config
+import json
 from workers import celery_app
 from app.config import Settings
 print(json.dumps({
     "broker": celery_app.conf.broker_url,
     "backend": type(celery_app.backend).__name__,
-    "result_backend": celery_config.result_backend,
-    "options": celery_config.broker_transport_options,
-    "settings_backend": Settings.from_env().celery_result_backend,
+    "result_backend": celery_app.conf.result_backend,
+    "options": celery_app.conf.broker_transport_options,
+    "settings_backend": Settings.from_env().celery.result_backend,
 }))
 """
 
@@ -70,7 +70,7 @@ class _Task:
 
 @pytest.mark.parametrize(("delay", "held"), [(300.0, True), (3600.0, False)])
 def test_only_countdowns_below_the_cap_are_held_by_the_worker(monkeypatch, delay, held):
-    assert celery_config.max_countdown < 1800  # RabbitMQ's default consumer_timeout
+    assert CelerySettings().max_countdown < 1800  # RabbitMQ's default consumer_timeout
     monkeypatch.setattr(boxes, "step_context", lambda: None)
     monkeypatch.setattr(boxes, "db_session", lambda: None)
 

@@ -8,7 +8,6 @@ instead of crashing.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -49,7 +48,9 @@ def _build(name: str, env: Mapping[str, str], settings: Settings) -> PaymentProv
 
 
 def build_registry(settings: Settings, env: Mapping[str, str] | None = None) -> ProviderRegistry:
-    env = os.environ if env is None else env
+    """The providers of ``settings.payment_providers``, each built from its own variables
+    (``settings.payment_variables``, or ``env`` when given)."""
+    env = settings.payment_env if env is None else env
     registry = ProviderRegistry()
     for name in settings.payment_providers:
         try:
