@@ -159,11 +159,10 @@ def test_max_waiters_defaults_to_half_the_threads(monkeypatch):
 
 
 def test_web_process_pools_one_database_connection_per_thread(monkeypatch, settings):
-    from app import create_app
-    from app import db as app_db
-
     import dataclasses
 
+    from app import create_app
+    from app import db as app_db
     from app.config import WebSettings
 
     settings = dataclasses.replace(settings, web=WebSettings(threads=12))
