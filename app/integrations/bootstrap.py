@@ -501,17 +501,9 @@ def bootstrap_script(*, happy_server_url: str, settings: BootstrapSettings | Non
     return "\n".join(lines)
 
 
-def cloud_init_user_data(
-    *,
-    happy_server_url: str,
-    settings: BootstrapSettings | None = None,
-    login_user: str = "root",
-    authorized_keys: tuple[str, ...] | list[str] = (),
-) -> str:
-    """``#cloud-config`` user-data: the pool login (``root``, or a user with passwordless
-    sudo) with ``authorized_keys``, and :func:`bootstrap_script` run once at first boot.
-    The capacity code still calls :func:`bootstrap_host` when the node is up: it finds
-    everything done, verifies, and pins the host key."""
+def _login_config(
+    login_user: str, authorized_keys: tuple[str, ...] | list[str]
+) -> dict[str, object]:
     config: dict[str, object] = {}
     keys = [k.strip() for k in authorized_keys if k.strip()]
     if login_user == "root":
@@ -530,6 +522,39 @@ def cloud_init_user_data(
                 "ssh_authorized_keys": keys,
             },
         ]
+    return config
+
+
+def cloud_init_login_user_data(
+    *, login_user: str = "root", authorized_keys: tuple[str, ...] | list[str] = ()
+) -> str:
+    """``#cloud-config`` user-data with only the pool login: ``root`` (root login allowed,
+    ``authorized_keys`` installed) or ``login_user`` created with passwordless sudo and
+    ``authorized_keys``. What the capacity code passes to every node it creates (small:
+    within every provider's user-data limit); :func:`bootstrap_host` over SSH does the rest,
+    so the two never run the bootstrap at the same time."""
+    body = yaml.dump(
+        _login_config(login_user, authorized_keys),
+        Dumper=_LiteralDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=1000,
+    )
+    return "#cloud-config\n" + body
+
+
+def cloud_init_user_data(
+    *,
+    happy_server_url: str,
+    settings: BootstrapSettings | None = None,
+    login_user: str = "root",
+    authorized_keys: tuple[str, ...] | list[str] = (),
+) -> str:
+    """``#cloud-config`` user-data: the pool login (``root``, or a user with passwordless
+    sudo) with ``authorized_keys``, and :func:`bootstrap_script` run once at first boot.
+    The capacity code still calls :func:`bootstrap_host` when the node is up: it finds
+    everything done, verifies, and pins the host key."""
+    config = _login_config(login_user, authorized_keys)
     config["write_files"] = [
         {
             "path": "/usr/local/sbin/vibebox-bootstrap",
@@ -583,6 +608,7 @@ __all__ = [
     "BootstrapStep",
     "bootstrap_host",
     "bootstrap_script",
+    "cloud_init_login_user_data",
     "cloud_init_user_data",
     "spec_version",
     "verify_host",

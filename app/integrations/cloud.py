@@ -9,9 +9,15 @@ Identity: every node we create is named ``vibebox-<server id>`` and tagged ``vib
 tags, by that name, so creation can look first and never make a second node for one server.
 
 Drivers: ``digitalocean`` (v2 API, end to end in the tests), ``ec2``, ``vultr`` (API v2),
-``linode`` (API v4), ``aliyun_ecs``. Credentials: ``{"key": ...}`` for DigitalOcean, Vultr
-and Linode; ``{"key": access key id, "secret": ...}`` for EC2 and Alibaba ECS (plus
-``securityGroupId`` for ECS, which requires one).
+``linode`` (API v4), ``aliyun_ecs`` (the others: the real drivers against API doubles,
+tests/integrations/test_cloud_drivers.py). Credentials: ``{"key": ...}`` for DigitalOcean,
+Vultr and Linode; ``{"key": access key id, "secret": ...}`` for EC2 and Alibaba ECS, ECS
+plus ``securityGroupId`` (required), ``vSwitchId``, ``zoneId``, ``systemDiskCategory``,
+``internetMaxBandwidthOut`` and ``internetChargeType``.
+
+SSH keys: DigitalOcean and Vultr take a registered key id, EC2 a key pair name; Linode
+takes the public key itself at create time; ECS (no key pairs in libcloud) gets it through
+the cloud-init ``user_data`` every create carries (each driver's own user-data field).
 
 Size (over 400 lines, on purpose): the per-driver differences of five libcloud drivers
 (tags, sizes, images, credentials, error shapes) are the whole point of this adapter; the
@@ -20,8 +26,11 @@ rest of the code sees one small interface.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import logging
+import re
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +53,10 @@ EXPECTED_BOOT_SECONDS = {
     "aliyun_ecs": 120,
 }
 DRIVERS = tuple(EXPECTED_BOOT_SECONDS)
+
+# Alibaba ECS: outbound public bandwidth (Mbps) when the provider does not set
+# internetMaxBandwidthOut; above 0, RunInstances gives the instance a public IPv4.
+ECS_BANDWIDTH_OUT_MBPS = 5
 
 
 def node_name(server_id: object) -> str:
@@ -98,7 +111,14 @@ class CloudCompute(Protocol):
     expected_boot_seconds: int
 
     def create_node(
-        self, *, name: str, size: str, image: str, ssh_key_id: str | None, tags: list[str]
+        self,
+        *,
+        name: str,
+        size: str,
+        image: str,
+        ssh_key_id: str | None,
+        tags: list[str],
+        user_data: str | None = None,
     ) -> CloudNode: ...
 
     def list_nodes(self, tag: str | None = None) -> list[CloudNode]: ...
@@ -142,10 +162,65 @@ def _retry_after(headers: dict[str, Any] | None) -> float:
 _QUOTA_WORDS = ("quota", "limit", "exceeded", "insufficient")
 
 
+# "Status code: 503." (Linode v4), "(code: 404)" (DigitalOcean), "(429) ..." (Vultr)
+_STATUS_IN_TEXT = re.compile(r"(?:Status code: |\(code: |^\()(\d{3})\b")
+
+# Errors a driver raises before any HTTP answer: our request does not fit the driver or the
+# provider (a missing or malformed setting). Retrying cannot help; an operator must act.
+_MISCONFIGURATION = (NotImplementedError, TypeError, AttributeError, ValueError)
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status behind a libcloud error, wherever the driver put it."""
+    for attr in ("code", "http_code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and 100 <= value <= 599:
+            return value
+    found = _STATUS_IN_TEXT.search(str(getattr(exc, "value", None) or exc))
+    return int(found.group(1)) if found else None
+
+
+def _by_status(code: int, message: str, what: str, headers: dict[str, Any] | None) -> Exception:
+    if code == 429:
+        return CloudRateLimitedError(
+            f"{what}: rate limited",
+            retry_after=_retry_after(headers),
+            safe_message="The cloud provider asked us to slow down; retrying.",
+        )
+    if code >= 500 or code == 408:  # server trouble, request timeout
+        return TransientError(
+            f"{what}: HTTP {code} {message}",
+            safe_message="The cloud provider had a temporary problem; retrying.",
+        )
+    if any(word in message.lower() for word in _QUOTA_WORDS):
+        return PermanentError(
+            f"{what}: quota: HTTP {code} {message}",
+            safe_message="The cloud provider refused: account quota or limit reached.",
+        )
+    return PermanentError(
+        f"{what}: HTTP {code} {message}", safe_message="The cloud provider refused the request."
+    )
+
+
 def translate(exc: BaseException, what: str) -> Exception:
-    """A libcloud / requests / socket error as TransientError or PermanentError."""
+    """A libcloud / requests / socket error as TransientError or PermanentError.
+
+    Transient (retried with backoff): 429 (with its retry hint), 5xx, 408, network
+    failures, a garbled answer (``MalformedResponseError``: a proxy's error page). Permanent
+    (the request is given up and the provider paused by the capacity code): refused
+    credentials, any other 4xx, and errors raised before or without an HTTP status (a plain
+    ``LibcloudError``, ``NotImplementedError``, ``TypeError``...): misconfiguration that
+    would only loop if retried; the message says what the driver objected to.
+    """
     from libcloud.common.exceptions import BaseHTTPError, RateLimitReachedError
-    from libcloud.common.types import InvalidCredsError, LibcloudError
+    from libcloud.common.types import (
+        InvalidCredsError,
+        LibcloudError,
+        MalformedResponseError,
+        ServiceUnavailableError,
+    )
 
     if isinstance(exc, (TransientError, PermanentError)):
         return exc
@@ -164,25 +239,12 @@ def translate(exc: BaseException, what: str) -> Exception:
     if isinstance(exc, BaseHTTPError):
         code = int(getattr(exc, "code", 0) or 0)
         message = str(getattr(exc, "message", "") or "")[:300]
-        if code == 429:
-            return CloudRateLimitedError(
-                f"{what}: rate limited",
-                retry_after=_retry_after(exc.headers),
-                safe_message="The cloud provider asked us to slow down; retrying.",
-            )
-        if code >= 500 or code == 0:
+        if code == 0:
             return TransientError(
-                f"{what}: HTTP {code} {message}",
+                f"{what}: HTTP ? {message}",
                 safe_message="The cloud provider had a temporary problem; retrying.",
             )
-        if any(word in message.lower() for word in _QUOTA_WORDS):
-            return PermanentError(
-                f"{what}: quota: HTTP {code} {message}",
-                safe_message="The cloud provider refused: account quota or limit reached.",
-            )
-        return PermanentError(
-            f"{what}: HTTP {code} {message}", safe_message="The cloud provider refused the request."
-        )
+        return _by_status(code, message, what, exc.headers)
     if isinstance(exc, (OSError, TimeoutError)) or type(exc).__module__.startswith(
         ("requests", "urllib3")
     ):
@@ -190,15 +252,27 @@ def translate(exc: BaseException, what: str) -> Exception:
             f"{what}: {type(exc).__name__}: {exc}",
             safe_message="Could not reach the cloud provider; retrying.",
         )
-    if isinstance(exc, LibcloudError):
-        text = str(exc)[:300]
+    if isinstance(exc, (MalformedResponseError, ServiceUnavailableError)):
+        return TransientError(
+            f"{what}: {type(exc).__name__}: {str(getattr(exc, 'value', exc))[:300]}",
+            safe_message="The cloud provider had a temporary problem; retrying.",
+        )
+    text = str(getattr(exc, "value", None) or exc)[:300]
+    status = _status_of(exc)
+    if status is not None:  # Linode's and Vultr's errors carry the status in their own way
+        return _by_status(status, text, what, getattr(exc, "headers", None))
+    if isinstance(exc, (LibcloudError, *_MISCONFIGURATION)) or type(exc).__module__.startswith(
+        "libcloud"
+    ):
         if any(word in text.lower() for word in _QUOTA_WORDS):
             return PermanentError(
                 f"{what}: {text}",
                 safe_message="The cloud provider refused: account quota or limit reached.",
             )
-        return TransientError(
-            f"{what}: {text}", safe_message="The cloud provider failed; retrying."
+        return PermanentError(
+            f"{what}: {type(exc).__name__}: {text}",
+            safe_message="The cloud provider rejected the request: check the provider's "
+            "settings (driver, region, image, size, credentials).",
         )
     return TransientError(
         f"{what}: {type(exc).__name__}: {exc}", safe_message="The cloud provider failed; retrying."
@@ -219,9 +293,14 @@ def _node_tags(node: Any) -> tuple[str, ...]:
     raw = (node.extra or {}).get("tags") or ()
     if isinstance(raw, dict):  # EC2, ECS: key -> value
         return tuple(k if v in ("", None, "1", "true") else f"{k}={v}" for k, v in raw.items())
-    if isinstance(raw, str):  # Vultr: one tag
+    if isinstance(raw, str):
         return (raw,)
-    return tuple(str(t) for t in raw)
+    found = tuple(str(t) for t in raw)
+    single = (node.extra or {}).get("tag")  # Vultr: one tag
+    return found + ((str(single),) if single else ())
+
+
+_NO_ADDRESS = ("0.0.0.0", "::")  # noqa: S104 (addresses a driver reports, not a bind)
 
 
 def _to_node(node: Any) -> CloudNode:
@@ -233,7 +312,8 @@ def _to_node(node: Any) -> CloudNode:
         id=str(node.id),
         name=str(node.name or ""),
         state=str(state).lower(),
-        public_ips=tuple(ip for ip in (node.public_ips or []) if ip),
+        # Vultr reports 0.0.0.0 until the address is assigned.
+        public_ips=tuple(ip for ip in (node.public_ips or []) if ip and ip not in _NO_ADDRESS),
         tags=_node_tags(node),
         size=size,
     )
@@ -307,6 +387,8 @@ class LibcloudCompute:
             return _guard("list nodes", lambda: self._do_list_by_tag(tag))
         if self.account.driver == "ec2" and tag is not None:
             raw = _guard("list nodes", lambda: self.driver.list_nodes(ex_filters={"tag-key": tag}))
+        elif self.account.driver == "vultr":  # instances only, not bare-metal machines
+            raw = _guard("list nodes", lambda: self.driver.list_nodes(ex_list_bare_metals=False))
         else:
             raw = _guard("list nodes", self.driver.list_nodes)
         nodes = [_to_node(n) for n in raw]
@@ -349,20 +431,32 @@ class LibcloudCompute:
         image: str,
         ssh_key_id: str | None,
         tags: list[str],
+        user_data: str | None = None,
     ) -> CloudNode:
         """Create a node; with ``tags`` containing a server tag, a node already carrying it
-        is returned instead (idempotent)."""
+        is returned instead (idempotent). ``user_data`` (cloud-init, plain text) goes to the
+        driver's own user-data field (each driver encodes it as its API wants)."""
         ours = [t for t in tags if t.startswith(f"{TAG}-server-")]
         if ours:
             found = self.list_nodes(tag=ours[0])
             if found:
                 return found[0]
+        if self.account.driver == "aliyun_ecs":
+            return _guard("create node", lambda: self._ecs_run(name, size, image, tags, user_data))
         return _to_node(
-            _guard("create node", lambda: self._create(name, size, image, ssh_key_id, tags))
+            _guard(
+                "create node", lambda: self._create(name, size, image, ssh_key_id, tags, user_data)
+            )
         )
 
     def _create(
-        self, name: str, size: str, image: str, ssh_key_id: str | None, tags: list[str]
+        self,
+        name: str,
+        size: str,
+        image: str,
+        ssh_key_id: str | None,
+        tags: list[str],
+        user_data: str | None,
     ) -> Any:
         from libcloud.compute.base import NodeImage, NodeLocation, NodeSize
 
@@ -376,67 +470,145 @@ class LibcloudCompute:
             attrs: dict[str, Any] = {"tags": tags}
             if keys:
                 attrs["ssh_keys"] = [int(k) if k.isdigit() else k for k in keys]
-            return d.create_node(name, size_obj, image_obj, location, ex_create_attr=attrs)
+            return d.create_node(
+                name, size_obj, image_obj, location, ex_create_attr=attrs, ex_user_data=user_data
+            )
         if kind == "ec2":
+            # The key pair is named (ex_keyname); tags become instance tags (with Name).
             return d.create_node(
                 name=name,
                 size=size_obj,
                 image=image_obj,
                 ex_keyname=ssh_key_id,
+                ex_userdata=user_data,
                 ex_metadata={t: "1" for t in tags},
+                ex_clienttoken=name[:64],  # EC2's own idempotency token
             )
         if kind == "vultr":
             return d.create_node(
-                name, size_obj, location, image_obj, ex_ssh_key_ids=keys or None, ex_tag=tags[-1]
+                name,
+                size_obj,
+                location,
+                image_obj,
+                ex_ssh_key_ids=keys or None,
+                ex_userdata=user_data,
+                ex_tag=tags[-1],
+                ex_hostname=name,
             )
         if kind == "linode":
+            # Linode insists on a root password with an image: a random one, never stored
+            # nor logged (login is by key; cloud-init may lock it). The key itself goes in
+            # authorized_keys (Linode has no key id to name).
+            public_key = self.account.credentials.get("publicKey", "")
             return d.create_node(
                 location=location,
                 name=name,
                 size=size_obj,
                 image=image_obj,
-                ex_authorized_keys=[self.account.credentials.get("publicKey", "")],
+                root_pass=_random_root_password(),
+                ex_authorized_keys=[public_key] if public_key else None,
                 ex_tags=tags,
-            )
-        if kind == "aliyun_ecs":
-            return d.create_node(
-                name=name,
-                size=size_obj,
-                image=image_obj,
-                ex_security_group_id=self.account.credentials.get("securityGroupId"),
-                ex_keyname=ssh_key_id,
-                ex_client_token=name[:64],  # ECS's own idempotency token
+                ex_userdata=user_data,
             )
         raise PermanentError(f"unknown cloud driver {kind!r}")
 
+    def _ecs_run(
+        self, name: str, size: str, image: str, tags: list[str], user_data: str | None
+    ) -> CloudNode:
+        """Alibaba ECS: ``RunInstances`` through the driver's signed connection.
+
+        libcloud's ECS ``create_node`` uses ``CreateInstance``, which takes no user data,
+        assigns no public address in a VPC and blocks until the node runs; ``RunInstances``
+        creates and starts the instance, gives it a public IPv4 when
+        ``InternetMaxBandwidthOut`` > 0, takes ``UserData`` (our SSH key: the driver has no
+        key pairs) and tags, and is idempotent by ``ClientToken``.
+        """
+        creds = self.account.credentials
+        group = creds.get("securityGroupId")
+        if not group:
+            raise PermanentError(
+                "aliyun_ecs: the credentials need securityGroupId",
+                safe_message="Alibaba ECS needs a security group (securityGroupId).",
+            )
+        params: dict[str, Any] = {
+            "Action": "RunInstances",
+            "RegionId": self.account.region,
+            "ImageId": image,
+            "InstanceType": size,
+            "InstanceName": name,
+            "HostName": name,
+            "SecurityGroupId": group,
+            "InternetChargeType": creds.get("internetChargeType") or "PayByTraffic",
+            "InternetMaxBandwidthOut": str(
+                int(creds.get("internetMaxBandwidthOut") or ECS_BANDWIDTH_OUT_MBPS)
+            ),
+            "Amount": "1",
+            "ClientToken": name[:64],
+        }
+        if creds.get("vSwitchId"):
+            params["VSwitchId"] = creds["vSwitchId"]
+        if creds.get("zoneId"):
+            params["ZoneId"] = creds["zoneId"]
+        if creds.get("systemDiskCategory"):
+            params["SystemDisk.Category"] = creds["systemDiskCategory"]
+        if user_data:
+            params["UserData"] = base64.b64encode(user_data.encode()).decode()
+        for n, tag in enumerate(tags, start=1):
+            params[f"Tag.{n}.Key"] = tag
+            params[f"Tag.{n}.Value"] = "1"
+        d = self.driver
+        answer = d.connection.request(d.path, params=params).object
+        ids = [e.text for e in answer.iter() if e.tag.endswith("InstanceIdSet") and e.text]
+        if not ids:
+            raise PermanentError(
+                "aliyun_ecs: RunInstances answered without an instance id",
+                safe_message="The cloud provider did not say which server it created.",
+            )
+        found = d.list_nodes(ex_node_ids=[ids[0]])
+        if found:
+            return _to_node(found[0])
+        return CloudNode(id=ids[0], name=name, state="pending", tags=tuple(tags))
+
     def destroy_node(self, node_id: str) -> None:
         """Destroy the node; one the provider no longer knows counts as destroyed."""
-        from libcloud.compute.base import Node
+        from libcloud.compute.base import Node, NodeSize
         from libcloud.compute.types import NodeState
 
-        node = Node(node_id, "", NodeState.UNKNOWN, [], [], self.driver)
+        # A size with an id: Vultr looks at it to tell instances from bare metal.
+        size = NodeSize("", "", 0, 0, 0, 0, self.driver)
+        node = Node(node_id, "", NodeState.UNKNOWN, [], [], self.driver, size=size)
         try:
-            self.driver.destroy_node(node)
+            if self.account.driver == "aliyun_ecs":
+                # libcloud stops the instance and waits; DeleteInstance Force does it at once.
+                params = {"Action": "DeleteInstance", "InstanceId": node_id, "Force": "true"}
+                self.driver.connection.request(self.driver.path, params=params)
+            else:
+                self.driver.destroy_node(node)
         except Exception as exc:
-            if getattr(exc, "code", None) == 404 or "(code: 404)" in str(exc):
+            if _status_of(exc) == 404 or "NotFound" in str(exc):
                 return
             raise translate(exc, "destroy node") from None
 
     def register_key(self, name: str, public_key: str) -> str:
-        """Register our SSH public key with the provider; returns its key id (the existing
-        one when a key of that name is already there)."""
+        """Register our SSH public key with the provider; returns what ``create_node`` takes
+        as ``ssh_key_id`` (the existing key when one of that name is already there): the
+        key id (DigitalOcean, Vultr), the key pair NAME (EC2's ``KeyName``), or ``name``
+        itself for drivers without key import (Linode takes the key at create time, Alibaba
+        ECS gets it through cloud-init user data)."""
+        kind = self.account.driver
+        if kind == "digitalocean":
+            return str(_guard("register key", lambda: self._do_register(name, public_key)))
+        if kind in ("linode", "aliyun_ecs"):
+            return name
 
         def register() -> str:
-            for pair in self.driver.list_key_pairs():
-                if pair.name == name:
-                    return str((pair.extra or {}).get("id") or pair.fingerprint or pair.name)
-            pair = self.driver.import_key_pair_from_string(name, public_key)
-            return str((pair.extra or {}).get("id") or pair.fingerprint or pair.name)
+            pair = next((p for p in self.driver.list_key_pairs() if p.name == name), None)
+            if pair is None:
+                pair = self.driver.import_key_pair_from_string(name, public_key)
+            if kind == "ec2":
+                return str(pair.name)
+            return str((pair.extra or {}).get("id") or pair.name)
 
-        if self.account.driver == "digitalocean":
-            return _guard("register key", lambda: self._do_register(name, public_key))
-        if self.account.driver == "linode":
-            return "authorized_keys"  # Linode takes the public key itself at create time
         return str(_guard("register key", register))
 
     def _do_register(self, name: str, public_key: str) -> str:
@@ -445,6 +617,12 @@ class LibcloudCompute:
                 return str(pair.extra.get("id"))
         pair = self.driver.create_key_pair(name, public_key)
         return str(pair.extra.get("id"))
+
+
+def _random_root_password() -> str:
+    """A strong throwaway password (Linode requires one with an image): 32 random URL-safe
+    characters plus one of each class Linode's strength check counts."""
+    return secrets.token_urlsafe(24) + "aZ9#"
 
 
 def connect(account: CloudAccount) -> CloudCompute:

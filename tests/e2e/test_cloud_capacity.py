@@ -81,6 +81,9 @@ def test_empty_pool_paid_box_gets_a_new_droplet_and_runs(
         droplet.address,
     )
     assert server.host_key_fingerprint == droplet.host_key_fingerprint
+    # cloud-init user data with the provider's key went with the create request.
+    assert droplet.user_data is not None and droplet.user_data.startswith("#cloud-config")
+    assert droplet.user_data.count("ssh-ed25519 ") == 1
     print(
         f"paid-to-running with on-demand creation: {time.monotonic() - started:.1f}s "
         f"(simulated boot delay {do.boot_delay}s)"

@@ -20,6 +20,7 @@ from app.integrations.bootstrap import (
     BootstrapError,
     bootstrap_host,
     bootstrap_script,
+    cloud_init_login_user_data,
     cloud_init_user_data,
     spec_version,
 )
@@ -178,3 +179,14 @@ def test_cloud_init_user_data_runs_the_same_steps_idempotently(
     assert first.stdout.count("status=done") == 2  # happy, environment (node was there)
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("status=skipped") == 3 and "status=done" not in second.stdout
+
+
+def test_cloud_init_login_user_data_makes_only_the_login():
+    sudoer = yaml.safe_load(
+        cloud_init_login_user_data(login_user="vibe", authorized_keys=["ssh-ed25519 AAAA k"])
+    )
+    assert sudoer["users"][1]["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+    assert sudoer["users"][1]["ssh_authorized_keys"] == ["ssh-ed25519 AAAA k"]
+    assert "runcmd" not in sudoer and "write_files" not in sudoer
+    root = yaml.safe_load(cloud_init_login_user_data(authorized_keys=["ssh-ed25519 AAAA k"]))
+    assert root == {"disable_root": False, "ssh_authorized_keys": ["ssh-ed25519 AAAA k"]}

@@ -6,7 +6,8 @@ API (the subset libcloud's DigitalOcean driver and the capacity service use), al
 
 - ``GET /v2/account``; ``GET|POST /v2/account/keys``
 - ``GET /v2/sizes``, ``/v2/regions``, ``/v2/images``
-- ``POST /v2/droplets`` (202; ``name``, ``region``, ``size``, ``image``, ``ssh_keys``, ``tags``;
+- ``POST /v2/droplets`` (202; ``name``, ``region``, ``size``, ``image``, ``ssh_keys``, ``tags``,
+  ``user_data`` (kept on the droplet, not run);
   422 when the account's droplet limit is reached), ``GET /v2/droplets`` (``tag_name``
   filter, ``page`` / ``per_page`` with ``links.pages.{first,prev,next,last}`` and
   ``meta.total``), ``GET|DELETE /v2/droplets/<id>``
@@ -109,6 +110,7 @@ class Droplet:
     key_ids: list[int]
     created_at: str
     status: str = "new"
+    user_data: str | None = None  # cloud-init, kept as sent (the double's machines ignore it)
     address: str | None = None
     directory: Path | None = None
     process: subprocess.Popen[bytes] | None = None
@@ -605,6 +607,7 @@ def _handler_for(double: DigitalOceanDouble) -> type[BaseHTTPRequestHandler]:
                     [str(t) for t in body.get("tags") or []],
                     keys,
                     _now(),
+                    user_data=str(body["user_data"]) if body.get("user_data") else None,
                 )
                 double.droplets[droplet.id] = droplet
             thread = threading.Thread(

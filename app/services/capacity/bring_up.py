@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app import telemetry
 from app.errors import PermanentError, TransientError
-from app.integrations import cloud, ssh
+from app.integrations import bootstrap, cloud, ssh
 from app.integrations.cloud import CloudCompute, CloudRateLimitedError
 from app.models import CloudProvider, Server
 from app.services import jobs, pool
@@ -35,6 +35,7 @@ def advance_server(session: Session, server_id: uuid.UUID, ctx: CapacityContext)
     if _now() > deadline:
         return _give_up(session, server_id, ctx, "never became reachable")
     compute = ctx.compute_for(provider)
+    provider_name = provider.name
     try:
         if server.state == "creating":
             reached = _create_and_locate(session, server_id, provider, compute, ctx)
@@ -47,6 +48,9 @@ def advance_server(session: Session, server_id: uuid.UUID, ctx: CapacityContext)
         return Progress("retry", max(exc.retry_after, settings.cloud.poll_seconds), str(exc))
     except PermanentError as exc:
         session.rollback()
+        # The operator's detail (what the provider or driver objected to); the row and the
+        # waiting boxes get the safe message.
+        log.warning("capacity: server %s at %s: %s", server_id, provider_name, exc)
         server = session.get(Server, server_id)
         if server is not None and server.cloud_node_id is None:
             return _give_up(session, server_id, ctx, f"{CREATE_FAILED}{exc.safe_message}")
@@ -83,6 +87,11 @@ def _create_and_locate(
     node_id = server.cloud_node_id
     if node_id is None:
         size, image, key_id = server.cloud_size or "", provider.image, provider.ssh_key_id
+        # cloud-init makes the login (root, or a passwordless sudoer) with our key: images
+        # whose default user is not the login, and drivers without key pairs (ECS), need it.
+        user_data = bootstrap.cloud_init_login_user_data(
+            login_user=provider.login_user, authorized_keys=[provider.ssh_public_key]
+        )
         session.commit()  # the row is committed in `creating` before the API call
         created = compute.create_node(
             name=cloud.node_name(server_id),
@@ -90,6 +99,7 @@ def _create_and_locate(
             image=image,
             ssh_key_id=key_id,
             tags=cloud.tags_for(server_id),
+            user_data=user_data,
         )
         server = session.get(Server, server_id, populate_existing=True)
         assert server is not None
