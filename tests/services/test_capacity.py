@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.integrations import cloud
 from app.models import BoxEvent, CloudProvider, Server, VibeBox
-from app.services import capacity
+from app.services import capacity, pool
 from app.services.capacity import cloud_providers
 from tests.factories import UserFactory
 from tests.support.do_double import DigitalOceanDouble
@@ -248,11 +248,36 @@ def test_sweep_refills_the_warm_pool_and_retires_idle_servers(session, settings,
     assert states == {servers[0].id: "destroyed", servers[1].id: "available"}
 
 
-def test_a_node_that_never_boots_is_destroyed(session, settings, do, ctx):
-    provider = make_provider(session, settings, do)
-    capacity.request_capacity(session, make_box(session).id, encryption_key=settings.encryption_key)
+def _waiting_box_with_its_server(session, settings, provider) -> tuple[VibeBox, Server]:
+    box = make_box(session)
+    capacity.request_capacity(session, box.id, encryption_key=settings.encryption_key)
+    box.status = "waiting_for_capacity"  # as the engine leaves it, retrying much later
+    box.next_retry_at = datetime.now(UTC) + timedelta(hours=1)
     session.commit()
     (server,) = cloud_servers(session, provider)
+    return box, server
+
+
+def _the_box_is_woken_and_gets_a_replacement(session, settings, do, ctx, provider, box) -> None:
+    session.refresh(box)
+    assert box.next_retry_at is not None and box.next_retry_at <= datetime.now(UTC)
+    # The woken box asks again (the engine: allocation finds nothing, capacity is asked).
+    assert pool.allocate_server(session, box) is None
+    message = capacity.request_capacity(session, box.id, encryption_key=settings.encryption_key)
+    session.commit()
+    assert message is not None and f"Creating a new server at {provider.name}" in message
+    gone, replacement = cloud_servers(session, provider)
+    assert (gone.state, replacement.state) == ("destroyed", "creating")
+    do.never_boot = do.never_answer = False
+    assert bring_up(session, replacement.id, ctx).outcome == "available"
+    allocated = pool.allocate_server(session, box)
+    assert allocated is not None and allocated.id == replacement.id
+    assert [str(d.id) for d in do.live_droplets()] == [replacement.cloud_node_id]
+
+
+def test_a_node_that_never_boots_is_destroyed_and_replaced(session, settings, do, ctx):
+    provider = make_provider(session, settings, do)
+    box, server = _waiting_box_with_its_server(session, settings, provider)
     do.never_boot = True
     short = replace(
         ctx,
@@ -262,6 +287,30 @@ def test_a_node_that_never_boots_is_destroyed(session, settings, do, ctx):
     session.refresh(server)
     assert server.state == "destroyed" and "never became reachable" in (server.last_error or "")
     assert do.live_droplets() == []
+    _the_box_is_woken_and_gets_a_replacement(session, settings, do, ctx, provider, box)
+
+
+def test_a_node_whose_sshd_never_answers_is_destroyed_and_replaced(session, settings, do, ctx):
+    """It has an address, but nothing answers there: refused connections are retried until
+    the boot timeout (a booting node's sshd comes up after its address), then given up."""
+    provider = make_provider(session, settings, do)
+    box, server = _waiting_box_with_its_server(session, settings, provider)
+    do.never_answer = True
+    timeout = 3.0
+    short = replace(
+        ctx,
+        settings=replace(
+            ctx.settings, cloud=replace(ctx.settings.cloud, boot_timeout_seconds=timeout)
+        ),
+    )
+    assert bring_up(session, server.id, short).outcome == "destroyed"
+    assert datetime.now(UTC) - server.created_at >= timedelta(seconds=timeout)
+    session.refresh(server)
+    (droplet,) = [d for d in do.droplets.values() if str(d.id) == server.cloud_node_id]
+    assert droplet.deleted and server.host == droplet.address  # it had an address
+    assert server.host_key_fingerprint == ""  # never reached: nothing was pinned
+    assert server.state == "destroyed" and "never became reachable" in (server.last_error or "")
+    _the_box_is_woken_and_gets_a_replacement(session, settings, do, ctx, provider, box)
 
 
 def test_rate_limited_creation_waits_for_the_reset(session, settings, do, ctx):
@@ -282,8 +331,6 @@ def test_a_cloud_server_an_operator_retired_has_its_droplet_destroyed(session, s
     session.commit()
     (server,) = cloud_servers(session, provider)
     assert bring_up(session, server.id, ctx).outcome == "available"
-    from app.services import pool
-
     pool.update_server(session, server.id, state="retired")
     session.commit()
     assert capacity.sweep(session, ctx).retiring == [server.id]
@@ -348,3 +395,69 @@ def test_a_box_gets_a_server_only_from_a_provider_serving_its_region(session, se
     refused = capacity.request_capacity(session, lone.id, encryption_key=settings.encryption_key)
     assert refused is None
     assert len(cloud_servers(session, cn)) == 1 and cloud_servers(session, intl) == []
+
+
+def test_only_waiting_boxes_a_server_being_created_could_take_count_against_it(
+    session, settings, do
+):
+    """A box shares a server being created with the boxes already waiting on it; a waiting
+    box of another region, or of a plan such a server does not fit, waits on its own."""
+    intl = make_provider(session, settings, do, box_region="intl")
+    cn = make_provider(session, settings, do, box_region="cn")
+
+    def ask(plan: str, region: str, *, then: str = "waiting_for_capacity") -> str | None:
+        box = make_box(session, plan)
+        box.region = region
+        session.commit()
+        message = capacity.request_capacity(session, box.id, encryption_key=settings.encryption_key)
+        box.status = then  # the engine leaves a box waiting for what it asked
+        session.commit()
+        return message
+
+    assert "Creating a new server" in (ask("basic", "intl") or "")
+    # A second intl server is being created whose box found a place elsewhere meanwhile.
+    assert "Creating a new server" in (ask("basic", "intl", then="terminated") or "")
+    # Other waiting boxes: another region, and a plan no server being created fits.
+    assert cn.name in (ask("basic", "cn") or "")
+    pro = ask("pro", "intl")
+    assert pro is not None and f"Creating a new server at {intl.name}" in pro
+    sizes = sorted(s.cloud_size or "" for s in cloud_servers(session, intl))
+    assert sizes == ["s-2vcpu-4gb", "s-2vcpu-4gb", "s-4vcpu-8gb"]
+    # Two basic servers being created at intl, one intl basic box waiting on them: the
+    # next intl basic box takes the other one rather than a third server.
+    shared = ask("basic", "intl")
+    assert shared is not None and "is being created" in shared, shared
+    assert len(cloud_servers(session, intl)) == 3
+    # ...and the one after it does need a new server.
+    assert "Creating a new server" in (ask("basic", "intl") or "")
+    assert len(cloud_servers(session, intl)) == 4
+    assert len(cloud_servers(session, cn)) == 1
+
+
+def test_providers_sharing_a_cloud_account_leave_each_others_nodes_alone(
+    session, settings, do, ctx
+):
+    """Two providers on one account (say one per warm size) list the same tagged nodes: each
+    sweep keeps the other's live nodes; a node nobody's row names is still an orphan."""
+    tag = uuid.uuid4().hex[:6]
+    small = make_provider(session, settings, do, name=f"a-small-{tag}")  # first by name
+    big = make_provider(
+        session, settings, do, name=f"b-big-{tag}", plan_sizes={"basic": "s-4vcpu-8gb"}
+    )
+    capacity.request_capacity(session, make_box(session).id, encryption_key=settings.encryption_key)
+    session.commit()
+    (server,) = cloud_servers(session, small)
+    assert bring_up(session, server.id, ctx).outcome == "available"
+    ghost = do.add_foreign_droplet(f"vibebox-{uuid.uuid4()}", ["vibebox"])
+    report = capacity.SweepReport()
+    capacity.reconcile_orphans(session, big, ctx, report)
+    assert report.orphans == [str(ghost.id)] and ghost.deleted
+    assert [str(d.id) for d in do.live_droplets()] == [server.cloud_node_id]
+    session.refresh(server)
+    assert server.state == "available"
+    # Once its row is destroyed, a node left behind is an orphan for either provider.
+    server.state = "destroyed"
+    session.commit()
+    report = capacity.SweepReport()
+    capacity.reconcile_orphans(session, big, ctx, report)
+    assert report.orphans == [server.cloud_node_id] and do.live_droplets() == []

@@ -16,7 +16,8 @@ API (the subset libcloud's DigitalOcean driver and the capacity service use), al
 Faults: ``rate_limit_next(n, reset_in)`` answers 429 with ``ratelimit-limit``,
 ``ratelimit-remaining`` and ``ratelimit-reset`` (epoch seconds, as DigitalOcean does; no
 Retry-After); ``fail_next(n, status, path)`` answers 5xx; ``boot_delay`` is the simulated time
-from create to SSH answering; ``never_boot`` leaves new droplets without an address.
+from create to SSH answering; ``never_boot`` leaves new droplets without an address;
+``never_answer`` gives them an address (active) but no sshd (connections are refused).
 
 Machines: each droplet gets its own address from a 127.x.y.N pool and an ``sshd`` bound
 there on the provider's SSH port, with its own ed25519 host key, accepting the SSH keys
@@ -184,6 +185,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         self.token = token
         self.boot_delay = boot_delay
         self.never_boot = False
+        self.never_answer = False
         self.droplet_limit = droplet_limit
         self.per_page_max = per_page_max
         self.ssh_port = ssh_port or _free_port()
@@ -217,6 +219,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         with self.lock:
             self._faults = _Faults()
         self.never_boot = False
+        self.never_answer = False
 
     def live_droplets(self) -> list[Droplet]:
         with self.lock:
@@ -277,6 +280,9 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
             if self._next_host > 250:
                 self._next_host = 11
             droplet.address = f"{self._net}.{self._next_host}"
+            if self.never_answer:  # an address, but its sshd never comes up
+                droplet.status = "active"
+                return
         try:
             self._start_machine(droplet)
         except Exception as exc:  # the droplet stays "new"; tests see it never boots

@@ -16,7 +16,9 @@ Cloud server lifecycle (``servers.state``)::
   a region: any provider) that has a size for the plan, is under its maximum and its monthly
   budget, gets a new server row in ``creating`` - committed BEFORE any cloud API call - and
   the box waits with a ``creating_server`` event that shows the provider's expected boot
-  time. Boxes that are already waiting share servers being created (one per waiting box).
+  time. Boxes that are already waiting share servers being created (one per waiting box)
+  of their region that fit their plan; only waiting boxes that could take such a server
+  count against it.
 - **Creation is idempotent**: the node is named ``vibebox-<server id>`` and tagged
   ``vibebox`` + ``vibebox-server-<id>``; :func:`advance_server` looks the tag up before it
   creates. A crash (SIGKILL) between the create call and our commit leaves a ``creating``
@@ -27,8 +29,9 @@ Cloud server lifecycle (``servers.state``)::
 - **Beat** (:func:`sweep`): stuck creations resent; each provider's warm target kept
   (idle + being created servers of its warm size); idle servers above the warm target retired
   after ``idle_retire_seconds``; orphans (nodes with our tag and no live row) adopted
-  (``creating`` rows), else destroyed or only reported (``CLOUD_ORPHAN_POLICY``), always
-  logged and counted (``vibebox_cloud_orphans_total``).
+  (``creating`` rows), left alone when another provider's live row names them (providers
+  sharing a cloud account list the same nodes), else destroyed or only reported
+  (``CLOUD_ORPHAN_POLICY``), always logged and counted (``vibebox_cloud_orphans_total``).
 
 Remote work (cloud API, SSH) runs with no transaction open; like the engine's runner,
 :func:`advance_server` and :func:`destroy_server` commit between their phases.

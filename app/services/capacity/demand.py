@@ -6,7 +6,7 @@ import logging
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from app import telemetry
@@ -26,6 +26,14 @@ def _providers_for(session: Session, region: str | None) -> list[CloudProvider]:
     if region is not None:
         stmt = stmt.where(CloudProvider.box_region == region)
     return list(session.scalars(stmt.order_by(CloudProvider.name)))
+
+
+def _takes_region(region: str | None) -> ColumnElement[bool]:
+    """Boxes allocation hands a server of ``region`` to (``allocation.wake_waiting_boxes``):
+    a box of region R takes only servers of R, a box without a region takes any."""
+    if region is None:
+        return VibeBox.region.is_(None)
+    return VibeBox.region.is_(None) | (VibeBox.region == region)
 
 
 def new_cloud_server(
@@ -103,28 +111,45 @@ def request_capacity(session: Session, box_id: uuid.UUID, *, encryption_key: byt
         session.execute(
             select(CloudProvider.id).where(CloudProvider.id == provider.id).with_for_update()
         )
-        in_flight = (
-            session.scalar(
-                select(func.count())
-                .select_from(Server)
-                .where(
-                    Server.cloud_provider_id == provider.id,
-                    Server.state.in_(IN_FLIGHT),
-                    Server.cpu_cores >= plan.cpu_cores,
-                    Server.ram_gb >= plan.ram_gb,
-                    Server.disk_gb >= plan.disk_gb,
-                )
+        # Servers of this provider being created that this box fits (their region is the
+        # provider's box_region, which matches the box's: _providers_for)...
+        fitting = (
+            select(Server.id)
+            .where(
+                Server.cloud_provider_id == provider.id,
+                Server.state.in_(IN_FLIGHT),
+                Server.cpu_cores >= plan.cpu_cores,
+                Server.ram_gb >= plan.ram_gb,
+                Server.disk_gb >= plan.disk_gb,
             )
-            or 0
+            .subquery()
+        )
+        in_flight = session.scalar(select(func.count()).select_from(fitting)) or 0
+        # ...and the other waiting boxes that could take one of them: boxes allocation would
+        # hand such a server to (its region, or none) whose plan fits one. Boxes of other
+        # regions or plans no such server fits wait on servers of their own.
+        other = Plan.__table__.alias("other_plan")
+        fits_one = (
+            select(Server.id)
+            .where(
+                Server.id.in_(select(fitting.c.id)),
+                Server.cpu_cores >= other.c.cpu_cores,
+                Server.ram_gb >= other.c.ram_gb,
+                Server.disk_gb >= other.c.disk_gb,
+            )
+            .exists()
         )
         waiting = (
             session.scalar(
                 select(func.count())
                 .select_from(VibeBox)
+                .join(other, other.c.id == VibeBox.plan_id)
                 .where(
                     VibeBox.status == "waiting_for_capacity",
                     VibeBox.server_id.is_(None),
                     VibeBox.id != box.id,
+                    _takes_region(provider.box_region),
+                    fits_one,
                 )
             )
             or 0

@@ -19,14 +19,21 @@ def reconcile_orphans(
     session: Session, provider: CloudProvider, ctx: CapacityContext, report: SweepReport
 ) -> None:
     """Nodes with our tag: ours (a live row with that node id), adoptable (a ``creating``
-    row without a node id: a crash between create and commit), or orphans."""
+    row without a node id: a crash between create and commit), another provider's (a live
+    row of a provider sharing the cloud account: left to that provider's sweep), or
+    orphans."""
     name, policy = provider.name, ctx.settings.cloud.orphan_policy
     compute = ctx.compute_for(provider)
     session.commit()
     nodes = compute.list_nodes(tag=cloud.TAG)
     for node in nodes:
         row = _server_of(session, node.server_id)
-        if row is not None and row.cloud_provider_id == provider.id:
+        if row is not None and row.cloud_provider_id not in (None, provider.id):
+            if row.state != "destroyed":
+                # Another provider on the same cloud account (one per warm size, say) lists
+                # the same nodes: that node is its to keep, adopt or destroy, not ours.
+                continue
+        elif row is not None and row.cloud_provider_id == provider.id:
             if row.cloud_node_id == node.id and row.state != "destroyed":
                 continue
             if row.cloud_node_id is None and row.state == "creating":

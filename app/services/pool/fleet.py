@@ -3,9 +3,10 @@ Happy CLI out server by server.
 
 No Flask here. :func:`exec_on_servers` only reads the database. :func:`upgrade_happy` changes
 server states (a free server is ``draining`` while its CLI is replaced, so no box is
-allocated to it mid-install; one that fails is quarantined) and calls ``commit`` after each
-change, because the rollout takes minutes and other processes must see those states at once;
-the caller (the CLI command) owns the session.
+allocated to it mid-install: drained before the live-box check, never after; one that fails
+is quarantined) and calls ``commit`` after each change, because the rollout takes minutes
+and other processes must see those states at once; the caller (the CLI command) owns the
+session.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import BootstrapSettings
@@ -97,6 +98,26 @@ def package_for(version: str | None, settings: BootstrapSettings) -> tuple[str, 
     return spec, f"={wanted}" if wanted else "always"
 
 
+def _drain_free(session: Session, server_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """``available`` -> ``draining`` in one conditional UPDATE: atomic against allocation
+    (which takes only ``available`` servers, locking the row), so no box can be given a
+    server between our decision and the drain. Returns the ids drained."""
+    if not server_ids:
+        return set()
+    drained = set(
+        session.scalars(
+            update(Server)
+            .where(Server.id.in_(server_ids), Server.state == "available")
+            .values(state="draining")
+            .returning(Server.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for server_id in drained:
+        log.info("fleet: server %s draining for upgrade-happy", server_id)
+    return drained
+
+
 def upgrade_happy(
     session: Session,
     *,
@@ -112,9 +133,11 @@ def upgrade_happy(
 ) -> UpgradeReport:
     """Install ``happy-coder@version`` (default HAPPY_CODER_PACKAGE) on every non-retired
     server, ``parallel`` at a time, re-verifying each (happy on PATH, HAPPY_SERVER_URL
-    reachable). A server with a live box is skipped unless ``include_busy``. A free server is
-    drained for the install and put back after. The rollout stops after the first batch with
-    a failure; the failed servers without a box are quarantined with the reason."""
+    reachable). A free server is drained for the install (before the live-box check, in one
+    UPDATE, so no box is allocated to it in between) and put back after; a server with a
+    live box is skipped (undrained) unless ``include_busy``. The rollout stops after the
+    first batch with a failure; the failed servers without a box are quarantined with the
+    reason."""
     spec, want = package_for(version, settings)
     settings = replace(settings, happy_coder_package=spec)
     servers = select_servers(session, all_servers=True)
@@ -124,19 +147,23 @@ def upgrade_happy(
     while queue:
         batch, queue = queue[:parallel], queue[parallel:]
         work: list[tuple[Server, SSHTarget, bool]] = []  # server, target, drained by us
+        # Drain first, then look for a box: checking first would leave a window in which a
+        # box is allocated the free server we then drain and upgrade under it.
+        drained_ids = _drain_free(session, [s.id for s in batch])
+        commit()
         busy = pool.live_box_ids(session, [s.id for s in batch])
         for server in batch:
+            session.refresh(server)
+            drained = server.id in drained_ids
             if server.id in busy and not include_busy:
+                if drained:  # not ours to upgrade after all: undrain (allocated, as it hosts)
+                    pool.update_server(session, server.id, state="available")
                 outcome = UpgradeOutcome(
                     server.id, _where(server), "skipped_busy", f"hosts box {busy[server.id]}"
                 )
                 outcomes.append(outcome)
                 progress(outcome)
                 continue
-            drained = False
-            if server.state == "available":
-                pool.drain_server(session, server.id)
-                drained = True
             work.append((server, pool.ssh_target_for(server, encryption_key), drained))
         commit()
 
