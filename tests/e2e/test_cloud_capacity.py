@@ -279,3 +279,24 @@ def test_rate_limit_then_server_error_on_create_still_gives_one_droplet_and_a_ru
             "the box's events/lastError never show the cloud API waits (429/5xx) of the "
             f"server being created for it; it saw only {sorted(box_messages)}"
         )
+
+
+def test_a_lost_create_answer_adopts_the_droplet_instead_of_making_a_second(
+    admin, make_user, do, celery_worker, settings
+):
+    add_provider(settings, do)
+    # The droplet is made, but the answer to the create is a 502: the retry must find the
+    # droplet by its server tag rather than create another.
+    do.lose_next_create_answers(1, 502)
+    creates_before = do.create_attempts()
+    user = make_user()
+    box_id = provision(admin, user)
+    doc = user.wait_for(box_id, {"running", "error"}, timeout=180)
+    assert doc["status"] == "running", doc
+    assert do.create_attempts() == creates_before + 1  # no second create
+    (server,) = cloud_servers()
+    (droplet,) = do.live_droplets()
+    assert server.cloud_node_id == str(droplet.id)
+    assert cloud.server_tag(server.id) in droplet.tags
+    lookups = [p for m, p in list(do.requests) if m == "GET" and cloud.server_tag(server.id) in p]
+    assert len(lookups) >= 2, lookups  # looked up before the create and again after the 502

@@ -17,7 +17,8 @@ Faults: ``rate_limit_next(n, reset_in)`` answers 429 with ``ratelimit-limit``,
 Retry-After); ``fail_next(n, status, path)`` answers 5xx; ``fail_next_creates(n, status)``
 answers only the next ``n`` droplet creations (``POST /v2/droplets``) with ``status`` (429 with
 the rate-limit headers above; calls queue up, so 429 then 503 is two calls), before any droplet
-exists; ``boot_delay`` is the simulated time from create to SSH answering; ``never_boot``
+exists; ``lose_next_create_answers(n, status)`` creates the droplet but answers ``status``
+(the answer lost on the way); ``boot_delay`` is the simulated time from create to SSH answering; ``never_boot``
 leaves new droplets without an address.
 
 Machines: each droplet gets its own address from a 127.x.y.N pool and an ``sshd`` bound
@@ -100,6 +101,7 @@ class _Faults(InjectedFaults):
     rate_limited: int = 0
     reset_in: float = 2.0
     create_failures: list[int] = field(default_factory=list)  # statuses, in order
+    lost_create_answers: list[int] = field(default_factory=list)  # created, then this status
 
 
 @dataclass
@@ -221,6 +223,12 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         with self.lock:
             self._faults.create_failures.extend([status] * n)
             self._faults.reset_in = reset_in
+
+    def lose_next_create_answers(self, n: int, status: int = 502) -> None:
+        """The next ``n`` droplet creations succeed (the droplet exists and boots) but are
+        answered with ``status``, as when a proxy loses the provider's answer."""
+        with self.lock:
+            self._faults.lost_create_answers.extend([status] * n)
 
     def create_attempts(self) -> int:
         """How many ``POST /v2/droplets`` requests arrived (answered or faulted)."""
@@ -635,6 +643,12 @@ def _handler_for(double: DigitalOceanDouble) -> type[BaseHTTPRequestHandler]:
             )
             droplet.boot_thread = thread
             thread.start()
+            with double.lock:
+                lost = double._faults.lost_create_answers
+                status = lost.pop(0) if lost else None
+            if status is not None:
+                self._error(status, "server_error", "Unexpected server-side error")
+                return
             self._json(
                 202,
                 {
