@@ -18,8 +18,8 @@ Retry-After); ``fail_next(n, status, path)`` answers 5xx; ``fail_next_creates(n,
 answers only the next ``n`` droplet creations (``POST /v2/droplets``) with ``status`` (429 with
 the rate-limit headers above; calls queue up, so 429 then 503 is two calls), before any droplet
 exists; ``lose_next_create_answers(n, status)`` creates the droplet but answers ``status``
-(the answer lost on the way); ``boot_delay`` is the simulated time from create to SSH answering; ``never_boot``
-leaves new droplets without an address.
+(the answer lost on the way); ``boot_delay`` is the simulated time from create to SSH
+answering; ``never_boot`` leaves new droplets without an address.
 
 Machines: each droplet gets its own address from a 127.x.y.N pool and an ``sshd`` bound
 there on the provider's SSH port, with its own ed25519 host key, accepting the SSH keys
