@@ -15,9 +15,10 @@ from app.extensions import get_redis
 from app.integrations import cloud
 from app.models import CloudProvider, Server
 from app.services.capacity import cloud_providers
-from tests.e2e.conftest import provision
+from tests.e2e.conftest import _fresh_address, provision
 from tests.support.do_double import DigitalOceanDouble
 from tests.support.failpoints import CLOUD_PAUSE_KEY, CLOUD_PAUSED_KEY
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -181,3 +182,124 @@ def test_beat_keeps_the_warm_pool_retires_idle_servers_and_destroys_orphans(
     (kept,) = [s for s in cloud_servers() if s.state == "allocated"]
     assert kept.id == warm.id
     assert [str(d.id) for d in do.live_droplets()] == [warm.cloud_node_id]
+
+
+def test_budget_cap_below_the_size_price_leaves_the_box_waiting_until_it_is_raised(
+    admin, make_user, do, celery_worker, settings
+):
+    # A basic box needs an s-2vcpu-4gb ($24.00 a month); the cap is $10.00.
+    provider = add_provider(settings, do, monthly_budget_cents=1000)
+    creates_before = do.create_attempts()
+    user = make_user()
+    box_id = provision(admin, user)
+    refusal = (
+        f"capacity: provider {provider.name} reached its monthly budget cap of $10.00 "
+        "($0.00 committed, a s-2vcpu-4gb server costs $24.00)"
+    )
+
+    def refused() -> dict | None:  # type: ignore[type-arg]
+        doc = user.box(box_id)
+        return doc if doc["lastError"] == refusal else None
+
+    doc = wait_until(refused, 60, "the budget refusal on the box")
+    assert doc["status"] == "waiting_for_capacity", doc
+    waiting_steps = [s for s in doc["timeline"] if s["lastError"] == refusal]
+    assert waiting_steps, doc["timeline"]
+    assert "creating_server" not in [e["kind"] for e in doc.get("events", [])]
+    # Still refused a few retries later (CAPACITY_RETRY_MAX_SECONDS is 1 s here): each retry
+    # asks again and is refused again; nothing is created.
+    retries: set[str] = set()
+
+    def asked_again() -> bool:
+        retries.add(str(user.box(box_id)["nextRetryAt"]))
+        return len(retries) >= 3
+
+    wait_until(asked_again, 60, "more capacity retries")
+    doc = user.box(box_id)
+    assert (doc["status"], doc["lastError"]) == ("waiting_for_capacity", refusal)
+    assert do.live_droplets() == [] and cloud_servers() == []
+    assert do.create_attempts() == creates_before
+
+    # The operator raises the cap (admin API): the waiting box gets a server and runs.
+    _fresh_address(admin.client)
+    response = admin.client.patch(
+        f"/api/admin/cloud-providers/{provider.id}",
+        headers=admin.headers,
+        json={"monthlyBudgetCents": 5000},
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.get_json()["monthlyBudgetCents"] == 5000
+    doc = user.wait_for(box_id, {"running", "error"}, timeout=120)
+    assert doc["status"] == "running", doc
+    assert "creating_server" in [e["kind"] for e in doc.get("events", [])]
+    (server,) = cloud_servers()
+    (droplet,) = do.live_droplets()
+    assert (server.cloud_node_id, server.price_monthly_cents) == (str(droplet.id), 2400)
+    assert do.create_attempts() == creates_before + 1
+
+
+def test_rate_limit_then_server_error_on_create_still_gives_one_droplet_and_a_running_box(
+    admin, make_user, do, celery_worker, settings
+):
+    add_provider(settings, do)
+    # The first creation is rate limited (429, ratelimit-reset 3 s ahead, no Retry-After),
+    # the second answers 503, the third succeeds; every other request answers normally.
+    do.fail_next_creates(1, 429, reset_in=3)
+    do.fail_next_creates(1, 503)
+    creates_before = do.create_attempts()
+    user = make_user()
+    box_id = provision(admin, user)
+
+    server_errors: set[str] = set()  # the cloud server's record of each wait, as it happens
+    box_messages: set[str] = set()  # what the box's owner was shown meanwhile
+
+    def running() -> dict | None:  # type: ignore[type-arg]
+        for server in cloud_servers():
+            if server.last_error:
+                server_errors.add(server.last_error)
+        doc = user.box(box_id)
+        box_messages.add(doc.get("lastError") or "")
+        box_messages.update(s["lastError"] or "" for s in doc["timeline"])
+        box_messages.update(e["message"] for e in doc.get("events", []))
+        return doc if doc["status"] in {"running", "error"} else None
+
+    doc = wait_until(running, 180, "the box to run", interval=0.05)
+    assert doc["status"] == "running", doc
+    assert do.create_attempts() == creates_before + 3  # 429, 503, then created
+    (server,) = cloud_servers()
+    (droplet,) = do.live_droplets()  # no leak, no duplicate
+    assert server.cloud_node_id == str(droplet.id)
+    assert cloud.server_tag(server.id) in droplet.tags
+    assert server.state == "allocated" and server.consecutive_failures == 0
+    # The waits were recorded on the server while they lasted (cleared once available).
+    assert any("rate limited" in e for e in server_errors), server_errors
+    assert any("HTTP 503" in e for e in server_errors), server_errors
+    assert "creating_server" in [e["kind"] for e in doc.get("events", [])]
+    shown = ("slow down", "rate limit", "temporary problem", "503")
+    if not any(word in m.lower() for m in box_messages for word in shown):
+        # Known gap (reported): the server's waits never reach the box's status document.
+        pytest.xfail(
+            "the box's events/lastError never show the cloud API waits (429/5xx) of the "
+            f"server being created for it; it saw only {sorted(box_messages)}"
+        )
+
+
+def test_a_lost_create_answer_adopts_the_droplet_instead_of_making_a_second(
+    admin, make_user, do, celery_worker, settings
+):
+    add_provider(settings, do)
+    # The droplet is made, but the answer to the create is a 502: the retry must find the
+    # droplet by its server tag rather than create another.
+    do.lose_next_create_answers(1, 502)
+    creates_before = do.create_attempts()
+    user = make_user()
+    box_id = provision(admin, user)
+    doc = user.wait_for(box_id, {"running", "error"}, timeout=180)
+    assert doc["status"] == "running", doc
+    assert do.create_attempts() == creates_before + 1  # no second create
+    (server,) = cloud_servers()
+    (droplet,) = do.live_droplets()
+    assert server.cloud_node_id == str(droplet.id)
+    assert cloud.server_tag(server.id) in droplet.tags
+    lookups = [p for m, p in list(do.requests) if m == "GET" and cloud.server_tag(server.id) in p]
+    assert len(lookups) >= 2, lookups  # looked up before the create and again after the 502

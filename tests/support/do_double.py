@@ -15,9 +15,13 @@ API (the subset libcloud's DigitalOcean driver and the capacity service use), al
 
 Faults: ``rate_limit_next(n, reset_in)`` answers 429 with ``ratelimit-limit``,
 ``ratelimit-remaining`` and ``ratelimit-reset`` (epoch seconds, as DigitalOcean does; no
-Retry-After); ``fail_next(n, status, path)`` answers 5xx; ``boot_delay`` is the simulated time
-from create to SSH answering; ``never_boot`` leaves new droplets without an address;
-``never_answer`` gives them an address (active) but no sshd (connections are refused).
+Retry-After); ``fail_next(n, status, path)`` answers 5xx; ``fail_next_creates(n, status)``
+answers only the next ``n`` droplet creations (``POST /v2/droplets``) with ``status`` (429 with
+the rate-limit headers above; calls queue up, so 429 then 503 is two calls), before any droplet
+exists; ``lose_next_create_answers(n, status)`` creates the droplet but answers ``status``
+(the answer lost on the way); ``boot_delay`` is the simulated time from create to SSH
+answering; ``never_boot`` leaves new droplets without an address; ``never_answer`` gives them
+an address (active) but no sshd (connections are refused).
 
 Machines: each droplet gets its own address from a 127.x.y.N pool and an ``sshd`` bound
 there on the provider's SSH port, with its own ed25519 host key, accepting the SSH keys
@@ -98,6 +102,8 @@ def _image_doc(image: dict[str, Any]) -> dict[str, Any]:
 class _Faults(InjectedFaults):
     rate_limited: int = 0
     reset_in: float = 2.0
+    create_failures: list[int] = field(default_factory=list)  # statuses, in order
+    lost_create_answers: list[int] = field(default_factory=list)  # created, then this status
 
 
 @dataclass
@@ -214,6 +220,25 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
     def fail_next(self, n: int, status: int = 500, path: str = "/v2/") -> None:
         with self.lock:
             self._faults.fail_next(n, status, path)
+
+    def fail_next_creates(self, n: int, status: int, reset_in: float = 2.0) -> None:
+        """Answer the next ``n`` droplet creations (after those already armed) with
+        ``status``; no droplet is made. 429 carries ``ratelimit-reset`` ``reset_in`` s ahead."""
+        with self.lock:
+            self._faults.create_failures.extend([status] * n)
+            self._faults.reset_in = reset_in
+
+    def lose_next_create_answers(self, n: int, status: int = 502) -> None:
+        """The next ``n`` droplet creations succeed (the droplet exists and boots) but are
+        answered with ``status``, as when a proxy loses the provider's answer."""
+        with self.lock:
+            self._faults.lost_create_answers.extend([status] * n)
+
+    def create_attempts(self) -> int:
+        """How many ``POST /v2/droplets`` requests arrived (answered or faulted)."""
+        with self.lock:
+            requests = list(self.requests)
+        return sum(1 for m, p in requests if m == "POST" and p.split("?")[0] == "/v2/droplets")
 
     def reset_faults(self) -> None:
         with self.lock:
@@ -422,17 +447,23 @@ def _handler_for(double: DigitalOceanDouble) -> type[BaseHTTPRequestHandler]:
                 return False
             with double.lock:
                 faults = double._faults
+                creating = self.command == "POST" and path == "/v2/droplets"
                 if faults.rate_limited > 0:
                     faults.rate_limited -= 1
-                    reset = int(time.time() + faults.reset_in)
-                    headers = {
-                        "ratelimit-limit": "5000",
-                        "ratelimit-remaining": "0",
-                        "ratelimit-reset": str(reset),
-                    }
-                    self._error(429, "too_many_requests", "API Rate limit exceeded.", headers)
-                    return False
-                status = faults.take_failure(path)
+                    status: int | None = 429
+                elif creating and faults.create_failures:
+                    status = faults.create_failures.pop(0)
+                else:
+                    status = faults.take_failure(path)
+                reset = int(time.time() + faults.reset_in)
+            if status == 429:
+                headers = {
+                    "ratelimit-limit": "5000",
+                    "ratelimit-remaining": "0",
+                    "ratelimit-reset": str(reset),
+                }
+                self._error(429, "too_many_requests", "API Rate limit exceeded.", headers)
+                return False
             if status is not None:
                 self._error(status, "server_error", "Unexpected server-side error")
                 return False
@@ -621,6 +652,12 @@ def _handler_for(double: DigitalOceanDouble) -> type[BaseHTTPRequestHandler]:
             )
             droplet.boot_thread = thread
             thread.start()
+            with double.lock:
+                lost = double._faults.lost_create_answers
+                status = lost.pop(0) if lost else None
+            if status is not None:
+                self._error(status, "server_error", "Unexpected server-side error")
+                return
             self._json(
                 202,
                 {
