@@ -75,6 +75,7 @@ def pool_bootstrap(
     with --accept-host-key or --trust-on-first-use.
     """
     from app import get_settings
+    from app.config import BootstrapSettings
     from app.errors import HostKeyMismatchError, IntegrationError
     from app.integrations import bootstrap
     from app.integrations.ssh import SSHTarget, fetch_host_key_fingerprint
@@ -115,7 +116,7 @@ def pool_bootstrap(
         url = happy_server_url or settings.happy_server_url
         try:
             report = bootstrap.bootstrap_host(
-                target, happy_server_url=url, settings=settings.bootstrap
+                target, happy_server_url=url, settings=BootstrapSettings.from_env()
             )
         except HostKeyMismatchError as exc:
             raise click.ClickException(f"refused: {exc}") from None
@@ -250,6 +251,7 @@ def pool_upgrade_happy(version: str | None, include_busy: bool, parallel: int) -
     and exits 1.
     """
     from app import get_settings
+    from app.config import BootstrapSettings
     from app.services.pool import fleet
 
     session = db_session_()
@@ -265,7 +267,7 @@ def pool_upgrade_happy(version: str | None, include_busy: bool, parallel: int) -
         report = fleet.upgrade_happy(
             session,
             encryption_key=get_settings().encryption_key,
-            settings=get_settings().bootstrap,
+            settings=BootstrapSettings.from_env(),
             version=version,
             include_busy=include_busy,
             parallel=parallel,

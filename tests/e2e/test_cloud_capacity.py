@@ -275,13 +275,10 @@ def test_rate_limit_then_server_error_on_create_still_gives_one_droplet_and_a_ru
     assert any("rate limited" in e for e in server_errors), server_errors
     assert any("HTTP 503" in e for e in server_errors), server_errors
     assert "creating_server" in [e["kind"] for e in doc.get("events", [])]
-    shown = ("slow down", "rate limit", "temporary problem", "503")
-    if not any(word in m.lower() for m in box_messages for word in shown):
-        # Known gap (reported): the server's waits never reach the box's status document.
-        pytest.xfail(
-            "the box's events/lastError never show the cloud API waits (429/5xx) of the "
-            f"server being created for it; it saw only {sorted(box_messages)}"
-        )
+    # The owner saw the waits too, in words safe for users (no provider text).
+    assert any("asked us to slow down" in m for m in box_messages), sorted(box_messages)
+    assert any("temporary problem" in m for m in box_messages), sorted(box_messages)
+    assert not any("HTTP 503" in m for m in box_messages), sorted(box_messages)
 
 
 def test_a_lost_create_answer_adopts_the_droplet_instead_of_making_a_second(
@@ -301,5 +298,7 @@ def test_a_lost_create_answer_adopts_the_droplet_instead_of_making_a_second(
     (droplet,) = do.live_droplets()
     assert server.cloud_node_id == str(droplet.id)
     assert cloud.server_tag(server.id) in droplet.tags
-    lookups = [p for m, p in list(do.requests) if m == "GET" and cloud.server_tag(server.id) in p]
-    assert len(lookups) >= 2, lookups  # looked up before the create and again after the 502
+    # Found again by its tag: the bring-up's retry looks the server tag up, unless beat's
+    # capacity sweep adopted the droplet (listing every droplet with our tag) first.
+    lookups = [p for m, p in list(do.requests) if m == "GET" and cloud.TAG in p]
+    assert len(lookups) >= 2, lookups  # before the create, and again after the 502

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
@@ -156,7 +157,8 @@ def request_capacity(session: Session, box_id: uuid.UUID, *, encryption_key: byt
         )
         boot = f"ready in about {_duration(provider.boot_seconds)}"
         if in_flight > waiting:
-            return f"A new server is being created at {provider.name} ({provider.region}); {boot}."
+            message = f"A new server is being created at {provider.name} ({provider.region})"
+            return f"{message}; {boot}.{_creation_trouble(session, fitting)}"
         refusal = limit_refusal(session, provider, choice.size)
         if refusal is not None:
             refusals.append(refusal)
@@ -167,6 +169,24 @@ def request_capacity(session: Session, box_id: uuid.UUID, *, encryption_key: byt
         return message
     log.warning("capacity: box %s cannot get a cloud server: %s", box_id, "; ".join(refusals))
     return "; ".join(refusals)
+
+
+def _creation_trouble(session: Session, fitting: Any) -> str:
+    """What the owner of a waiting box should know about the servers being created for it:
+    the cloud API's waits (rate limit, temporary errors) while they last, in words safe for
+    users (the server row's ``last_error`` keeps the provider's own text for operators)."""
+    row = session.execute(
+        select(Server.consecutive_failures, Server.last_error)
+        .where(Server.id.in_(select(fitting.c.id)), Server.consecutive_failures > 0)
+        .order_by(Server.consecutive_failures.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return ""
+    calls = f"{row.consecutive_failures} failed call{'s' if row.consecutive_failures > 1 else ''}"
+    if "rate limit" in (row.last_error or "").lower():
+        return f" The cloud provider asked us to slow down (rate limit, {calls}); retrying."
+    return f" The cloud provider had a temporary problem ({calls} so far); retrying."
 
 
 def _duration(seconds: int) -> str:
