@@ -50,6 +50,7 @@ def boxes_list(
     limit: int,
 ) -> None:
     """Boxes, newest first: status, step, progress, degraded, plan, user, server."""
+    from app.api.admin.schemas import AdminBoxSummarySchema
     from app.db import db_session
     from app.services.boxes import admin_boxes
 
@@ -68,19 +69,18 @@ def boxes_list(
         return
     now = datetime.now(UTC)
     rows = [["ID", "STATUS", "STEP", "PROGRESS", "DEGRADED", "PLAN", "USER", "SERVER", "UPDATED"]]
-    for box in boxes:
-        row: dict[str, Any] = admin_boxes.summarize(box)
+    for row in AdminBoxSummarySchema(many=True).dump(boxes):  # what the admin API lists
         rows.append(
             [
-                str(box.id),
-                box.status,
-                box.step or "-",
+                row["id"],
+                row["status"],
+                row["step"] or "-",
                 f"{row['progress']['done']}/{row['progress']['total']}",
                 "yes" if row["degraded"] else "-",
-                box.plan_id,
-                str(box.user_id),
-                str(box.server_id or "-"),
-                _ago(box.updated_at, now),
+                row["planId"],
+                row["userId"],
+                row["serverId"] or "-",
+                _ago(_datetime(row["updatedAt"]), now),
             ]
         )
     _table(rows, click.echo)
@@ -88,8 +88,13 @@ def boxes_list(
         click.echo(f"({len(boxes)} of {total}; use --limit or filters to see more)")
 
 
-def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+def _datetime(value: str) -> datetime:
+    """A date-time as the schemas dump it (ISO 8601)."""
+    return datetime.fromisoformat(value)
+
+
+def _when(value: str | None) -> str:
+    return _datetime(value).strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
 
 @boxes_cli.command("show")
@@ -97,16 +102,18 @@ def _when(value: datetime | None) -> str:
 def boxes_show(box_id: str) -> None:
     """One box: status, step, progress, last error, degraded reason, timeline, events."""
     from app import get_settings
+    from app.api.admin.schemas import AdminBoxSchema
     from app.db import db_session
     from app.services.boxes import admin_boxes, provisioning
 
     session = db_session()
     with _domain_errors():
         box = provisioning.get_box(session, _uuid(box_id, "box"))
-    doc = admin_boxes.describe(session, get_settings(), box)
+    # what the admin API shows
+    doc: dict[str, Any] = AdminBoxSchema().dump(admin_boxes.describe(session, get_settings(), box))
     progress = doc["progress"]
     lines = [
-        ("box", str(doc["id"])),
+        ("box", doc["id"]),
         ("status", doc["status"] + (f" (action {doc['action']})" if doc["action"] else "")),
         ("step", doc["step"] or "-"),
         ("progress", f"{progress['done']}/{progress['total']}"),
@@ -120,8 +127,8 @@ def boxes_show(box_id: str) -> None:
             else "no",
         ),
         ("plan", doc["planId"]),
-        ("user", str(doc["userId"])),
-        ("server", str(doc["serverId"] or "-")),
+        ("user", doc["userId"]),
+        ("server", doc["serverId"] or "-"),
         ("unix user", doc["unixUser"] or "-"),
         ("created", _when(doc["createdAt"])),
         ("updated", _when(doc["updatedAt"])),

@@ -117,8 +117,7 @@ def test_retry_resumes_a_failed_box_through_the_engine(run, session, harness, fa
     assert status_of(session, failed_box.id) == "provisioning"
     assert harness.jobs_for(failed_box.id) == ["create_happy_account"]  # published on commit
     assert any(
-        e["kind"] == "retried" and "by cli" in e["message"]
-        for e in events.recent(session, failed_box.id)
+        e.kind == "retried" and "by cli" in e.message for e in events.recent(session, failed_box.id)
     )
     again = run("retry", str(failed_box.id))
     assert again.exit_code == 1

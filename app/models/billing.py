@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Boolean,
@@ -19,10 +19,13 @@ from sqlalchemy import (
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, Timestamps, UUIDPk, in_values
 from app.models.plan import BILLING_CYCLES
+
+if TYPE_CHECKING:
+    from app.models.vibebox import VibeBox
 
 SUBSCRIPTION_STATUSES = ("active", "past_due", "canceled", "expired")
 ORDER_STATUSES = ("pending", "paid", "failed", "canceled", "refunded")
@@ -79,6 +82,12 @@ class Order(UUIDPk, Timestamps, Base):
     region: Mapped[str | None] = mapped_column(String(32))
     # Why a paid order was not fulfilled (e.g. amount mismatch); for operators.
     flag: Mapped[str | None] = mapped_column(String(255))
+
+    # The box this order bought (``VibeBox.order_id`` is unique), read-only: boxes are
+    # created by applying the payment, never through the order. Loaded when read (one query).
+    vibebox: Mapped[VibeBox | None] = relationship(
+        "VibeBox", primaryjoin="VibeBox.order_id == Order.id", uselist=False, viewonly=True
+    )
 
 
 class PaymentEvent(UUIDPk, Base):

@@ -108,6 +108,11 @@ class VibeBox(UUIDPk, Timestamps, Base):
         lazy="raise_on_sql",
     )
 
+    @property
+    def degraded(self) -> bool:
+        """The box's server fails health probes or its daemon is down."""
+        return self.degraded_since is not None
+
 
 class ProvisioningStep(UUIDPk, Base):
     __tablename__ = "provisioning_steps"

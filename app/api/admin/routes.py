@@ -63,7 +63,7 @@ class Boxes(MethodView):
             limit=args["limit"],
             offset=args["offset"],
         )
-        return {"items": [admin_boxes.summarize(b) for b in boxes], "total": total}
+        return {"items": boxes, "total": total}
 
 
 @blp.route("/vibeboxes/<uuid:box_id>")

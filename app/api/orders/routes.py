@@ -27,6 +27,4 @@ class OrderDetail(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     def get(self, order_id: uuid.UUID):
         """One of my orders: status, amount, provider and the box once created"""
-        session = db_session()
-        order = billing.get_order(session, order_id, owner_id=current_user.id)
-        return billing.describe_order(session, order)
+        return billing.get_order(db_session(), order_id, owner_id=current_user.id)

@@ -57,13 +57,13 @@ def happy_client(settings: Settings, region: str | None = None) -> HappyClient:
     return client
 
 
-def _status_document(session: Any, settings: Settings, box: Any) -> dict[str, Any]:
+def _status_document(session: Any, settings: Settings, box: Any) -> status_document.BoxStatusView:
     """The polled status; without ``connectionInfo`` (credentials) when the session token
-    could not be checked against the blocklist (Redis outage, see app.outage)."""
-    document = status_document.describe_box(session, settings, box)
-    if revocation_unverified():
-        document["connectionInfo"] = None
-    return document
+    could not be checked against the blocklist (Redis outage, see app.outage): then the
+    credentials are not even decrypted."""
+    return status_document.describe_box(
+        session, settings, box, with_connection_info=not revocation_unverified()
+    )
 
 
 def status_limit() -> str:

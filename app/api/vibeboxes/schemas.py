@@ -11,16 +11,20 @@ class ProgressSchema(Schema):
 
 
 class TimelineEntrySchema(Schema):
+    """Dumps a ``ProvisioningStep``."""
+
     name = fields.String(required=True)
     state = fields.String(required=True)
     attempts = fields.Integer(required=True)
-    startedAt = fields.DateTime(allow_none=True)
-    finishedAt = fields.DateTime(allow_none=True)
-    lastError = fields.String(allow_none=True)
+    startedAt = fields.DateTime(allow_none=True, attribute="started_at")
+    finishedAt = fields.DateTime(allow_none=True, attribute="finished_at")
+    lastError = fields.String(allow_none=True, attribute="last_error")
 
 
 class BoxEventSchema(Schema):
-    at = fields.DateTime(required=True)
+    """Dumps a ``BoxEvent``."""
+
+    at = fields.DateTime(required=True, attribute="created_at")
     kind = fields.String(
         required=True,
         metadata={
@@ -32,33 +36,41 @@ class BoxEventSchema(Schema):
 
 
 class ConnectionInfoSchema(Schema):
-    happyWebUrl = fields.String(required=True)
+    """Dumps a ``status_document.ConnectionInfo``."""
+
+    happyWebUrl = fields.String(required=True, attribute="happy_web_url")
 
 
 class VibeBoxSchema(Schema):
-    id = fields.UUID(required=True)
-    status = fields.String(required=True)
-    step = fields.String(allow_none=True, metadata={"description": "Current or next step"})
+    """The owner's status document: dumps a ``status_document.BoxStatusView``."""
+
+    id = fields.UUID(required=True, attribute="box.id")
+    status = fields.String(required=True, attribute="box.status")
+    step = fields.String(
+        allow_none=True, attribute="box.step", metadata={"description": "Current or next step"}
+    )
     progress = fields.Nested(ProgressSchema, required=True)
-    attempts = fields.Integer(required=True)
-    lastError = fields.String(allow_none=True)
-    nextRetryAt = fields.DateTime(allow_none=True)
-    planId = fields.String(required=True)
+    attempts = fields.Integer(required=True, attribute="box.attempts")
+    lastError = fields.String(allow_none=True, attribute="box.last_error")
+    nextRetryAt = fields.DateTime(allow_none=True, attribute="box.next_retry_at")
+    planId = fields.String(required=True, attribute="box.plan_id")
     region = fields.String(
         required=True,
         allow_none=True,
+        attribute="box.region",
         metadata={
             "description": "Region the box runs in (its servers and Happy server); "
             "null when regions are not configured"
         },
     )
-    createdAt = fields.DateTime(required=True)
-    updatedAt = fields.DateTime(required=True)
+    createdAt = fields.DateTime(required=True, attribute="box.created_at")
+    updatedAt = fields.DateTime(required=True, attribute="box.updated_at")
     action = fields.String(
         allow_none=True,
+        attribute="box.action",
         metadata={"description": "The owner's control action in progress, or the one that failed"},
     )
-    timeline = fields.List(fields.Nested(TimelineEntrySchema), required=True)
+    timeline = fields.List(fields.Nested(TimelineEntrySchema), required=True, attribute="box.steps")
     events = fields.List(
         fields.Nested(BoxEventSchema),
         required=True,
@@ -66,11 +78,14 @@ class VibeBoxSchema(Schema):
     )
     degraded = fields.Boolean(
         required=True,
+        attribute="box.degraded",
         metadata={"description": "The box's server fails health checks or its daemon is down"},
     )
-    degradedSince = fields.DateTime(allow_none=True)
-    degradedReason = fields.String(allow_none=True)
-    connectionInfo = fields.Nested(ConnectionInfoSchema, allow_none=True)
+    degradedSince = fields.DateTime(allow_none=True, attribute="box.degraded_since")
+    degradedReason = fields.String(allow_none=True, attribute="box.degraded_reason")
+    connectionInfo = fields.Nested(
+        ConnectionInfoSchema, allow_none=True, attribute="connection_info"
+    )
 
 
 class VibeBoxEnvelopeSchema(Schema):
@@ -114,21 +129,24 @@ class ConnectRequestSchema(RequestSchema):
 
 
 class ConnectResponseSchema(Schema):
-    """Without ``deviceLink``: ``happyWebUrl`` and ``secretKey``; with it: ``linked``."""
+    """Without ``deviceLink``: ``happyWebUrl`` and ``secretKey`` (dumps a
+    ``connect.ConnectInfo``); with it: ``linked``."""
 
     happyWebUrl = fields.String(
+        attribute="happy_web_url",
         metadata={
             "description": "Happy web app URL carrying the credentials, for clients that embed "
             "it (the released Happy web app does not read them). Keep it private."
-        }
+        },
     )
     secretKey = fields.String(
+        attribute="secret_key",
         metadata={
             "description": "Your Happy account's secret key in the Happy app's backup format "
             "(XXXXX-XXXXX-...): paste it into the Happy app's Restore account (\"Restore with "
             'Secret Key Instead"). Anyone holding it owns the account: never store or log it.',
             "example": "AAAQE-AYEAU-DAOCA-JBIFQ-YDIOB-4IBCE-QTCQK-RMFYY-DENBW-HA5DY-PQ",
-        }
+        },
     )
     linked = fields.Boolean(
         metadata={"description": "True: the device of `deviceLink` is now signed in."}

@@ -21,7 +21,7 @@ from app.services.billing.apply import apply_recorded_event, record_event, unapp
 from app.services.billing.checkout import PROVIDER_CURRENCY, start_checkout
 from app.services.billing.event_records import EventOutcome
 from app.services.billing.intake import intake_event
-from app.services.billing.orders import box_of_order, describe_order, get_order
+from app.services.billing.orders import get_order
 from app.services.billing.plans import configure_plan, describe_plans, list_active_plans
 from app.services.billing.quotas import (
     LIVE_BOX_STATUSES,
@@ -56,12 +56,10 @@ __all__ = [
     "CheckoutPolicy",
     "EventOutcome",
     "apply_recorded_event",
-    "box_of_order",
     "cancel_subscription",
     "check_quota",
     "configure_plan",
     "cycle_delta",
-    "describe_order",
     "describe_plans",
     "expire_order",
     "get_order",

@@ -1,4 +1,5 @@
-"""Operator views of VibeBoxes: the filtered, paged list and the full document.
+"""Operator views of VibeBoxes: the filtered, paged list and the full document (rendered by
+``app.api.admin.schemas``: ``AdminBoxSummarySchema`` for a listed box, ``AdminBoxSchema``).
 
 Read-only: what happens to a box is the engine's business (``app.services.boxes.engine``).
 """
@@ -69,33 +70,8 @@ def list_boxes(
     return list(boxes), total
 
 
-def summarize(box: VibeBox) -> dict[str, Any]:
-    """One row of the operator list (no timeline, no events)."""
-    done, total = status_document.progress(box)
-    return {
-        "id": box.id,
-        "status": box.status,
-        "step": box.step,
-        "progress": {"done": done, "total": total},
-        "attempts": box.attempts,
-        "lastError": box.last_error,
-        "degraded": box.degraded_since is not None,
-        "degradedReason": box.degraded_reason,
-        "planId": box.plan_id,
-        "region": box.region,
-        "userId": box.user_id,
-        "serverId": box.server_id,
-        "unixUser": box.unix_user,
-        "createdAt": box.created_at,
-        "updatedAt": box.updated_at,
-    }
-
-
-def describe(session: Session, settings: Settings, box: VibeBox) -> dict[str, Any]:
-    """The owner's status document (timeline, events) plus operator fields. The owner's
-    connection info carries their Happy credentials: operators never get it."""
-    document = status_document.describe_box(session, settings, box)
-    document.update(
-        userId=box.user_id, serverId=box.server_id, unixUser=box.unix_user, connectionInfo=None
-    )
-    return document
+def describe(session: Session, settings: Settings, box: VibeBox) -> status_document.BoxStatusView:
+    """The owner's status document (timeline, events), which ``AdminBoxSchema`` shows with
+    operator fields. The owner's connection info carries their Happy credentials: operators
+    never get it (it is not even decrypted)."""
+    return status_document.describe_box(session, settings, box, with_connection_info=False)

@@ -12,6 +12,7 @@ message.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -50,13 +51,22 @@ def _credentials(session: Session, settings: Settings, box: VibeBox) -> HappyCre
     return creds
 
 
-def connect_info(session: Session, settings: Settings, box: VibeBox) -> dict[str, str]:
-    """``{happyWebUrl, secretKey}`` of a running box (both are credentials: owner only)."""
+@dataclass(frozen=True)
+class ConnectInfo:
+    """The Happy web URL and the backup secret key of a running box (both are credentials:
+    owner only; ``ConnectResponseSchema`` renders them)."""
+
+    happy_web_url: str
+    secret_key: str
+
+
+def connect_info(session: Session, settings: Settings, box: VibeBox) -> ConnectInfo:
+    """The web URL and secret key of a running box."""
     creds = _credentials(session, settings, box)
-    return {
-        "happyWebUrl": status_document.web_url(settings, creds),
-        "secretKey": secret_key_backup(creds.secret),
-    }
+    return ConnectInfo(
+        happy_web_url=status_document.web_url(settings, creds),
+        secret_key=secret_key_backup(creds.secret),
+    )
 
 
 def link_device(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,11 +24,12 @@ def record(session: Session, box: VibeBox, kind: str, message: str) -> BoxEvent:
     return event
 
 
-def recent(session: Session, box_id: uuid.UUID, limit: int = SHOWN) -> list[dict[str, Any]]:
+def recent(session: Session, box_id: uuid.UUID, limit: int = SHOWN) -> list[BoxEvent]:
+    """The box's newest ``limit`` events, oldest first."""
     rows = session.scalars(
         select(BoxEvent)
         .where(BoxEvent.vibebox_id == box_id)
         .order_by(BoxEvent.created_at.desc(), BoxEvent.id)
         .limit(limit)
     ).all()
-    return [{"at": e.created_at, "kind": e.kind, "message": e.message} for e in reversed(rows)]
+    return list(reversed(rows))

@@ -1,9 +1,14 @@
-"""The status document an owner polls (and the admin API returns), and its version."""
+"""The status document an owner polls (and the admin API returns), and its version.
+
+``describe_box`` gathers what the document needs from the database and the settings (events,
+the decrypted connection info) into a ``BoxStatusView``; ``app.api.vibeboxes.schemas`` renders it.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, Text, bindparam, cast, func, literal_column, select
 from sqlalchemy.dialects.postgresql import aggregate_order_by
@@ -93,7 +98,31 @@ def box_version(
     return [str(value) for value in row[1:]]
 
 
-def progress(box: VibeBox) -> tuple[int, int]:
+class Progress(NamedTuple):
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """How the owner gets into a running box. It carries credentials: owner-only."""
+
+    happy_web_url: str
+
+
+@dataclass(frozen=True)
+class BoxStatusView:
+    """What the owner's status document shows of a box: the box (its steps are the
+    timeline), its progress, its recent events (oldest first) and, while it is running, the
+    connection info (None otherwise, and never for operators)."""
+
+    box: VibeBox
+    progress: Progress
+    events: tuple[BoxEvent, ...]
+    connection_info: ConnectionInfo | None
+
+
+def progress(box: VibeBox) -> Progress:
     """Steps done of the box's workflow: provisioning (control actions do not count), or
     teardown once it began."""
     names = (
@@ -104,7 +133,7 @@ def progress(box: VibeBox) -> tuple[int, int]:
     )
     steps = [s for s in box.steps if s.name in names]
     done = sum(1 for s in steps if s.state in ("succeeded", "skipped"))
-    return done, len(names)
+    return Progress(done, len(names))
 
 
 def web_url(settings: Settings, creds: HappyCredentials) -> str:
@@ -115,8 +144,8 @@ def web_url(settings: Settings, creds: HappyCredentials) -> str:
     return f"{settings.happy_web_url}?{query}"
 
 
-def connection_info(session: Session, settings: Settings, box: VibeBox) -> dict[str, str] | None:
-    """``{happyWebUrl}`` for a running box, else None. (No SSH command: the pool login
+def connection_info(session: Session, settings: Settings, box: VibeBox) -> ConnectionInfo | None:
+    """The Happy web URL of a running box, else None. (No SSH command: the pool login
     is the operator's channel; the customer's shell on the box is a Happy session.)"""
     if box.status != "running" or box.server_id is None:
         return None
@@ -126,7 +155,7 @@ def connection_info(session: Session, settings: Settings, box: VibeBox) -> dict[
     server = session.get(Server, box.server_id)
     if creds is None or server is None:
         return None
-    return {"happyWebUrl": web_url(settings, creds)}
+    return ConnectionInfo(happy_web_url=web_url(settings, creds))
 
 
 def connect_url(session: Session, settings: Settings, box: VibeBox) -> str:
@@ -137,39 +166,17 @@ def connect_url(session: Session, settings: Settings, box: VibeBox) -> str:
             code="vibebox_not_running",
             extra={"status": box.status},
         )
-    return info["happyWebUrl"]
+    return info.happy_web_url
 
 
-def describe_box(session: Session, settings: Settings, box: VibeBox) -> dict[str, Any]:
-    """The status document the owner polls (and the admin API returns)."""
-    done, total = progress(box)
-    return {
-        "id": box.id,
-        "status": box.status,
-        "step": box.step,
-        "progress": {"done": done, "total": total},
-        "attempts": box.attempts,
-        "lastError": box.last_error,
-        "nextRetryAt": box.next_retry_at,
-        "planId": box.plan_id,
-        "region": box.region,
-        "createdAt": box.created_at,
-        "updatedAt": box.updated_at,
-        "action": box.action,
-        "timeline": [
-            {
-                "name": s.name,
-                "state": s.state,
-                "attempts": s.attempts,
-                "startedAt": s.started_at,
-                "finishedAt": s.finished_at,
-                "lastError": s.last_error,
-            }
-            for s in box.steps
-        ],
-        "events": events.recent(session, box.id),
-        "degraded": box.degraded_since is not None,
-        "degradedSince": box.degraded_since,
-        "degradedReason": box.degraded_reason,
-        "connectionInfo": connection_info(session, settings, box),
-    }
+def describe_box(
+    session: Session, settings: Settings, box: VibeBox, *, with_connection_info: bool = True
+) -> BoxStatusView:
+    """The status document the owner polls (and the admin API returns, without
+    ``with_connection_info``: the owner's credentials are never decrypted for operators)."""
+    return BoxStatusView(
+        box=box,
+        progress=progress(box),  # loads the steps: the timeline
+        events=tuple(events.recent(session, box.id)),
+        connection_info=connection_info(session, settings, box) if with_connection_info else None,
+    )
