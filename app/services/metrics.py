@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from app.models import Server, VibeBox
 from app.models.server import SERVER_STATES
 from app.models.vibebox import VIBEBOX_STATUSES
-from app.services.boxes.statuses import PROVISIONING_STATUSES
+from app.services.boxes.statuses import PROVISIONING_STATUSES, BoxStatus
 from app.timeutil import utcnow
 
 
@@ -44,13 +44,13 @@ def fleet_metrics(session: Session) -> list[Metric]:
         session.scalar(
             select(func.count())
             .select_from(VibeBox)
-            .where(VibeBox.degraded_since.is_not(None), VibeBox.status != "terminated")
+            .where(VibeBox.degraded_since.is_not(None), VibeBox.status != BoxStatus.TERMINATED)
         )
         or 0,
     )
 
     waiting = session.scalar(
-        select(func.min(VibeBox.created_at)).where(VibeBox.status == "waiting_for_capacity")
+        select(func.min(VibeBox.created_at)).where(VibeBox.status == BoxStatus.WAITING_FOR_CAPACITY)
     )
     waiting_age = GaugeMetricFamily(
         "vibebox_oldest_waiting_for_capacity_age_seconds",

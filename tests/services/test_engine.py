@@ -76,6 +76,27 @@ def test_no_module_but_the_engine_assigns_a_box_status():
     assert offenders == []
 
 
+def test_box_statuses_are_the_engines_enum_everywhere():
+    """The enum is the list the database's CHECK constraint allows, and no module outside
+    the table compares or writes a box status as a bare string."""
+    import pathlib
+    import re
+
+    from app.models.vibebox import VIBEBOX_STATUSES
+
+    assert tuple(S) == VIBEBOX_STATUSES
+    root = pathlib.Path(__file__).resolve().parents[2]
+    names = "|".join(s.value for s in S)
+    literal = re.compile(rf"""(box\.status|VibeBox\.status)\W[^\n]*["']({names})["']""")
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in [*root.joinpath("app").rglob("*.py"), *root.joinpath("workers").rglob("*.py")]
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if literal.search(line)
+    ]
+    assert offenders == []
+
+
 # --- the six defects ------------------------------------------------------------------------------
 
 

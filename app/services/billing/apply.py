@@ -31,6 +31,7 @@ from app.services.billing.subscriptions import (
     cycle_delta,
 )
 from app.services.boxes import engine, provisioning
+from app.services.boxes.statuses import BoxStatus
 from app.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -279,7 +280,7 @@ def _on_refunded(
         live = session.scalars(
             select(VibeBox.id).where(
                 VibeBox.subscription_id == sub.id,
-                VibeBox.status.not_in(("terminating", "terminated")),
+                VibeBox.status.not_in((BoxStatus.TERMINATING, BoxStatus.TERMINATED)),
             )
         ).all()
         out.boxes_to_teardown.extend(

@@ -15,16 +15,21 @@ from app.config import RegionSettings
 from app.errors import ConflictError
 from app.models import Order, Plan, Subscription, VibeBox
 from app.models.vibebox import VIBEBOX_STATUSES
+from app.services.boxes.statuses import BoxStatus
 from app.timeutil import utcnow
 
 LIVE_SUBSCRIPTION_STATUSES = ("active", "past_due")
 
 
-LIVE_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminated", "error"))
+LIVE_BOX_STATUSES = tuple(
+    s for s in VIBEBOX_STATUSES if s not in (BoxStatus.TERMINATED, BoxStatus.ERROR)
+)
 
 
 # What the per-user quota counts: every box not (being) torn down, failed ones included.
-QUOTA_BOX_STATUSES = tuple(s for s in VIBEBOX_STATUSES if s not in ("terminating", "terminated"))
+QUOTA_BOX_STATUSES = tuple(
+    s for s in VIBEBOX_STATUSES if s not in (BoxStatus.TERMINATING, BoxStatus.TERMINATED)
+)
 
 
 @dataclass(frozen=True)

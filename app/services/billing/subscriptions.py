@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import select
@@ -81,26 +82,27 @@ def _on_payment_failed(
     _processed(record)
 
 
-def _on_cancel_at_period_end(
-    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
-) -> None:
-    sub = _subscription_for(session, event)
-    if sub is None:
-        _defer(record, out)
-        return
+def _on_subscription(
+    act: Callable[[Subscription], None],
+) -> Callable[[Session, PaymentEvent, ProviderEvent, EventOutcome], None]:
+    """A handler that applies ``act`` to the event's subscription, or defers the event
+    until the subscription is known (its checkout's event may come later)."""
+
+    def handle(
+        session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
+    ) -> None:
+        sub = _subscription_for(session, event)
+        if sub is None:
+            _defer(record, out)
+            return
+        act(sub)
+        _processed(record)
+
+    return handle
+
+
+def _mark_cancel_at_period_end(sub: Subscription) -> None:
     sub.cancel_at_period_end = True
-    _processed(record)
-
-
-def _on_canceled(
-    session: Session, record: PaymentEvent, event: ProviderEvent, out: EventOutcome
-) -> None:
-    sub = _subscription_for(session, event)
-    if sub is None:
-        _defer(record, out)
-        return
-    _cancel_now(sub)
-    _processed(record)
 
 
 def _cancel_now(sub: Subscription) -> None:
@@ -111,6 +113,10 @@ def _cancel_now(sub: Subscription) -> None:
         sub.current_period_end = now
         # The period must stay non-empty (a CHECK constraint) even for a same-second cancel.
         sub.current_period_start = min(sub.current_period_start, now - relativedelta(seconds=1))
+
+
+_on_cancel_at_period_end = _on_subscription(_mark_cancel_at_period_end)
+_on_canceled = _on_subscription(_cancel_now)
 
 
 def cancel_subscription(

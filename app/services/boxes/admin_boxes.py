@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.config import Settings
 from app.models import VibeBox
 from app.services.boxes import status_document
+from app.services.boxes.statuses import BoxStatus
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def _conditions(f: BoxFilter) -> list[Any]:
             VibeBox.degraded_since.is_not(None) if f.degraded else VibeBox.degraded_since.is_(None)
         )
     if f.waiting is not None:
-        waiting = VibeBox.status == "waiting_for_capacity"
+        waiting = VibeBox.status == BoxStatus.WAITING_FOR_CAPACITY
         conditions.append(waiting if f.waiting else ~waiting)
     if f.user_id is not None:
         conditions.append(VibeBox.user_id == f.user_id)

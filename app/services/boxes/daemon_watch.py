@@ -25,6 +25,7 @@ from app.integrations.box_host import BoxHost, BoxUser
 from app.integrations.happy import HappyCredentials
 from app.models import VibeBox
 from app.services.boxes import events, happy_accounts
+from app.services.boxes.statuses import BoxStatus
 from app.services.boxes.steps import StepContext, bring_up_daemon
 from app.timeutil import utcnow
 
@@ -72,7 +73,7 @@ def _may_restart(box: VibeBox, settings: Settings) -> bool:
 def plan_watch(session: Session, server_id: uuid.UUID, settings: Settings) -> WatchPlan | None:
     """The running box on ``server_id`` whose daemon to check (None: nothing to watch)."""
     box = session.scalar(
-        select(VibeBox).where(VibeBox.server_id == server_id, VibeBox.status == "running")
+        select(VibeBox).where(VibeBox.server_id == server_id, VibeBox.status == BoxStatus.RUNNING)
     )
     if box is None or not box.unix_user:
         return None
@@ -112,7 +113,7 @@ def record_watch(
 ) -> None:
     """Apply what the watch saw (a box whose owner acted meanwhile is left alone)."""
     box = session.get(VibeBox, box_id, with_for_update=True, populate_existing=True)
-    if box is None or box.status != "running":
+    if box is None or box.status != BoxStatus.RUNNING:
         return
     daemon_degraded = (box.degraded_reason or "").startswith(DAEMON_REASONS_PREFIX)
     if result.alive:

@@ -247,7 +247,7 @@ def finish(
             session, telemetry.PAID_TO_RUNNING, (utcnow() - box.created_at).total_seconds()
         )
     elif wf is TEARDOWN:
-        transition(box, "terminated")
+        transition(box, BoxStatus.TERMINATED)
         box.resume_status = None
         box.degraded_since = None
         box.degraded_reason = None
@@ -337,7 +337,7 @@ def fail(session: Session, box_id: uuid.UUID, name: str, *, safe_error: str) -> 
     _record_failure(session, box, step, safe_error)
     box.next_retry_at = None
     if wf is TEARDOWN:
-        transition(box, "terminated")
+        transition(box, BoxStatus.TERMINATED)
         if box.server_id is not None:
             pool.quarantine_server(
                 session, box.server_id, f"teardown of box {box.id} failed at {name}: {safe_error}"

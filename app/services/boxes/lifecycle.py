@@ -18,11 +18,12 @@ from sqlalchemy.orm import Session
 from app.models import Server, Subscription, VibeBox
 from app.services import pool
 from app.services.boxes import engine
+from app.services.boxes.statuses import BoxStatus
 from app.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-ENDED = ("terminating", "terminated")
+ENDED = (BoxStatus.TERMINATING, BoxStatus.TERMINATED)
 PROBED_STATES = ("available", "allocated", "unhealthy", "draining")
 SERVER_DOWN = "The box's server does not answer health checks; we are looking into it."
 
@@ -118,7 +119,7 @@ def record_server_probe_for_box(
     )
     box = session.scalar(
         select(VibeBox).where(
-            VibeBox.server_id == server_id, VibeBox.status.not_in(("terminated",))
+            VibeBox.server_id == server_id, VibeBox.status != BoxStatus.TERMINATED
         )
     )
     if box is not None:

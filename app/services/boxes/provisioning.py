@@ -22,6 +22,7 @@ from app.models import (
     VibeBox,
 )
 from app.services import jobs
+from app.services.boxes.statuses import BoxStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def create_vibebox(
         subscription_id=subscription_id,
         order_id=order_id,
         region=region,
-        status="pending",
+        status=BoxStatus.PENDING,
         step=STEPS[0],
         steps=[ProvisioningStep(name=n, position=i, state="pending") for i, n in enumerate(STEPS)],
     )

@@ -27,6 +27,7 @@ from app.models import (
 )
 from app.services.boxes import events, happy_accounts
 from app.services.boxes.provisioning import STEPS, TEARDOWN_STEPS
+from app.services.boxes.statuses import BoxStatus
 
 
 def _box_version_query() -> Select[Any]:
@@ -127,7 +128,7 @@ def progress(box: VibeBox) -> Progress:
     teardown once it began."""
     names = (
         TEARDOWN_STEPS
-        if box.status in ("terminating", "terminated")
+        if box.status in (BoxStatus.TERMINATING, BoxStatus.TERMINATED)
         and any(s.name in TEARDOWN_STEPS for s in box.steps)
         else STEPS
     )
@@ -147,7 +148,7 @@ def web_url(settings: Settings, creds: HappyCredentials) -> str:
 def connection_info(session: Session, settings: Settings, box: VibeBox) -> ConnectionInfo | None:
     """The Happy web URL of a running box, else None. (No SSH command: the pool login
     is the operator's channel; the customer's shell on the box is a Happy session.)"""
-    if box.status != "running" or box.server_id is None:
+    if box.status != BoxStatus.RUNNING or box.server_id is None:
         return None
     creds = happy_accounts.get_credentials(
         session, box.user_id, settings.encryption_key, server_url=settings.happy_realm(box.region)

@@ -523,13 +523,22 @@ class StopDaemon(Step):
         return _teardown_plan(session, box, ctx)
 
     def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
-        def stop(host: BoxHost) -> None:
-            if plan.user is None:
-                legacy_login_scrub(host.session)
-            else:
-                host.end_all_processes(plan.user)
+        _on_box_user(ctx, plan, BoxHost.end_all_processes)
 
-        _over_ssh_retrying(ctx, plan.target, stop)
+
+def _on_box_user(
+    ctx: StepContext, plan: TeardownPlan, act: Callable[[BoxHost, BoxUser], object]
+) -> None:
+    """A teardown action on the box's Unix user over SSH (retried on the way); a box from
+    before box users existed has its pool login scrubbed instead."""
+
+    def run(host: BoxHost) -> None:
+        if plan.user is None:
+            legacy_login_scrub(host.session)
+        else:
+            act(host, plan.user)
+
+    _over_ssh_retrying(ctx, plan.target, run)
 
 
 class WipeCredentials(Step):
@@ -542,13 +551,7 @@ class WipeCredentials(Step):
         return _teardown_plan(session, box, ctx)
 
     def execute(self, plan: TeardownPlan, ctx: StepContext) -> None:
-        def wipe(host: BoxHost) -> None:
-            if plan.user is None:
-                legacy_login_scrub(host.session)
-            else:
-                host.remove_user(plan.user)
-
-        _over_ssh_retrying(ctx, plan.target, wipe)
+        _on_box_user(ctx, plan, BoxHost.remove_user)
 
 
 class VerifyClean(Step):

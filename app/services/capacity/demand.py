@@ -15,6 +15,7 @@ from app.crypto import encrypt_str
 from app.models import CloudProvider, Plan, Server, VibeBox
 from app.services import jobs, pool
 from app.services.boxes import events
+from app.services.boxes.statuses import BoxStatus
 from app.services.capacity import cloud_providers
 from app.services.capacity.budget import SizeChoice, limit_refusal, size_for_plan
 from app.services.capacity.context import IN_FLIGHT
@@ -146,7 +147,7 @@ def request_capacity(session: Session, box_id: uuid.UUID, *, encryption_key: byt
                 .select_from(VibeBox)
                 .join(other, other.c.id == VibeBox.plan_id)
                 .where(
-                    VibeBox.status == "waiting_for_capacity",
+                    VibeBox.status == BoxStatus.WAITING_FOR_CAPACITY,
                     VibeBox.server_id.is_(None),
                     VibeBox.id != box.id,
                     _takes_region(provider.box_region),

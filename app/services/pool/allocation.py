@@ -13,6 +13,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.errors import NotFoundError
 from app.models import Plan, Server, VibeBox
 from app.services import jobs
+from app.services.boxes.statuses import BoxStatus
 from app.services.pool.queries import LIVE_BOX, _now, get_server
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def wake_waiting_boxes(session: Session, server: Server | None = None, *, count:
         return 0
     query = (
         select(VibeBox)
-        .where(VibeBox.status == "waiting_for_capacity")
+        .where(VibeBox.status == BoxStatus.WAITING_FOR_CAPACITY)
         .order_by(VibeBox.created_at, VibeBox.id)
         .limit(count)
         .with_for_update(skip_locked=True, of=VibeBox)

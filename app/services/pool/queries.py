@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session
 
 from app.errors import NotFoundError
 from app.models import Server, VibeBox
+from app.services.boxes.statuses import BoxStatus
 from app.services.pool.specs import EnvironmentChecks
 
-LIVE_BOX = VibeBox.status != "terminated"
+LIVE_BOX = VibeBox.status != BoxStatus.TERMINATED
 
 
 @dataclass(frozen=True)
