@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -106,16 +108,6 @@ def guarded_main(run: Callable[[], int], script: str) -> int:
 
 def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _on_term(signum: int, _frame: Any) -> None:
@@ -265,7 +257,7 @@ def create_scratch(stack: contextlib.ExitStack, redis_db: int) -> Scratch:
         ).all()
         for stale in existing:  # left by a bench run that was killed
             owner = stale[len(prefix) :]
-            if owner.isdigit() and not _pid_alive(int(owner)):
+            if owner.isdigit() and not psutil.pid_exists(int(owner)):
                 log(f"dropping stale scratch database {stale}")
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -284,7 +276,7 @@ def create_scratch(stack: contextlib.ExitStack, redis_db: int) -> Scratch:
     client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
     stack.callback(client.close)
     owner = client.get(REDIS_OWNER_KEY)
-    stale_bench = owner is not None and owner.isdigit() and not _pid_alive(int(owner))
+    stale_bench = owner is not None and owner.isdigit() and not psutil.pid_exists(int(owner))
     if client.dbsize() and not stale_bench:
         raise BenchError(
             f"Redis db {redis_db} at {redis_url.rpartition('/')[0]} is not empty: another "
