@@ -1,7 +1,8 @@
 """The settings object: every variable of every process, read from the environment once.
 
 ``Settings.from_env()`` builds it, validated, from nested sections (``provisioning``,
-``limits``, ``cloud``, ``regions``, ``celery``, ``beat``, ``web``, ``bootstrap``, ``log``)
+``limits``, ``cloud``, ``regions``, ``celery``, ``beat``, ``web``, ``bootstrap``, ``log``,
+``flower``)
 and the payment providers' own variables. A field declared with :func:`setting` names its
 variable and default once; marshmallow's fields parse and validate the text (environs is
 marshmallow over ``os.environ``; a section here also loads from any mapping, which the
@@ -133,11 +134,12 @@ def setting(
     *,
     check: Callable[[Any], str | None] | None = None,
     parse: Callable[[str, str], Any] | None = None,
+    secret: bool = False,
 ) -> Any:
     """A settings field read from the variable ``env``: parsed by the field's type (int,
     float, bool, str) or by ``parse(name, raw)``, then ``check(value)`` names what is wrong
     (None: fine). Unset or blank: ``default``. The one place a default is written."""
-    meta = {"env": env, "check": check, "parse": parse}
+    meta = {"env": env, "check": check, "parse": parse, "secret": secret}
     if isinstance(default, (list, dict, set)):
         raise TypeError("mutable default")
     return field(default=default, metadata=meta)
@@ -162,8 +164,10 @@ def load(cls: type[T], environ: Environ | None = None, **given: Any) -> T:
         parse = f.metadata["parse"]
         value = parse(name, raw) if parse else _parse(name, raw, kind)
         problem = f.metadata["check"](value) if f.metadata["check"] else None
-        if problem:
-            raise ConfigError(f"{name} {problem}, got {raw!r}")
+        if problem:  # a secret's value is never repeated
+            raise ConfigError(
+                f"{name} {problem}" + ("" if f.metadata["secret"] else f", got {raw!r}")
+            )
         values[f.name] = value
     return cls(**{**values, **given})
 
@@ -424,17 +428,39 @@ def prometheus_multiproc_dir(environ: Environ | None = None) -> str | None:
     return _raw(os.environ if environ is None else environ, "PROMETHEUS_MULTIPROC_DIR")
 
 
-def _flower_url(environ: Environ, env: str) -> str | None:
-    """FLOWER_URL, else (development) Flower's address under `make run`."""
-    url = _raw(environ, "FLOWER_URL")
-    if url is not None:
-        return url.rstrip("/") + "/"
-    if env != "development":
-        return None
-    host = _raw(environ, "HOST") or "127.0.0.1"
-    if host in ("0.0.0.0", "::"):  # noqa: S104 - display only
-        host = "127.0.0.1"
-    return f"http://{host}:{_raw(environ, 'FLOWER_PORT') or '5555'}/"
+def _basic_auth(value: str) -> str | None:
+    for credential in value.split(","):
+        user, sep, password = credential.partition(":")
+        if not sep or not user.strip() or not password:
+            return "must be user:password (comma-separated for several users)"
+    return None
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    """Flower, the task dashboard (``python -m app.processes flower`` loads it alone)."""
+
+    # user:password[,user2:password2]; empty: no auth (development only)
+    basic_auth: str = setting("FLOWER_BASIC_AUTH", "", check=_basic_auth, secret=True)
+    host: str = setting("HOST", "127.0.0.1")  # Flower listens beside the API
+    port: int = setting(
+        "FLOWER_PORT",
+        5555,
+        check=lambda p: None if 0 < p < 65536 else "is not a port number (1-65535)",
+    )
+    # Where operators open it (links from GET /); None: development's local address only
+    url: str | None = setting("FLOWER_URL", None, parse=lambda _n, r: r.rstrip("/") + "/")
+
+    def link(self, env: str) -> str | None:
+        """FLOWER_URL, else (development) Flower's address under `make run`."""
+        if self.url is not None or env != "development":
+            return self.url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}/"
+
+    @classmethod
+    def from_env(cls, environ: Environ | None = None) -> FlowerSettings:
+        return load(cls, environ)
 
 
 @dataclass(frozen=True)
@@ -763,7 +789,12 @@ class Settings:
     # Status polls (GET /api/vibeboxes[/<id>], GET /api/orders/<id>) have their own limit.
     status_ratelimit: str = setting("STATUS_RATELIMIT", "600 per minute")
     long_poll_recheck_seconds: float = setting("LONG_POLL_RECHECK_SECONDS", 5.0, check=positive)
-    flower_url: str | None = field(default=None, metadata={"extra_env": ("FLOWER_URL",)})
+    flower: FlowerSettings = field(default_factory=FlowerSettings)
+
+    @property
+    def flower_url(self) -> str | None:
+        """Where operators open Flower (FLOWER_URL; in development, make run's address)."""
+        return self.flower.link(self.env)
 
     def happy_url_for(self, region: str | None) -> str:
         """The Happy server of ``region``: its HAPPY_SERVER_URLS entry, else HAPPY_SERVER_URL."""
@@ -870,7 +901,7 @@ class Settings:
             ),
             public_base_url=public_base_url,
             checkout_return_url=_raw(environ, "CHECKOUT_RETURN_URL") or public_base_url + "/",
-            flower_url=_flower_url(environ, env),
+            flower=load(FlowerSettings, environ),
             **{k: v for k, v in derived.items() if _raw(environ, _variable(cls, k)) is None},
         )
         if settings.login_delay_base_seconds > settings.login_delay_max_seconds:

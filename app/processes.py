@@ -42,19 +42,18 @@ def tool(name: str) -> str:
 
 def flower_auth_problem(env: Mapping[str, str]) -> str | None:
     """Why Flower must not start with this environment (None: fine)."""
+    from app.config import ConfigError, FlowerSettings
+
     mode = _env(env, "VIBEBOX_ENV", "development")
-    auth = (env.get("FLOWER_BASIC_AUTH") or "").strip()
-    if not auth:
-        if mode == "development":
-            return None
+    try:
+        flower = FlowerSettings.from_env(env)
+    except ConfigError as exc:
+        return str(exc)
+    if not flower.basic_auth and mode != "development":
         return (
             f"FLOWER_BASIC_AUTH (user:password) is required when VIBEBOX_ENV={mode}; "
             "Flower exposes task arguments and control of the workers"
         )
-    for credential in auth.split(","):
-        user, sep, password = credential.partition(":")
-        if not sep or not user.strip() or not password:
-            return "FLOWER_BASIC_AUTH must be user:password (comma-separated for several users)"
     return None
 
 
@@ -98,7 +97,9 @@ def flower_command(env: MutableMapping[str, str]) -> list[str]:
 
 
 def cmd_flower(_args: argparse.Namespace) -> int:
-    env = dict(os.environ)
+    from app.config import environment
+
+    env = environment()
     problem = flower_auth_problem(env)
     if problem:
         return fail(problem)

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from sqlalchemy import func, select
 
-from app.config import ConfigError, Settings
+from app.config import ConfigError, FlowerSettings, Settings
 from app.models import Order, PaymentEvent, VibeBox
 from tests.api.test_admin_guard import token_for
 from tests.factories import UserFactory
@@ -21,7 +21,9 @@ from tests.pool_fixtures import make_box
 def test_root_answers_json_links_to_docs_openapi_probes_and_flower(client, app, monkeypatch):
     settings = app.config["VIBEBOX_SETTINGS"]
     monkeypatch.setitem(
-        app.config, "VIBEBOX_SETTINGS", replace(settings, flower_url="http://flower.test:5555/")
+        app.config,
+        "VIBEBOX_SETTINGS",
+        replace(settings, flower=FlowerSettings(url="http://flower.test:5555/")),
     )
     response = client.get("/")
     assert response.status_code == 200 and response.is_json
