@@ -133,6 +133,37 @@ def test_redis_down_answers_at_once_instead_of_waiting(app, client, owned_box, m
         down.stop()
 
 
+def test_every_poll_waits_for_a_watcher_that_is_still_connecting(monkeypatch) -> None:
+    """Not only the poll that started the listener: a second one arriving while it connects
+    waits too, instead of being answered at once as in a Redis outage."""
+    watcher = box_watch.BoxWatcher("redis://127.0.0.1:1/0", max_waiters=4, recheck_seconds=0.5)
+    watcher.connect_wait_seconds = 60  # no race with the clock on a loaded machine
+    connect = threading.Event()
+
+    def slow_listen() -> None:  # subscribes only once the test lets it
+        connect.wait(10)
+        watcher.subscribed.set()
+        watcher._connected_once.set()
+
+    monkeypatch.setattr(watcher, "_listen", slow_listen)
+    results: list[object] = []
+
+    def poll() -> None:
+        results.append(watcher.wait_for_change("box", lambda: "new", lambda v: v == "old", 60))
+
+    first = threading.Thread(target=poll)
+    first.start()
+    time.sleep(0.05)  # the first poll started the listener; the second finds it connecting
+    second = threading.Thread(target=poll)
+    second.start()
+    time.sleep(0.05)
+    assert results == []  # both wait for the subscription instead of answering "no change"
+    connect.set()
+    first.join(10)
+    second.join(10)
+    assert results == ["new", "new"]
+
+
 def test_a_flush_notes_the_box_of_changed_steps_and_events(session, owned_box) -> None:
     from app.services.boxes import events
 

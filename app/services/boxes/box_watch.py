@@ -128,6 +128,10 @@ class BoxWatcher:
         self._waiters: dict[str, set[threading.Event]] = {}
         self._count = 0
         self._thread: threading.Thread | None = None
+        # Set once the listener's first subscription attempt ended (subscribed or failed):
+        # before that, "not subscribed" means "still connecting", not "Redis is down".
+        self._connected_once = threading.Event()
+        self.connect_wait_seconds = 1.0
         self._pid = 0
         self._stop = threading.Event()
         self.subscribed = threading.Event()
@@ -142,6 +146,7 @@ class BoxWatcher:
                 return False
             self._pid = os.getpid()
             self.subscribed.clear()
+            self._connected_once.clear()
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._listen, name="vibebox-box-watcher", daemon=True
@@ -165,6 +170,7 @@ class BoxWatcher:
             try:
                 pubsub.subscribe(CHANNEL)
                 self.subscribed.set()
+                self._connected_once.set()
                 delay = 0.5
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
@@ -175,6 +181,7 @@ class BoxWatcher:
                 if self.subscribed.is_set():
                     log.warning("box watcher lost Redis (%s); long polls answer at once", exc)
                 self.subscribed.clear()
+                self._connected_once.set()
                 self._wake_all()  # waiters re-check now instead of at their next interval
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
@@ -233,9 +240,14 @@ class BoxWatcher:
         returns that, or None when nothing changed (or Redis is down: no waiting then).
         ``read`` must see committed data each time (it opens and ends its own transaction).
         Raises :class:`WaitersExhaustedError` when this process has enough waiters."""
-        just_started = self.start()
-        if not self.subscribed.wait(timeout=1.0 if just_started else 0):
-            return None  # Redis down (app/outage.py): answer now rather than hang on a poll
+        self.start()
+        # While the listener is still connecting for the first time, every caller (not only
+        # the one that started it) waits up to a second for it; after that, "not subscribed"
+        # means Redis is down (app/outage.py): answer now rather than hang on a poll.
+        connecting = not self._connected_once.is_set()
+        wait = min(self.connect_wait_seconds, seconds) if connecting else 0
+        if not self.subscribed.wait(timeout=wait):
+            return None
         deadline = time.monotonic() + seconds
         with self._waiter(str(box_id)) as waiter:
             # A change committed between the caller's read and our subscription: look once.
