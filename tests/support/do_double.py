@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from app.devtools.box_runtime import sshd_binary
+from app.devtools.box_runtime import generate_ed25519_key, sshd_binary
 from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 from tests.support.sshd import (
     GECOS_TAG,
@@ -322,22 +322,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         directory = self.directory / str(droplet.id)
         directory.mkdir(mode=0o755)
         droplet.directory = directory
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                droplet.name,
-                "-f",
-                str(droplet.host_key_path),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        generate_ed25519_key(droplet.host_key_path, droplet.name)
         with self.lock:
             keys = [self.keys[k]["public_key"] for k in droplet.key_ids if k in self.keys]
         authorized = directory / "authorized_keys"

@@ -37,7 +37,7 @@ from typing import Any, Self
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from app.devtools.box_runtime import BoxRuntime, sshd_binary
+from app.devtools.box_runtime import BoxRuntime, generate_ed25519_key, sshd_binary
 from app.integrations.ssh import SSHTarget
 from tests.support.tiers import require_full_tier
 
@@ -451,22 +451,7 @@ class SSHBox:
     def _write_host_key(self) -> None:
         for path in (self.host_key_path, Path(f"{self.host_key_path}.pub")):
             path.unlink(missing_ok=True)
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                self.user,
-                "-f",
-                str(self.host_key_path),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        generate_ed25519_key(self.host_key_path, self.user)
 
     def _config(self) -> str:
         values = self.runtime.env(self.happy_url)
