@@ -32,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,6 +40,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from app.devtools.box_runtime import BoxRuntime, generate_ed25519_key, sshd_binary
 from app.integrations.ssh import SSHTarget
 from tests.support.tiers import require_full_tier
+
+if TYPE_CHECKING:
+    from app.services.pool import ServerSpec
 
 USER_PREFIX = "vbx_"
 GECOS_TAG = "vibebox-test pid="
@@ -335,6 +338,20 @@ class SSHBox:
         }
         fields.update(overrides)
         return SSHTarget(**fields)
+
+    def server_spec(self, **fields: Any) -> ServerSpec:
+        """What an operator enters to admit this box to the pool: its address and key login
+        (the host key is pinned as presented), plus ``fields`` (resources, label, ...)."""
+        from app.services.pool import ServerSpec
+
+        target = self.target()
+        return ServerSpec(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            private_key=target.private_key,
+            **fields,
+        )
 
     def sshd_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
