@@ -54,11 +54,11 @@ from urllib.parse import parse_qs, urlencode, urlparse
 from app.devtools.box_runtime import generate_ed25519_key, sshd_binary
 from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 from tests.support.sshd import (
-    GECOS_TAG,
     SUDOERS_DIR,
     USER_PREFIX,
     BoxFleet,
     _account_command,
+    _add_user,
     _remove_user,
 )
 
@@ -277,17 +277,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _create_login_user(self) -> None:
-        _account_command(
-            [
-                "useradd",
-                "--create-home",
-                "--shell",
-                "/bin/sh",
-                "--comment",
-                f"{GECOS_TAG}{os.getpid()}",
-                self.login_user,
-            ]
-        )
+        _add_user(self.login_user)
         _account_command(["usermod", "-p", "*", self.login_user])
         sudoers = SUDOERS_DIR / self.login_user
         SUDOERS_DIR.mkdir(mode=0o755, exist_ok=True)

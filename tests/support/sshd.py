@@ -86,6 +86,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _add_user(name: str) -> None:
+    """A login with a home and /bin/sh, tagged (GECOS) with this process for the sweep."""
+    _account_command(
+        [
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "--comment",
+            f"{GECOS_TAG}{os.getpid()}",
+            name,
+        ]
+    )
+
+
 def _account_command(args: list[str], *, ok: tuple[int, ...] = (0,)) -> None:
     """Run useradd/usermod/userdel, retrying while another process holds the lock."""
     deadline = time.monotonic() + 30
@@ -361,17 +376,7 @@ class SSHBox:
     def create(self) -> Self:
         """Create the user, its authorized_keys and host key, and start sshd."""
         self.directory.mkdir(mode=0o700)
-        _account_command(
-            [
-                "useradd",
-                "--create-home",
-                "--shell",
-                "/bin/sh",
-                "--comment",
-                f"{GECOS_TAG}{os.getpid()}",
-                self.user,
-            ]
-        )
+        _add_user(self.user)
         if self.password is None:
             # A user without a password is "locked" and sshd refuses even its keys.
             _account_command(["usermod", "-p", "*", self.user])
