@@ -439,26 +439,23 @@ class Bench:
         """Admit sshd boxes to the pool through the pool service (real SSH admission)."""
         from sqlalchemy.orm import Session
 
-        from app.services import pool
-
         with Session(self.engine) as session:
             for box in boxes:
-                target = box.target()
-                server = pool.add_server(
-                    session,
-                    pool.ServerSpec(
-                        host=target.host,
-                        port=target.port,
-                        user=target.user,
-                        private_key=target.private_key,
-                        label=f"bench-{box.user}",
-                        **SERVER_RESOURCES,
-                    ),
-                    encryption_key=self.settings.encryption_key,
-                    happy_server_url=self.settings.happy_server_url,
-                )
-                self.server_ids[box.user] = server.id
+                self.server_ids[box.user] = self.admit_box(session, box, f"bench-{box.user}")
             session.commit()
+
+    def admit_box(self, session: Any, box: Any, label: str) -> uuid.UUID:
+        """Admit one sshd box (``pool.add_server``: real SSH admission) in ``session``, with
+        the basic plan's resources; the new server's id (the caller commits)."""
+        from app.services import pool
+
+        server = pool.add_server(
+            session,
+            box.server_spec(label=label, **SERVER_RESOURCES),
+            encryption_key=self.settings.encryption_key,
+            happy_server_url=self.settings.happy_server_url,
+        )
+        return server.id
 
     def _session(self, box: Any) -> Any:
         from app.integrations.ssh import BoxSession

@@ -50,7 +50,6 @@ if str(ROOT) not in sys.path:
 
 from bench.common import (  # noqa: E402 - after the path set-up
     RESULTS_DIR,
-    SERVER_RESOURCES,
     STEP_NAMES,
     Bench,
     BenchError,
@@ -215,26 +214,11 @@ def admit_all(bench: Bench, boxes: list[Any], concurrency: int) -> float:
     """Admit every sshd box to the pool (``pool.add_server``: SSH admission), in parallel."""
     from sqlalchemy.orm import Session
 
-    from app.services import pool
-
     def admit(box: Any) -> None:
-        target = box.target()
         with Session(bench.engine) as session:
-            server = pool.add_server(
-                session,
-                pool.ServerSpec(
-                    host=target.host,
-                    port=target.port,
-                    user=target.user,
-                    private_key=target.private_key,
-                    label=f"fleet-{box.user}",
-                    **SERVER_RESOURCES,
-                ),
-                encryption_key=bench.settings.encryption_key,
-                happy_server_url=bench.settings.happy_server_url,
-            )
+            server_id = bench.admit_box(session, box, f"fleet-{box.user}")
             session.commit()
-            bench.server_ids[box.user] = server.id
+            bench.server_ids[box.user] = server_id
 
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as executor:

@@ -10,7 +10,8 @@ scratch. :class:`BoxRuntime` therefore lays out, in a directory every user can r
 - ``lib/``: PyNaCl (+ the cffi backend it loads), copied from this environment when the
   system python has the same minor version, else ``pip install --target``.
 
-:func:`sshd_binary` finds OpenSSH's ``sshd`` (absolute: it re-executes itself).
+:func:`sshd_binary` finds OpenSSH's ``sshd`` (absolute: it re-executes itself);
+:func:`generate_ed25519_key` makes a host or login key with ``ssh-keygen``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ def sshd_binary() -> str:
     if path is None:
         raise RuntimeError("sshd is not installed: apt-get install -y openssh-server")
     return path  # absolute: sshd re-executes itself for each connection
+
+
+def generate_ed25519_key(path: Path, comment: str) -> None:
+    """``ssh-keygen``: an ed25519 key pair without a passphrase at ``path`` and ``path.pub``."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def readable_by_others(path: Path) -> bool:

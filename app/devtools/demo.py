@@ -266,7 +266,12 @@ class Demo:
 
     def start_box(self, env: Mapping[str, str], login: str, happy_url: str) -> None:
         """Keys (kept across runs), the box runtime, sshd_config, then ``sshd -D``."""
-        from app.devtools.box_runtime import BoxRuntime, readable_by_others, sshd_binary
+        from app.devtools.box_runtime import (
+            BoxRuntime,
+            generate_ed25519_key,
+            readable_by_others,
+            sshd_binary,
+        )
 
         port = _port(env, "VIBEBOX_DEMO_SSH_PORT", DEFAULT_SSH_PORT)
         if not port_is_free(port):
@@ -279,22 +284,7 @@ class Demo:
         self.directory.chmod(0o700)
         for key in (self.host_key_path, self.login_key_path):
             if not key.exists():
-                subprocess.run(
-                    [
-                        "ssh-keygen",
-                        "-q",
-                        "-t",
-                        "ed25519",
-                        "-N",
-                        "",
-                        "-C",
-                        DEMO_LABEL,
-                        "-f",
-                        str(key),
-                    ],
-                    check=True,
-                    capture_output=True,
-                )
+                generate_ed25519_key(key, DEMO_LABEL)
         authorized = self.directory / "authorized_keys"
         authorized.write_text(Path(f"{self.login_key_path}.pub").read_text())
         authorized.chmod(0o600)

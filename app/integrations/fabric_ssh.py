@@ -30,17 +30,16 @@ from fabric import Config, Connection, ThreadingGroup
 from fabric.exceptions import GroupException
 from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
-from app.errors import (
-    HostKeyMismatchError,
-    HostUnreachableError,
-    PermanentError,
-    SSHAuthError,
-    TransientError,
+from app.errors import HostKeyMismatchError, PermanentError, SSHAuthError
+from app.integrations.ssh import (
+    PinnedHostKeyPolicy,
+    SSHTarget,
+    command_errors,
+    load_private_key,
+    login_errors,
 )
-from app.integrations.ssh import PinnedHostKeyPolicy, SSHTarget, load_private_key, login_errors
 
 log = logging.getLogger(__name__)
-_UNREACHABLE = "The server could not be reached."
 
 
 def fabric_config() -> Config:
@@ -115,19 +114,8 @@ def run(connection: Connection, command: str, *, timeout: float, where: str = ""
     where = where or f"{connection.user}@{connection.host}:{connection.port}"
     if not connection.is_connected:
         open_connection(connection, where)
-    try:
+    with command_errors(where, command, timeout, connection.close, timed_out=CommandTimedOut):
         result = connection.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
-    except CommandTimedOut:
-        connection.close()
-        raise TransientError(
-            f"ssh {where}: `{command[:60]}` timed out after {timeout}s",
-            safe_message="The server did not answer in time.",
-        ) from None
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        connection.close()
-        raise HostUnreachableError(
-            f"ssh {where}: connection lost: {exc}", safe_message=_UNREACHABLE
-        ) from exc
     return FabricResult(result.exited, result.stdout, result.stderr)
 
 

@@ -81,6 +81,32 @@ def login_errors(where: str, close: Callable[[], object]) -> Iterator[None]:
         ) from exc
 
 
+@contextlib.contextmanager
+def command_errors(
+    where: str,
+    command: str,
+    timeout: float,
+    close: Callable[[], object],
+    timed_out: type[BaseException] | tuple[type[BaseException], ...] = TimeoutError,
+) -> Iterator[None]:
+    """Running a command on an open connection (paramiko, or Fabric on top of it): after
+    closing the connection (its state is unknown), ``timed_out`` becomes a
+    ``TransientError`` and a lost connection a ``HostUnreachableError``."""
+    try:
+        yield
+    except timed_out:
+        close()
+        raise TransientError(
+            f"ssh {where}: `{command[:60]}` timed out after {timeout}s",
+            safe_message="The server did not answer in time.",
+        ) from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        close()
+        raise HostUnreachableError(
+            f"ssh {where}: connection lost: {exc}", safe_message=_UNREACHABLE
+        ) from exc
+
+
 @dataclass(frozen=True)
 class SSHTarget:
     """Where and how to log in to a box. Secrets are kept out of ``repr``."""
@@ -367,7 +393,7 @@ class BoxSession:
         self.commands.append(command)
         started = time.monotonic()
         deadline = started + limit
-        try:
+        with command_errors(self._where, command, limit, self.close):  # socket.timeout too
             transport = self._client.get_transport()
             if transport is None or not transport.is_active():
                 raise EOFError("connection is closed")
@@ -391,17 +417,6 @@ class BoxSession:
                 exit_status = channel.recv_exit_status()
             finally:
                 channel.close()
-        except TimeoutError:  # socket.timeout is TimeoutError
-            self.close()  # the channel's state is unknown; start clean next time
-            raise TransientError(
-                f"ssh {self._where}: `{command[:60]}` timed out after {limit}s",
-                safe_message="The server did not answer in time.",
-            ) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            self.close()
-            raise HostUnreachableError(
-                f"ssh {self._where}: connection lost: {exc}", safe_message=_UNREACHABLE
-            ) from exc
         seconds = time.monotonic() - started
         output = b"".join(chunks).decode("utf-8", errors="replace")
         log.debug(

@@ -153,18 +153,10 @@ def add_to_pool(app, live, settings):  # type: ignore[no-untyped-def]
         ids = []
         session = db_session()
         for b in boxes:
-            target = b.target()
             server = pool.add_server(
                 session,
-                pool.ServerSpec(
-                    host=target.host,
-                    port=target.port,
-                    user=target.user,
-                    private_key=target.private_key,
-                    cpu_cores=cpu,
-                    ram_gb=ram_gb,
-                    disk_gb=disk_gb,
-                    label=f"test-{b.user}",
+                b.server_spec(
+                    cpu_cores=cpu, ram_gb=ram_gb, disk_gb=disk_gb, label=f"test-{b.user}"
                 ),
                 encryption_key=settings.encryption_key,
                 happy_server_url=settings.happy_server_url,

@@ -51,14 +51,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from app.devtools.box_runtime import sshd_binary
+from app.devtools.box_runtime import generate_ed25519_key, sshd_binary
 from tests.support.http_double import DoubleRequestHandler, InjectedFaults, ThreadedHTTPDouble
 from tests.support.sshd import (
-    GECOS_TAG,
     SUDOERS_DIR,
     USER_PREFIX,
     BoxFleet,
     _account_command,
+    _add_user,
     _remove_user,
 )
 
@@ -277,17 +277,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _create_login_user(self) -> None:
-        _account_command(
-            [
-                "useradd",
-                "--create-home",
-                "--shell",
-                "/bin/sh",
-                "--comment",
-                f"{GECOS_TAG}{os.getpid()}",
-                self.login_user,
-            ]
-        )
+        _add_user(self.login_user)
         _account_command(["usermod", "-p", "*", self.login_user])
         sudoers = SUDOERS_DIR / self.login_user
         SUDOERS_DIR.mkdir(mode=0o755, exist_ok=True)
@@ -322,22 +312,7 @@ class DigitalOceanDouble(ThreadedHTTPDouble):
         directory = self.directory / str(droplet.id)
         directory.mkdir(mode=0o755)
         droplet.directory = directory
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                droplet.name,
-                "-f",
-                str(droplet.host_key_path),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        generate_ed25519_key(droplet.host_key_path, droplet.name)
         with self.lock:
             keys = [self.keys[k]["public_key"] for k in droplet.key_ids if k in self.keys]
         authorized = directory / "authorized_keys"

@@ -32,14 +32,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from app.devtools.box_runtime import BoxRuntime, sshd_binary
+from app.devtools.box_runtime import BoxRuntime, generate_ed25519_key, sshd_binary
 from app.integrations.ssh import SSHTarget
 from tests.support.tiers import require_full_tier
+
+if TYPE_CHECKING:
+    from app.services.pool import ServerSpec
 
 USER_PREFIX = "vbx_"
 GECOS_TAG = "vibebox-test pid="
@@ -81,6 +84,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _add_user(name: str) -> None:
+    """A login with a home and /bin/sh, tagged (GECOS) with this process for the sweep."""
+    _account_command(
+        [
+            "useradd",
+            "--create-home",
+            "--shell",
+            "/bin/sh",
+            "--comment",
+            f"{GECOS_TAG}{os.getpid()}",
+            name,
+        ]
+    )
 
 
 def _account_command(args: list[str], *, ok: tuple[int, ...] = (0,)) -> None:
@@ -336,6 +354,20 @@ class SSHBox:
         fields.update(overrides)
         return SSHTarget(**fields)
 
+    def server_spec(self, **fields: Any) -> ServerSpec:
+        """What an operator enters to admit this box to the pool: its address and key login
+        (the host key is pinned as presented), plus ``fields`` (resources, label, ...)."""
+        from app.services.pool import ServerSpec
+
+        target = self.target()
+        return ServerSpec(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            private_key=target.private_key,
+            **fields,
+        )
+
     def sshd_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
@@ -344,17 +376,7 @@ class SSHBox:
     def create(self) -> Self:
         """Create the user, its authorized_keys and host key, and start sshd."""
         self.directory.mkdir(mode=0o700)
-        _account_command(
-            [
-                "useradd",
-                "--create-home",
-                "--shell",
-                "/bin/sh",
-                "--comment",
-                f"{GECOS_TAG}{os.getpid()}",
-                self.user,
-            ]
-        )
+        _add_user(self.user)
         if self.password is None:
             # A user without a password is "locked" and sshd refuses even its keys.
             _account_command(["usermod", "-p", "*", self.user])
@@ -451,22 +473,7 @@ class SSHBox:
     def _write_host_key(self) -> None:
         for path in (self.host_key_path, Path(f"{self.host_key_path}.pub")):
             path.unlink(missing_ok=True)
-        subprocess.run(
-            [
-                "ssh-keygen",
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                self.user,
-                "-f",
-                str(self.host_key_path),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        generate_ed25519_key(self.host_key_path, self.user)
 
     def _config(self) -> str:
         values = self.runtime.env(self.happy_url)

@@ -8,7 +8,6 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.errors import AmountMismatchError, UnknownOrderError
@@ -17,9 +16,9 @@ from app.models import Order, PaymentEvent, Subscription, VibeBox
 from app.services.billing.event_records import (
     EventOutcome,
     _deserialize,
+    _insert_once,
     _locked_order,
     _processed,
-    _serialize,
 )
 from app.services.billing.quotas import LIVE_BOX_STATUSES, LIVE_SUBSCRIPTION_STATUSES
 from app.services.billing.subscriptions import (
@@ -40,21 +39,8 @@ log = logging.getLogger(__name__)
 def record_event(session: Session, event: ProviderEvent) -> EventOutcome:
     """Record a verified event once and apply it. Raises ``UnknownOrderError`` (nothing is
     recorded) or ``AmountMismatchError`` (recorded and the order flagged, not paid)."""
-    inserted = session.scalar(
-        insert(PaymentEvent)
-        .values(
-            id=uuid.uuid4(),
-            provider=event.provider,
-            event_id=event.event_id,
-            type=event.type[:128],
-            payload=_serialize(event),
-            subject=event.provider_subscription_id,
-        )
-        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-        .returning(PaymentEvent.id)
-    )
+    inserted = _insert_once(session, event)
     if inserted is None:
-        log.info("payment event %s/%s is a duplicate: no-op", event.provider, event.event_id)
         return EventOutcome(duplicate=True, note="duplicate")
     record = session.get(PaymentEvent, inserted)
     assert record is not None

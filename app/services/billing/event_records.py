@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.integrations.payments.base import EventKind, ProviderEvent
@@ -42,6 +43,30 @@ def _serialize(event: ProviderEvent) -> dict[str, Any]:
         "amount_required": event.amount_required,
         "data": event.payload,
     }
+
+
+def _insert_once(
+    session: Session, event: ProviderEvent, order_id: uuid.UUID | None = None
+) -> uuid.UUID | None:
+    """Record ``event`` unless (provider, event_id) is already recorded: the new row's id, or
+    None for a duplicate delivery (logged)."""
+    inserted = session.scalar(
+        insert(PaymentEvent)
+        .values(
+            id=uuid.uuid4(),
+            order_id=order_id,
+            provider=event.provider,
+            event_id=event.event_id,
+            type=event.type[:128],
+            payload=_serialize(event),
+            subject=event.provider_subscription_id,
+        )
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(PaymentEvent.id)
+    )
+    if inserted is None:
+        log.info("payment event %s/%s is a duplicate: no-op", event.provider, event.event_id)
+    return inserted
 
 
 def _deserialize(provider: str, event_id: str, stored: dict[str, Any]) -> ProviderEvent:

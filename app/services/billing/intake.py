@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app.errors import UnknownOrderError
 from app.integrations.payments.base import EventKind, ProviderEvent
-from app.models import PaymentEvent
 from app.services import jobs
 from app.services.billing.apply import _amount_problem, record_event
-from app.services.billing.event_records import EventOutcome, _find_order, _serialize
-
-log = logging.getLogger(__name__)
+from app.services.billing.event_records import EventOutcome, _find_order, _insert_once
 
 
 def intake_event(session: Session, event: ProviderEvent) -> EventOutcome:
@@ -36,22 +31,8 @@ def intake_event(session: Session, event: ProviderEvent) -> EventOutcome:
         if event.kind is EventKind.PAID and _amount_problem(order, event):
             return record_event(session, event)
         order_id = order.id
-    inserted = session.scalar(
-        insert(PaymentEvent)
-        .values(
-            id=uuid.uuid4(),
-            order_id=order_id,
-            provider=event.provider,
-            event_id=event.event_id,
-            type=event.type[:128],
-            payload=_serialize(event),
-            subject=event.provider_subscription_id,
-        )
-        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-        .returning(PaymentEvent.id)
-    )
+    inserted = _insert_once(session, event, order_id)
     if inserted is None:
-        log.info("payment event %s/%s is a duplicate: no-op", event.provider, event.event_id)
         return EventOutcome(duplicate=True, note="duplicate")
     jobs.enqueue_payment_event(session, inserted)
     return EventOutcome(note="recorded")
