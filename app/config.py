@@ -2,10 +2,10 @@
 
 ``Settings.from_env()`` builds it, validated, from nested sections (``provisioning``,
 ``limits``, ``cloud``, ``regions``, ``celery``, ``beat``, ``web``, ``bootstrap``, ``log``,
-``flower``) and the payment providers' own variables. A field declared with :func:`setting` names its
-variable and default once; marshmallow's fields parse and validate the text (environs is
-marshmallow over ``os.environ``; a section here also loads from any mapping, which the
-tests and the CLI use). Processes that must not need the database load their section alone:
+``flower``) and the payment providers' own variables. A field declared with
+:func:`setting` names its variable and default once; marshmallow's fields parse and validate
+the text (environs is marshmallow over ``os.environ``; a section here also loads from any
+mapping, which the tests and the CLI use). Processes that must not need the database load their section alone:
 the Celery app (``CelerySettings``, ``BeatSettings``; celery_config.py turns them into
 Celery's options), gunicorn (``WebSettings``), the worker's log set-up (``LogSettings``).
 No other module reads the environment for configuration; ``.env`` is merged into it by
