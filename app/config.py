@@ -3,14 +3,15 @@
 ``Settings.from_env()`` builds it, validated, from nested sections (``provisioning``,
 ``limits``, ``cloud``, ``regions``, ``celery``, ``beat``, ``web``, ``bootstrap``, ``log``,
 ``flower``) and the payment providers' own variables. A field declared with
-:func:`setting` names its variable and default once; marshmallow's fields parse and validate
-the text (environs is marshmallow over ``os.environ``; a section here also loads from any
-mapping, which the tests and the CLI use). Processes that must not need the database load their section alone:
-the Celery app (``CelerySettings``, ``BeatSettings``; celery_config.py turns them into
-Celery's options), gunicorn (``WebSettings``), the worker's log set-up (``LogSettings``).
-No other module reads the environment for configuration; ``.env`` is merged into it by
-``make run`` (scripts/run.py), and tests/test_docs.py checks .env.example and the README
-against :func:`variables`.
+:func:`setting` names its variable and default once; marshmallow's fields parse and
+validate the text (environs is marshmallow over ``os.environ``; a section here also loads
+from any mapping, which the tests and the CLI use). Processes that must not need the
+database load their section alone: the Celery app (``CelerySettings``, ``BeatSettings``;
+celery_config.py turns them into Celery's options), gunicorn (``WebSettings``), the
+worker's log set-up (``LogSettings``), Flower's launcher (``FlowerSettings``). No other
+module reads the environment for configuration. The environment comes first, then the
+checkout's ``.env`` (:func:`environment`; never in testing); tests/test_docs.py checks
+.env.example and the README against :func:`variables`.
 
 Every variable is documented in README.md and .env.example. In development and testing
 secrets fall back to fixed, clearly-marked defaults; in production a missing, publicly known
